@@ -1,0 +1,202 @@
+"""Flax linen layers over the functional core, with Keras's names and behaviour.
+
+``LSTM(50)(x)`` does what ``keras.layers.LSTM(50)(x)`` does: ``x`` is ``[batch, time,
+features]``, the output ``[batch, 50]`` (or ``[batch, time, 50]`` with
+``return_sequences=True``). Each layer owns the parameters ``kernel``, ``recurrent_kernel``
+and ``bias`` in Keras's layout (see ``lstm_jax.recurrent``), so weights move between the two
+by name. Unlike Keras's ``Dense(10, activation="softmax")``, ``Classifier`` returns logits:
+pair it with ``optax.softmax_cross_entropy``, which is the same loss, computed stably.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lstm_jax import recurrent
+
+Array = jax.Array
+
+
+class _Recurrent(nn.Module):
+    """Shared body of the three layers: parameters in Keras layout, then the scan."""
+
+    units: int
+    return_sequences: bool = False
+    return_state: bool = False
+    go_backwards: bool = False
+    unroll: int = 1
+    dtype: Any = None  # compute dtype, e.g. jnp.bfloat16; None: that of inputs and params
+    param_dtype: Any = jnp.float32
+
+    _name = ""  # the recurrent.py function: "lstm", "gru" or "simple_rnn"
+
+    def _init_params(self, key: Array, input_dim: int) -> dict[str, Array]:
+        raise NotImplementedError
+
+    @nn.compact
+    def __call__(
+        self, inputs: Array, *, mask: Array | None = None, initial_state=None
+    ) -> Array | tuple[Array, ...]:
+        """``inputs: [batch, time, features]``; ``mask: [batch, time]`` bool (optional)."""
+        if jnp.ndim(inputs) != 3:
+            raise ValueError(
+                f"{type(self).__name__}: inputs must be rank 3, [batch, time, features]; "
+                f"got shape {jnp.shape(inputs)}"
+            )
+        input_dim = jnp.shape(inputs)[-1]
+        # Flax hands each parameter its own key; drawing all three from one
+        # ``init_*`` call keeps one source of truth for Keras's initialisers.
+        params = {
+            name: self.param(
+                name,
+                lambda key, name=name: self._init_params(key, input_dim)[name],
+            )
+            for name in ("kernel", "recurrent_kernel", "bias")
+        }
+        if self.dtype is not None:
+            inputs = inputs.astype(self.dtype)
+            params = {k: v.astype(self.dtype) for k, v in params.items()}
+        fn = getattr(recurrent, self._name)
+        return fn(
+            params,
+            inputs,
+            return_sequences=self.return_sequences,
+            return_state=self.return_state,
+            initial_state=initial_state,
+            go_backwards=self.go_backwards,
+            mask=mask,
+            unroll=self.unroll,
+        )
+
+
+class LSTM(_Recurrent):
+    """Keras-style LSTM layer: ``LSTM(units, return_sequences=..., return_state=...,
+    go_backwards=..., unroll=..., unit_forget_bias=True)``; see ``recurrent.lstm``.
+
+    >>> import jax, jax.numpy as jnp
+    >>> layer = LSTM(50)
+    >>> x = jnp.ones((4, 28, 28))
+    >>> variables = layer.init(jax.random.key(0), x)
+    >>> layer.apply(variables, x).shape
+    (4, 50)
+    """
+
+    unit_forget_bias: bool = True
+    _name = "lstm"
+
+    def _init_params(self, key, input_dim):
+        return recurrent.init_lstm(
+            key, input_dim, self.units, unit_forget_bias=self.unit_forget_bias,
+            dtype=self.param_dtype,
+        )
+
+
+class GRU(_Recurrent):
+    """Keras-style GRU layer (``reset_after=True``); see ``recurrent.gru``."""
+
+    _name = "gru"
+
+    def _init_params(self, key, input_dim):
+        return recurrent.init_gru(key, input_dim, self.units, dtype=self.param_dtype)
+
+
+class SimpleRNN(_Recurrent):
+    """Keras-style SimpleRNN layer (tanh); see ``recurrent.simple_rnn``."""
+
+    _name = "simple_rnn"
+
+    def _init_params(self, key, input_dim):
+        return recurrent.init_simple_rnn(key, input_dim, self.units, dtype=self.param_dtype)
+
+
+_MERGES = {
+    "concat": lambda a, b: jnp.concatenate([a, b], axis=-1),
+    "sum": lambda a, b: a + b,
+    "mul": lambda a, b: a * b,
+    "ave": lambda a, b: (a + b) / 2,
+}
+
+
+class Bidirectional(nn.Module):
+    """Runs a recurrent layer forwards and a copy of it backwards, as Keras's wrapper does.
+
+    The copy reads the sequence from the end; with ``return_sequences`` its outputs are
+    flipped back into time order before merging, so step ``t`` of both halves refers to the
+    same input step. ``merge_mode`` is one of ``concat`` (default), ``sum``, ``mul``,
+    ``ave``, or ``None`` for the pair ``(forward, backward)``. With ``return_state`` on the
+    wrapped layer the result is ``(output, *forward_states, *backward_states)``. The halves'
+    parameters live under ``forward`` and ``backward``.
+
+    >>> import jax, jax.numpy as jnp
+    >>> layer = Bidirectional(LSTM(8, return_sequences=True))
+    >>> x = jnp.ones((2, 5, 3))
+    >>> layer.apply(layer.init(jax.random.key(0), x), x).shape
+    (2, 5, 16)
+    """
+
+    layer: _Recurrent
+    merge_mode: str | None = "concat"
+
+    def setup(self):
+        if self.merge_mode is not None and self.merge_mode not in _MERGES:
+            raise ValueError(
+                f"merge_mode must be one of {sorted(_MERGES)} or None; got {self.merge_mode!r}"
+            )
+        self.forward = self.layer.clone(parent=self, name="forward")
+        self.backward = self.layer.clone(
+            parent=self, name="backward", go_backwards=not self.layer.go_backwards
+        )
+
+    def __call__(self, inputs: Array, *, mask: Array | None = None):
+        fwd = self.forward(inputs, mask=mask)
+        bwd = self.backward(inputs, mask=mask)
+        states_f, states_b = (), ()
+        if self.layer.return_state:
+            fwd, *states_f = fwd
+            bwd, *states_b = bwd
+        if self.layer.return_sequences:
+            bwd = jnp.flip(bwd, axis=1)
+        out = (fwd, bwd) if self.merge_mode is None else _MERGES[self.merge_mode](fwd, bwd)
+        if self.layer.return_state:
+            return (out, *states_f, *states_b)
+        return out
+
+
+_CELLS = {"lstm": LSTM, "gru": GRU, "simple_rnn": SimpleRNN}
+
+
+class Classifier(nn.Module):
+    """Recurrent layers then a Dense head returning logits: the lesson's model.
+
+    ``Classifier(cell="lstm", units=(50,), num_classes=10)`` is ``LSTM(50)`` then
+    ``Dense(10)``; with several ``units`` the layers stack, each but the last returning
+    sequences. ``bidirectional`` wraps each layer in ``Bidirectional``. ``dtype`` is the
+    compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32.
+    """
+
+    cell: str = "lstm"
+    units: Sequence[int] = (50,)
+    num_classes: int = 10
+    bidirectional: bool = False
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        """``x: [batch, time, features]`` -> logits ``[batch, num_classes]``."""
+        if self.cell not in _CELLS:
+            raise ValueError(f"cell must be one of {sorted(_CELLS)}; got {self.cell!r}")
+        if self.dtype is not None:
+            x = x.astype(self.dtype)
+        for n, units in enumerate(self.units):
+            layer = _CELLS[self.cell](
+                units, return_sequences=n < len(self.units) - 1, dtype=self.dtype
+            )
+            if self.bidirectional:
+                layer = Bidirectional(layer)
+            x = layer(x)
+        return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)

@@ -1,0 +1,624 @@
+"""Recurrent cells as pure functions, and the sequence functions that scan them over time.
+
+Shapes follow one convention throughout: ``[batch, time, features]`` for sequences, with
+``B`` batch, ``T`` time, ``D`` input features and ``U`` units in the comments.
+
+Parameters are plain dicts in Keras's layout, so weights move to and from
+``keras.layers.LSTM`` / ``GRU`` / ``SimpleRNN`` by name:
+
+=============  ==================  =====================  ==========  ===========
+cell           ``kernel``          ``recurrent_kernel``   ``bias``    gate order
+=============  ==================  =====================  ==========  ===========
+LSTM           ``[D, 4U]``         ``[U, 4U]``            ``[4U]``    i, f, c, o
+GRU            ``[D, 3U]``         ``[U, 3U]``            ``[2, 3U]`` z, r, h
+SimpleRNN      ``[D, U]``          ``[U, U]``             ``[U]``     --
+=============  ==================  =====================  ==========  ===========
+
+Each cell has the signature ``jax.lax.scan`` wants, ``cell(params, carry, x_t) -> (carry,
+y_t)``. The sequence functions (``lstm``, ``gru``, ``simple_rnn``) compute the input
+projection ``x W + b`` for every step in one matmul before the scan, so that only the
+recurrent matmul stays inside the loop; the per-step equations live in one place each
+(``_lstm_update``, ``_gru_update``, ``_simple_rnn_update``), shared by cell and sequence.
+
+A note for readers of the Keras lesson this project grew from: its sketch of the gate
+equations reuses the input gate's weights for every gate and a sigmoid for the candidate.
+The equations here are the textbook ones (Hochreiter & Schmidhuber 1997, with the forget
+gate of Gers et al. 2000), exactly as Keras computes them: each gate has its own weights,
+and the candidate ``g`` uses tanh.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Params = dict[str, Array]
+
+_glorot_uniform = jax.nn.initializers.glorot_uniform()
+_orthogonal = jax.nn.initializers.orthogonal()
+
+
+def _kernels(key: Array, input_dim: int, units: int, gates: int, dtype: Any):
+    """Keras's defaults: glorot-uniform ``[D, gU]`` kernel, orthogonal ``[U, gU]`` recurrent
+    kernel. Drawn in float32 (the QR behind ``orthogonal`` has no bfloat16 kernel on CPU)
+    and then cast to ``dtype``."""
+    _check_sizes(input_dim, units)
+    k_kernel, k_recurrent = jax.random.split(key)
+    kernel = _glorot_uniform(k_kernel, (input_dim, gates * units), jnp.float32)
+    recurrent_kernel = _orthogonal(k_recurrent, (units, gates * units), jnp.float32)
+    return {"kernel": kernel.astype(dtype), "recurrent_kernel": recurrent_kernel.astype(dtype)}
+
+
+# --------------------------------------------------------------------------------------
+# Initialisation (Keras defaults)
+# --------------------------------------------------------------------------------------
+
+
+def _check_sizes(input_dim: int, units: int) -> None:
+    for name, value in (("input_dim", input_dim), ("units", units)):
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def init_lstm(
+    key: Array,
+    input_dim: int,
+    units: int,
+    *,
+    unit_forget_bias: bool = True,
+    dtype: Any = jnp.float32,
+) -> Params:
+    """LSTM parameters with Keras's default initialisers.
+
+    Args:
+      key: a ``jax.random`` key.
+      input_dim: ``D``, features per time step.
+      units: ``U``, the size of ``h`` and ``c``.
+      unit_forget_bias: set the forget gate's bias to 1 (Keras's default), so the cell
+        remembers by default at the start of training.
+      dtype: parameter dtype.
+
+    Returns:
+      ``{"kernel": [D, 4U], "recurrent_kernel": [U, 4U], "bias": [4U]}`` with gate blocks in
+      the order i, f, c, o: glorot-uniform kernel, orthogonal recurrent kernel (over the
+      whole ``[U, 4U]`` matrix), zero bias except ones in the forget block when
+      ``unit_forget_bias``.
+
+    >>> import jax
+    >>> p = init_lstm(jax.random.key(0), input_dim=28, units=50)
+    >>> {k: v.shape for k, v in p.items()}
+    {'kernel': (28, 200), 'recurrent_kernel': (50, 200), 'bias': (200,)}
+    """
+    params = _kernels(key, input_dim, units, 4, dtype)
+    bias = jnp.zeros((4 * units,), dtype)
+    if unit_forget_bias:
+        bias = bias.at[units : 2 * units].set(1)
+    return {**params, "bias": bias}
+
+
+def init_gru(key: Array, input_dim: int, units: int, *, dtype: Any = jnp.float32) -> Params:
+    """GRU parameters (Keras ``reset_after=True``) with Keras's default initialisers.
+
+    Returns ``{"kernel": [D, 3U], "recurrent_kernel": [U, 3U], "bias": [2, 3U]}``, gate
+    blocks z, r, h; ``bias[0]`` is added to the input projection and ``bias[1]`` to the
+    recurrent one.
+    """
+    return {**_kernels(key, input_dim, units, 3, dtype), "bias": jnp.zeros((2, 3 * units), dtype)}
+
+
+def init_simple_rnn(
+    key: Array, input_dim: int, units: int, *, dtype: Any = jnp.float32
+) -> Params:
+    """SimpleRNN parameters: ``{"kernel": [D, U], "recurrent_kernel": [U, U], "bias": [U]}``."""
+    return {**_kernels(key, input_dim, units, 1, dtype), "bias": jnp.zeros((units,), dtype)}
+
+
+def _project(x: Array, kernel: Array, bias: Array) -> Array:
+    """``x W + b`` for ``x: [..., D]``, with the bias broadcast explicitly (no implicit
+    rank promotion, so it also runs under ``jax_numpy_rank_promotion="raise"``)."""
+    z = x @ kernel
+    return z + jnp.reshape(bias, (1,) * (z.ndim - 1) + bias.shape)
+
+
+# --------------------------------------------------------------------------------------
+# The per-step equations: the one place each cell's math lives
+# --------------------------------------------------------------------------------------
+
+
+def _lstm_update(zx_t: Array, recurrent_kernel: Array, h: Array, c: Array):
+    """One LSTM step from the input projection ``zx_t = x_t W + b``; see ``lstm_cell``.
+
+    Returns ``(h, c, (i, f, g, o, tanh_c))``: the gates come back for the hand-written
+    backward pass, and XLA drops them where nothing uses them.
+    """
+    z = zx_t + h @ recurrent_kernel  # [B, 4U]
+    zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
+    i = jax.nn.sigmoid(zi)
+    f = jax.nn.sigmoid(zf)
+    g = jnp.tanh(zg)
+    o = jax.nn.sigmoid(zo)
+    c = f * c + i * g
+    tanh_c = jnp.tanh(c)
+    h = o * tanh_c
+    return h, c, (i, f, g, o, tanh_c)
+
+
+def _gru_update(zx_t: Array, recurrent_kernel: Array, recurrent_bias: Array, h: Array):
+    """One GRU step from ``zx_t = x_t W + b_x``; see ``gru_cell``."""
+    zh = _project(h, recurrent_kernel, recurrent_bias)  # [B, 3U]
+    xz, xr, xh = jnp.split(zx_t, 3, axis=-1)
+    hz, hr, hh = jnp.split(zh, 3, axis=-1)
+    z = jax.nn.sigmoid(xz + hz)
+    r = jax.nn.sigmoid(xr + hr)
+    h_tilde = jnp.tanh(xh + r * hh)
+    return z * h + (1 - z) * h_tilde
+
+
+def _simple_rnn_update(zx_t: Array, recurrent_kernel: Array, h: Array):
+    """One SimpleRNN step from ``zx_t = x_t W + b``; see ``simple_rnn_cell``."""
+    return jnp.tanh(zx_t + h @ recurrent_kernel)
+
+
+# --------------------------------------------------------------------------------------
+# Cells: cell(params, carry, x_t) -> (carry, y_t)
+# --------------------------------------------------------------------------------------
+
+
+def lstm_cell(params: Params, carry: tuple[Array, Array], x_t: Array):
+    r"""One LSTM step, with the signature ``jax.lax.scan`` wants.
+
+    With ``W = params["kernel"]``, ``U = params["recurrent_kernel"]``, ``b = params["bias"]``
+    each split into four gate blocks in the order i, f, c (written ``g`` below), o::
+
+        i   = sigmoid(x_t W_i + h_{t-1} U_i + b_i)     input gate
+        f   = sigmoid(x_t W_f + h_{t-1} U_f + b_f)     forget gate
+        g   = tanh   (x_t W_c + h_{t-1} U_c + b_c)     candidate cell state
+        o   = sigmoid(x_t W_o + h_{t-1} U_o + b_o)     output gate
+        c_t = f * c_{t-1} + i * g
+        h_t = o * tanh(c_t)
+
+    No constant is added to the forget gate here: Keras's ``unit_forget_bias`` lives in the
+    initial value of ``b_f`` (see ``init_lstm``).
+
+    Args:
+      params: ``{"kernel": [D, 4U], "recurrent_kernel": [U, 4U], "bias": [4U]}``.
+      carry: ``(h, c)``, each ``[B, U]``.
+      x_t: ``[B, D]``, one time step.
+
+    Returns:
+      ``((h_t, c_t), h_t)``, each ``[B, U]``.
+
+    >>> import jax, jax.numpy as jnp
+    >>> p = init_lstm(jax.random.key(0), input_dim=3, units=5)
+    >>> carry = (jnp.zeros((2, 5)), jnp.zeros((2, 5)))
+    >>> (h, c), y = lstm_cell(p, carry, jnp.ones((2, 3)))
+    >>> h.shape, c.shape, bool((y == h).all())
+    ((2, 5), (2, 5), True)
+    """
+    h, c = carry
+    zx_t = _project(x_t, params["kernel"], params["bias"])  # [B, 4U]
+    h, c, _ = _lstm_update(zx_t, params["recurrent_kernel"], h, c)
+    return (h, c), h
+
+
+def gru_cell(params: Params, carry: Array, x_t: Array):
+    r"""One GRU step (Keras ``reset_after=True``, the cuDNN variant), scan signature.
+
+    With ``W = params["kernel"]``, ``U = params["recurrent_kernel"]``, gate blocks z, r, h,
+    ``b_x, b_h = params["bias"]``::
+
+        z   = sigmoid(x_t W_z + b_xz + h_{t-1} U_z + b_hz)     update gate
+        r   = sigmoid(x_t W_r + b_xr + h_{t-1} U_r + b_hr)     reset gate
+        h~  = tanh   (x_t W_h + b_xh + r * (h_{t-1} U_h + b_hh)) candidate
+        h_t = z * h_{t-1} + (1 - z) * h~
+
+    The reset gate multiplies the recurrent projection *after* the matmul.
+
+    Args:
+      params: ``{"kernel": [D, 3U], "recurrent_kernel": [U, 3U], "bias": [2, 3U]}``.
+      carry: ``h``, ``[B, U]``.
+      x_t: ``[B, D]``.
+
+    Returns:
+      ``(h_t, h_t)``, each ``[B, U]``.
+
+    >>> import jax, jax.numpy as jnp
+    >>> p = init_gru(jax.random.key(0), input_dim=3, units=5)
+    >>> h, y = gru_cell(p, jnp.zeros((2, 5)), jnp.ones((2, 3)))
+    >>> h.shape
+    (2, 5)
+    """
+    zx_t = _project(x_t, params["kernel"], params["bias"][0])  # [B, 3U]
+    h = _gru_update(zx_t, params["recurrent_kernel"], params["bias"][1], carry)
+    return h, h
+
+
+def simple_rnn_cell(params: Params, carry: Array, x_t: Array):
+    r"""One SimpleRNN step, scan signature::
+
+        h_t = tanh(x_t W + h_{t-1} U + b)
+
+    Args:
+      params: ``{"kernel": [D, U], "recurrent_kernel": [U, U], "bias": [U]}``.
+      carry: ``h``, ``[B, U]``.
+      x_t: ``[B, D]``.
+
+    Returns:
+      ``(h_t, h_t)``, each ``[B, U]``.
+
+    >>> import jax, jax.numpy as jnp
+    >>> p = init_simple_rnn(jax.random.key(0), input_dim=3, units=5)
+    >>> h, y = simple_rnn_cell(p, jnp.zeros((2, 5)), jnp.ones((2, 3)))
+    >>> h.shape
+    (2, 5)
+    """
+    zx_t = _project(x_t, params["kernel"], params["bias"])  # [B, U]
+    h = _simple_rnn_update(zx_t, params["recurrent_kernel"], carry)
+    return h, h
+
+
+# --------------------------------------------------------------------------------------
+# The LSTM recurrence with a hand-written gradient
+# --------------------------------------------------------------------------------------
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _lstm_recurrence(zx: Array, recurrent_kernel: Array, h0: Array, c0: Array, unroll=1):
+    """Scans ``_lstm_update`` over time-major ``zx: [T, B, 4U]``; returns ``(hs, h_T, c_T)``.
+
+    Autodiff through ``lax.scan`` computes the weight gradient ``dU += h_{t-1}^T dz_t`` as a
+    small matmul inside every backward step. The gradient below (``_lstm_recurrence_bwd``)
+    keeps the gates from the forward pass, runs only ``dz_t`` and ``dh_{t-1} = dz_t U^T``
+    in the backward scan, and forms ``dU`` with one matmul over all steps afterwards, as
+    cuDNN does. ``tests/test_recurrent.py`` checks it against autodiff.
+    """
+    return _lstm_recurrence_fwd(zx, recurrent_kernel, h0, c0, unroll)[0]
+
+
+def _lstm_recurrence_fwd(zx, recurrent_kernel, h0, c0, unroll):
+    def body(carry, zx_t):
+        h, c = carry
+        h, c_new, (i, f, g, o, tanh_c) = _lstm_update(zx_t, recurrent_kernel, h, c)
+        gates = jnp.concatenate([i, f, g, o], axis=-1)  # [B, 4U]
+        return (h, c_new), (h, c, gates, tanh_c)  # c is c_{t-1}
+
+    (h, c), (hs, c_prev, gates, tanh_c) = jax.lax.scan(body, (h0, c0), zx, unroll=unroll)
+    residuals = (recurrent_kernel, h0, hs, c_prev, gates, tanh_c)
+    return (hs, h, c), residuals
+
+
+def _lstm_recurrence_bwd(unroll, residuals, cotangents):
+    recurrent_kernel, h0, hs, c_prev, gates, tanh_c = residuals
+    d_hs, d_h, d_c = cotangents  # [T, B, U], [B, U], [B, U]
+
+    def body(carry, xs):
+        dh_next, dc_next = carry
+        dh_out, gates_t, c_prev_t, tanh_c_t = xs
+        i, f, g, o = jnp.split(gates_t, 4, axis=-1)
+        dh = dh_out + dh_next
+        dc = dc_next + dh * o * (1 - tanh_c_t * tanh_c_t)
+        dz = jnp.concatenate(  # d/dz of sigmoid, sigmoid, tanh, sigmoid
+            [dc * g * i * (1 - i), dc * c_prev_t * f * (1 - f), dc * i * (1 - g * g),
+             dh * tanh_c_t * o * (1 - o)],
+            axis=-1,
+        )  # [B, 4U]
+        return (dz @ recurrent_kernel.T, dc * f), dz
+
+    (dh0, dc0), dzx = jax.lax.scan(
+        body, (d_h, d_c), (d_hs, gates, c_prev, tanh_c), reverse=True, unroll=unroll
+    )
+    h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)  # [T, B, U]
+    d_recurrent_kernel = jnp.einsum("tbu,tbg->ug", h_prev, dzx)  # one matmul for all steps
+    return dzx, d_recurrent_kernel, dh0, dc0
+
+
+_lstm_recurrence.defvjp(_lstm_recurrence_fwd, _lstm_recurrence_bwd)
+
+
+# --------------------------------------------------------------------------------------
+# Checking what callers pass
+# --------------------------------------------------------------------------------------
+
+_GATES = {"lstm": 4, "gru": 3, "simple_rnn": 1}
+
+
+def _check_params(name: str, params: Params) -> int:
+    """Validates the parameter dict's keys and shapes; returns ``U``."""
+    if not isinstance(params, dict) or not {"kernel", "recurrent_kernel", "bias"} <= set(params):
+        got = sorted(params) if isinstance(params, dict) else type(params).__name__
+        raise ValueError(
+            f"{name}: params must be a dict with 'kernel', 'recurrent_kernel' and 'bias' "
+            f"(as returned by init_{name}); got {got}"
+        )
+    gates = _GATES[name]
+    kernel, recurrent = jnp.shape(params["kernel"]), jnp.shape(params["recurrent_kernel"])
+    if len(recurrent) != 2 or recurrent[1] != gates * recurrent[0]:
+        raise ValueError(
+            f"{name}: recurrent_kernel must be [units, {gates} * units]; got {recurrent}"
+        )
+    units = recurrent[0]
+    bias_shape = (2, gates * units) if name == "gru" else (gates * units,)
+    if len(kernel) != 2 or kernel[1] != gates * units:
+        raise ValueError(f"{name}: kernel must be [input_dim, {gates * units}]; got {kernel}")
+    if jnp.shape(params["bias"]) != bias_shape:
+        raise ValueError(f"{name}: bias must be {list(bias_shape)}; got {jnp.shape(params['bias'])}")
+    return units
+
+
+def _check_inputs(name: str, params: Params, inputs: Array, mask: Array | None) -> None:
+    shape = jnp.shape(inputs)
+    if len(shape) != 3:
+        raise ValueError(
+            f"{name}: inputs must be rank 3, [batch, time, features]; got shape {shape}. "
+            "For one sequence add a batch axis: x[None]."
+        )
+    dtype = jnp.result_type(inputs)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(
+            f"{name}: inputs must be floating point (float32, bfloat16, ...); got {dtype}. "
+            "Cast first, e.g. x.astype(jnp.float32) / 255."
+        )
+    input_dim = jnp.shape(params["kernel"])[0]
+    if shape[2] != input_dim:
+        raise ValueError(
+            f"{name}: inputs have {shape[2]} features but the kernel expects {input_dim} "
+            f"(kernel shape {jnp.shape(params['kernel'])}); inputs shape {shape}"
+        )
+    if shape[1] == 0:
+        raise ValueError(f"{name}: inputs must have at least one time step; got shape {shape}")
+    if mask is not None and jnp.shape(mask) != shape[:2]:
+        raise ValueError(
+            f"{name}: mask must be [batch, time] = {list(shape[:2])}; got {jnp.shape(mask)}"
+        )
+
+
+def _initial_carry(name: str, initial_state, batch: int, units: int, dtype) -> tuple:
+    expected = 2 if name == "lstm" else 1
+    if initial_state is None:
+        zeros = jnp.zeros((batch, units), dtype)
+        return (zeros,) * expected
+    states = tuple(initial_state) if isinstance(initial_state, (tuple, list)) else (initial_state,)
+    if len(states) != expected:
+        what = "(h, c)" if name == "lstm" else "h"
+        raise ValueError(f"{name}: initial_state must be {what}; got {len(states)} arrays")
+    for s in states:
+        if jnp.shape(s) != (batch, units):
+            raise ValueError(
+                f"{name}: each initial state must be [batch, units] = {[batch, units]}; "
+                f"got {jnp.shape(s)}"
+            )
+    return tuple(jnp.asarray(s, dtype) for s in states)
+
+
+# --------------------------------------------------------------------------------------
+# Sequence functions
+# --------------------------------------------------------------------------------------
+
+
+def _run(
+    name: str,
+    params: Params,
+    inputs: Array,
+    step: Callable,
+    *,
+    return_sequences: bool,
+    return_state: bool,
+    initial_state,
+    go_backwards: bool,
+    mask: Array | None,
+    unroll: int | bool,
+    recurrence: Callable | None = None,
+):
+    """Shared driver: checks, input projection, the masked scan over time, Keras outputs.
+
+    ``step(carry, zx_t) -> carry`` advances the state from the projected input; the first
+    element of the carry is ``h``, which is also the step's output. ``recurrence``, when
+    given, replaces the scan for the unmasked case (the LSTM's custom-gradient scan).
+    """
+    units = _check_params(name, params)
+    _check_inputs(name, params, inputs, mask)
+    batch = jnp.shape(inputs)[0]
+    dtype = jnp.result_type(inputs, params["kernel"])
+    carry = _initial_carry(name, initial_state, batch, units, dtype)
+
+    bias = params["bias"][0] if name == "gru" else params["bias"]
+    # One matmul for every step's input projection; time-major for the scan.
+    zx = _project(jnp.swapaxes(inputs, 0, 1), params["kernel"], bias)  # [T, B, gU]
+    if go_backwards:
+        zx = zx[::-1]
+
+    if mask is None and recurrence is not None:
+        hs, carry = recurrence(zx, carry, unroll)
+    else:
+        if mask is None:
+
+            def body(carry, zx_t):
+                carry = step(carry, zx_t)
+                return carry, carry[0]
+
+            xs = zx
+        else:
+            m = jnp.swapaxes(jnp.asarray(mask, bool), 0, 1)[:, :, None]  # [T, B, 1]
+            if go_backwards:
+                m = m[::-1]
+
+            def body(carry, xs_t):
+                zx_t, m_t = xs_t
+                new = step(carry, zx_t)
+                # A masked step keeps the previous state; its output repeats h_{t-1}.
+                carry = tuple(jnp.where(m_t, n, o) for n, o in zip(new, carry))
+                return carry, carry[0]
+
+            xs = (zx, m)
+        carry, hs = jax.lax.scan(body, carry, xs, unroll=unroll)  # hs: [T, B, U]
+
+    outputs = jnp.swapaxes(hs, 0, 1) if return_sequences else carry[0]
+    if return_state:
+        return (outputs, *carry)
+    return outputs
+
+
+_SEQUENCE_DOC = """
+
+    Args:
+      params: as returned by ``init_{name}``.
+      inputs: ``[batch, time, features]``, floating point.
+      return_sequences: return the output of every step, ``[batch, time, units]``, instead
+        of the last one, ``[batch, units]``.
+      return_state: also return the final state: ``(output, {state})``.
+      initial_state: ``{state}``, each ``[batch, units]``; zeros when ``None``.
+      go_backwards: read the sequence from its end; outputs come in that (reversed) order,
+        as in Keras.
+      mask: bool ``[batch, time]``; a masked step keeps the previous state and repeats the
+        previous output (the initial ``h``, zeros by default, before any valid step), as
+        Keras 3 does. A row with no valid step returns its initial state.
+      unroll: ``jax.lax.scan``'s unroll factor (``True`` unrolls fully).
+
+    Returns:
+      the output, or ``(output, {state})`` when ``return_state``.
+
+    Raises:
+      ValueError: inputs not rank 3 or not floating point, features that do not match the
+        kernel, a mask or initial state of the wrong shape.
+    """
+
+
+def lstm(
+    params: Params,
+    inputs: Array,
+    *,
+    return_sequences: bool = False,
+    return_state: bool = False,
+    initial_state: tuple[Array, Array] | None = None,
+    go_backwards: bool = False,
+    mask: Array | None = None,
+    unroll: int | bool = 1,
+):
+    def step(carry, zx_t):
+        return _lstm_update(zx_t, params["recurrent_kernel"], *carry)[:2]
+
+    def recurrence(zx, carry, unroll):
+        hs, h, c = _lstm_recurrence(zx, params["recurrent_kernel"], *carry, unroll)
+        return hs, (h, c)
+
+    return _run(
+        "lstm",
+        params,
+        inputs,
+        step,
+        return_sequences=return_sequences,
+        return_state=return_state,
+        initial_state=initial_state,
+        go_backwards=go_backwards,
+        mask=mask,
+        unroll=unroll,
+        recurrence=recurrence,
+    )
+
+
+lstm.__doc__ = (
+    """Runs ``lstm_cell`` over ``[batch, time, features]`` with ``jax.lax.scan``, as Keras's
+    ``LSTM`` layer does.
+
+    Without a mask the scan uses a hand-written gradient (``jax.custom_vjp``) that keeps the
+    gates from the forward pass and computes the weight gradients with one matmul over all
+    steps after the backward scan, as cuDNN does; its gradients equal autodiff's.
+
+    >>> import jax, jax.numpy as jnp
+    >>> p = init_lstm(jax.random.key(0), input_dim=28, units=50)
+    >>> x = jnp.ones((4, 28, 28))
+    >>> lstm(p, x).shape, lstm(p, x, return_sequences=True).shape
+    ((4, 50), (4, 28, 50))
+    >>> out, h, c = lstm(p, x, return_state=True)
+    >>> bool((out == h).all())
+    True
+"""
+    + _SEQUENCE_DOC.format(name="lstm", state="h, c")
+)
+
+
+def gru(
+    params: Params,
+    inputs: Array,
+    *,
+    return_sequences: bool = False,
+    return_state: bool = False,
+    initial_state: Array | None = None,
+    go_backwards: bool = False,
+    mask: Array | None = None,
+    unroll: int | bool = 1,
+):
+    def step(carry, zx_t):
+        return (_gru_update(zx_t, params["recurrent_kernel"], params["bias"][1], carry[0]),)
+
+    return _run(
+        "gru",
+        params,
+        inputs,
+        step,
+        return_sequences=return_sequences,
+        return_state=return_state,
+        initial_state=initial_state,
+        go_backwards=go_backwards,
+        mask=mask,
+        unroll=unroll,
+    )
+
+
+gru.__doc__ = (
+    """Runs ``gru_cell`` over ``[batch, time, features]`` with ``jax.lax.scan``, as Keras's
+    ``GRU`` layer (``reset_after=True``) does.
+
+    >>> import jax, jax.numpy as jnp
+    >>> p = init_gru(jax.random.key(0), input_dim=28, units=50)
+    >>> gru(p, jnp.ones((4, 28, 28))).shape
+    (4, 50)
+"""
+    + _SEQUENCE_DOC.format(name="gru", state="h")
+)
+
+
+def simple_rnn(
+    params: Params,
+    inputs: Array,
+    *,
+    return_sequences: bool = False,
+    return_state: bool = False,
+    initial_state: Array | None = None,
+    go_backwards: bool = False,
+    mask: Array | None = None,
+    unroll: int | bool = 1,
+):
+    def step(carry, zx_t):
+        return (_simple_rnn_update(zx_t, params["recurrent_kernel"], carry[0]),)
+
+    return _run(
+        "simple_rnn",
+        params,
+        inputs,
+        step,
+        return_sequences=return_sequences,
+        return_state=return_state,
+        initial_state=initial_state,
+        go_backwards=go_backwards,
+        mask=mask,
+        unroll=unroll,
+    )
+
+
+simple_rnn.__doc__ = (
+    """Runs ``simple_rnn_cell`` over ``[batch, time, features]`` with ``jax.lax.scan``, as
+    Keras's ``SimpleRNN`` layer does.
+
+    >>> import jax, jax.numpy as jnp
+    >>> p = init_simple_rnn(jax.random.key(0), input_dim=28, units=50)
+    >>> simple_rnn(p, jnp.ones((4, 28, 28)), return_sequences=True).shape
+    (4, 28, 50)
+"""
+    + _SEQUENCE_DOC.format(name="simple_rnn", state="h")
+)
