@@ -91,7 +91,10 @@ class LSTM(_Recurrent):
 
     def _init_params(self, key, input_dim):
         return recurrent.init_lstm(
-            key, input_dim, self.units, unit_forget_bias=self.unit_forget_bias,
+            key,
+            input_dim,
+            self.units,
+            unit_forget_bias=self.unit_forget_bias,
             dtype=self.param_dtype,
         )
 
@@ -199,4 +202,8 @@ class Classifier(nn.Module):
             if self.bidirectional:
                 layer = Bidirectional(layer)
             x = layer(x)
-        return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+        # Keras's Dense initialises its kernel glorot-uniform (Flax's default is LeCun normal).
+        dense = nn.Dense(
+            self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.glorot_uniform()
+        )
+        return dense(x).astype(jnp.float32)

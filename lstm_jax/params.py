@@ -39,8 +39,10 @@ def count_params(tree: Any) -> int:
 
 def _nbytes(tree: Any) -> int:
     return int(
-        sum(np.prod(leaf.shape, dtype=np.int64) * jnp.dtype(leaf.dtype).itemsize
-            for leaf in jax.tree.leaves(tree))
+        sum(
+            np.prod(leaf.shape, dtype=np.int64) * jnp.dtype(leaf.dtype).itemsize
+            for leaf in jax.tree.leaves(tree)
+        )
     )
 
 
@@ -56,8 +58,10 @@ def _human_bytes(n: int) -> str:
 def _shape_str(out: Any, batch_is_none: bool) -> str:
     shapes = [tuple(leaf.shape) for leaf in jax.tree.leaves(out)]
     texts = [
-        "(" + ", ".join(["None" if (batch_is_none and k == 0) else str(d)
-                          for k, d in enumerate(s)]) + ("," if len(s) == 1 else "") + ")"
+        "("
+        + ", ".join(["None" if (batch_is_none and k == 0) else str(d) for k, d in enumerate(s)])
+        + ("," if len(s) == 1 else "")
+        + ")"
         for s in shapes
     ]
     return texts[0] if len(texts) == 1 else "[" + ", ".join(texts) + "]"
@@ -92,7 +96,9 @@ def summary(
     """
     input_shape = tuple(input_shape)
     if any(d is not None and (not isinstance(d, int) or d <= 0) for d in input_shape):
-        raise ValueError(f"input_shape must hold positive ints (or None for the batch); got {input_shape}")
+        raise ValueError(
+            f"input_shape must hold positive ints (or None for the batch); got {input_shape}"
+        )
     if any(d is None for d in input_shape[1:]):
         raise ValueError(f"only the batch dimension may be None; got {input_shape}")
     batch_is_none = input_shape[0] is None if input_shape else False
@@ -119,7 +125,9 @@ def summary(
     for path, type_name, out in layers:
         name = path[0] if path else type_name
         sub_vars = [v.get(path[0], {}) for v in variables.values()] if path else variables
-        rows.append((f"{name} ({type_name})", _shape_str(out, batch_is_none), count_params(sub_vars)))
+        rows.append(
+            (f"{name} ({type_name})", _shape_str(out, batch_is_none), count_params(sub_vars))
+        )
 
     headers = ("Layer (type)", "Output Shape", "Param #")
     body = [(a, b, f"{c:,}") for a, b, c in rows]

@@ -111,9 +111,7 @@ def init_gru(key: Array, input_dim: int, units: int, *, dtype: Any = jnp.float32
     return {**_kernels(key, input_dim, units, 3, dtype), "bias": jnp.zeros((2, 3 * units), dtype)}
 
 
-def init_simple_rnn(
-    key: Array, input_dim: int, units: int, *, dtype: Any = jnp.float32
-) -> Params:
+def init_simple_rnn(key: Array, input_dim: int, units: int, *, dtype: Any = jnp.float32) -> Params:
     """SimpleRNN parameters: ``{"kernel": [D, U], "recurrent_kernel": [U, U], "bias": [U]}``."""
     return {**_kernels(key, input_dim, units, 1, dtype), "bias": jnp.zeros((units,), dtype)}
 
@@ -303,8 +301,12 @@ def _lstm_recurrence_bwd(unroll, residuals, cotangents):
         dh = dh_out + dh_next
         dc = dc_next + dh * o * (1 - tanh_c_t * tanh_c_t)
         dz = jnp.concatenate(  # d/dz of sigmoid, sigmoid, tanh, sigmoid
-            [dc * g * i * (1 - i), dc * c_prev_t * f * (1 - f), dc * i * (1 - g * g),
-             dh * tanh_c_t * o * (1 - o)],
+            [
+                dc * g * i * (1 - i),
+                dc * c_prev_t * f * (1 - f),
+                dc * i * (1 - g * g),
+                dh * tanh_c_t * o * (1 - o),
+            ],
             axis=-1,
         )  # [B, 4U]
         return (dz @ recurrent_kernel.T, dc * f), dz
@@ -346,7 +348,9 @@ def _check_params(name: str, params: Params) -> int:
     if len(kernel) != 2 or kernel[1] != gates * units:
         raise ValueError(f"{name}: kernel must be [input_dim, {gates * units}]; got {kernel}")
     if jnp.shape(params["bias"]) != bias_shape:
-        raise ValueError(f"{name}: bias must be {list(bias_shape)}; got {jnp.shape(params['bias'])}")
+        raise ValueError(
+            f"{name}: bias must be {list(bias_shape)}; got {jnp.shape(params['bias'])}"
+        )
     return units
 
 
@@ -463,6 +467,16 @@ def _run(
     return outputs
 
 
+def _documented(name: str, state: str):
+    """Appends the Args/Returns shared by the three sequence functions to a docstring."""
+
+    def add(fn):
+        fn.__doc__ = fn.__doc__.rstrip() + "\n" + _SEQUENCE_DOC.format(name=name, state=state)
+        return fn
+
+    return add
+
+
 _SEQUENCE_DOC = """
 
     Args:
@@ -488,6 +502,7 @@ _SEQUENCE_DOC = """
     """
 
 
+@_documented("lstm", "h, c")
 def lstm(
     params: Params,
     inputs: Array,
@@ -499,6 +514,23 @@ def lstm(
     mask: Array | None = None,
     unroll: int | bool = 1,
 ):
+    """Runs ``lstm_cell`` over ``[batch, time, features]`` with ``jax.lax.scan``, as Keras's
+    ``LSTM`` layer does.
+
+    Without a mask the scan uses a hand-written gradient (``jax.custom_vjp``) that keeps the
+    gates from the forward pass and computes the weight gradients with one matmul over all
+    steps after the backward scan, as cuDNN does; its gradients equal autodiff's.
+
+    >>> import jax, jax.numpy as jnp
+    >>> p = init_lstm(jax.random.key(0), input_dim=28, units=50)
+    >>> x = jnp.ones((4, 28, 28))
+    >>> lstm(p, x).shape, lstm(p, x, return_sequences=True).shape
+    ((4, 50), (4, 28, 50))
+    >>> out, h, c = lstm(p, x, return_state=True)
+    >>> bool((out == h).all())
+    True
+    """
+
     def step(carry, zx_t):
         return _lstm_update(zx_t, params["recurrent_kernel"], *carry)[:2]
 
@@ -521,27 +553,7 @@ def lstm(
     )
 
 
-lstm.__doc__ = (
-    """Runs ``lstm_cell`` over ``[batch, time, features]`` with ``jax.lax.scan``, as Keras's
-    ``LSTM`` layer does.
-
-    Without a mask the scan uses a hand-written gradient (``jax.custom_vjp``) that keeps the
-    gates from the forward pass and computes the weight gradients with one matmul over all
-    steps after the backward scan, as cuDNN does; its gradients equal autodiff's.
-
-    >>> import jax, jax.numpy as jnp
-    >>> p = init_lstm(jax.random.key(0), input_dim=28, units=50)
-    >>> x = jnp.ones((4, 28, 28))
-    >>> lstm(p, x).shape, lstm(p, x, return_sequences=True).shape
-    ((4, 50), (4, 28, 50))
-    >>> out, h, c = lstm(p, x, return_state=True)
-    >>> bool((out == h).all())
-    True
-"""
-    + _SEQUENCE_DOC.format(name="lstm", state="h, c")
-)
-
-
+@_documented("gru", "h")
 def gru(
     params: Params,
     inputs: Array,
@@ -553,6 +565,15 @@ def gru(
     mask: Array | None = None,
     unroll: int | bool = 1,
 ):
+    """Runs ``gru_cell`` over ``[batch, time, features]`` with ``jax.lax.scan``, as Keras's
+    ``GRU`` layer (``reset_after=True``) does.
+
+    >>> import jax, jax.numpy as jnp
+    >>> p = init_gru(jax.random.key(0), input_dim=28, units=50)
+    >>> gru(p, jnp.ones((4, 28, 28))).shape
+    (4, 50)
+    """
+
     def step(carry, zx_t):
         return (_gru_update(zx_t, params["recurrent_kernel"], params["bias"][1], carry[0]),)
 
@@ -570,19 +591,7 @@ def gru(
     )
 
 
-gru.__doc__ = (
-    """Runs ``gru_cell`` over ``[batch, time, features]`` with ``jax.lax.scan``, as Keras's
-    ``GRU`` layer (``reset_after=True``) does.
-
-    >>> import jax, jax.numpy as jnp
-    >>> p = init_gru(jax.random.key(0), input_dim=28, units=50)
-    >>> gru(p, jnp.ones((4, 28, 28))).shape
-    (4, 50)
-"""
-    + _SEQUENCE_DOC.format(name="gru", state="h")
-)
-
-
+@_documented("simple_rnn", "h")
 def simple_rnn(
     params: Params,
     inputs: Array,
@@ -594,6 +603,15 @@ def simple_rnn(
     mask: Array | None = None,
     unroll: int | bool = 1,
 ):
+    """Runs ``simple_rnn_cell`` over ``[batch, time, features]`` with ``jax.lax.scan``, as
+    Keras's ``SimpleRNN`` layer does.
+
+    >>> import jax, jax.numpy as jnp
+    >>> p = init_simple_rnn(jax.random.key(0), input_dim=28, units=50)
+    >>> simple_rnn(p, jnp.ones((4, 28, 28)), return_sequences=True).shape
+    (4, 28, 50)
+    """
+
     def step(carry, zx_t):
         return (_simple_rnn_update(zx_t, params["recurrent_kernel"], carry[0]),)
 
@@ -609,16 +627,3 @@ def simple_rnn(
         mask=mask,
         unroll=unroll,
     )
-
-
-simple_rnn.__doc__ = (
-    """Runs ``simple_rnn_cell`` over ``[batch, time, features]`` with ``jax.lax.scan``, as
-    Keras's ``SimpleRNN`` layer does.
-
-    >>> import jax, jax.numpy as jnp
-    >>> p = init_simple_rnn(jax.random.key(0), input_dim=28, units=50)
-    >>> simple_rnn(p, jnp.ones((4, 28, 28)), return_sequences=True).shape
-    (4, 28, 50)
-"""
-    + _SEQUENCE_DOC.format(name="simple_rnn", state="h")
-)

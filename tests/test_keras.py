@@ -14,7 +14,6 @@ assert os.environ["KERAS_BACKEND"] == "jax"  # set in conftest.py before this im
 keras = pytest.importorskip("keras")  # a test dependency: pip install -e ".[test]"
 
 
-
 @pytest.fixture(autouse=True)
 def _keras_rank_promotion():
     """Keras's own code (its orthogonal initialiser) relies on implicit rank promotion;
@@ -66,7 +65,9 @@ def test_layer_matches_keras(name, go_backwards, masked, return_sequences):
     expected = keras_layer(x, mask=mask if masked else None)
 
     ours = ours_cls(U, **kwargs)
-    got = ours.apply({"params": weights}, jnp.asarray(x), mask=jnp.asarray(mask) if masked else None)
+    got = ours.apply(
+        {"params": weights}, jnp.asarray(x), mask=jnp.asarray(mask) if masked else None
+    )
     assert len(got) == len(expected)
     for g, e in zip(got, expected):
         assert g.shape == tuple(e.shape)
@@ -85,7 +86,9 @@ def test_initial_state_matches_keras(name):
     weights = _keras_weights(keras_layer)
     expected = keras_layer(x, mask=mask, initial_state=states)
     got = ours_cls(U, return_sequences=True).apply(
-        {"params": weights}, jnp.asarray(x), mask=jnp.asarray(mask),
+        {"params": weights},
+        jnp.asarray(x),
+        mask=jnp.asarray(mask),
         initial_state=states if name == "lstm" else states[0],
     )
     assert float(np.max(np.abs(np.asarray(got) - np.asarray(expected)))) < MAX_ABS_DIFF
@@ -129,12 +132,22 @@ def test_lesson_model_matches_keras_and_counts_the_same():
 
 @pytest.mark.parametrize(
     "name, input_dim, units",
-    [("lstm", 1, 10), ("lstm", 28, 50), ("gru", 28, 50), ("simple_rnn", 28, 50), ("gru", 3, 1),
-     ("simple_rnn", 1, 10), ("lstm", 7, 33)],
+    [
+        ("lstm", 1, 10),
+        ("lstm", 28, 50),
+        ("gru", 28, 50),
+        ("simple_rnn", 28, 50),
+        ("gru", 3, 1),
+        ("simple_rnn", 1, 10),
+        ("lstm", 7, 33),
+    ],
 )
 def test_param_count_matches_keras(name, input_dim, units):
     layer = LAYERS[name][1](units)
     layer.build((None, 5, input_dim))
-    formula = {"lstm": lparams.lstm_param_count, "gru": lparams.gru_param_count,
-               "simple_rnn": lparams.simple_rnn_param_count}[name]
+    formula = {
+        "lstm": lparams.lstm_param_count,
+        "gru": lparams.gru_param_count,
+        "simple_rnn": lparams.simple_rnn_param_count,
+    }[name]
     assert layer.count_params() == formula(input_dim, units)

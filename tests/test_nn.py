@@ -12,7 +12,8 @@ X = jnp.asarray(np.random.default_rng(0).normal(size=(3, 6, 4)), jnp.float32)
 
 
 @pytest.mark.parametrize(
-    "layer_cls, fn", [(lnn.LSTM, lstm_jax.lstm), (lnn.GRU, lstm_jax.gru), (lnn.SimpleRNN, lstm_jax.simple_rnn)],
+    "layer_cls, fn",
+    [(lnn.LSTM, lstm_jax.lstm), (lnn.GRU, lstm_jax.gru), (lnn.SimpleRNN, lstm_jax.simple_rnn)],
     ids=["lstm", "gru", "simple_rnn"],
 )
 def test_layer_is_the_functional_core(layer_cls, fn):

@@ -44,7 +44,9 @@ def test_formula_matches_parameter_trees(name, input_dim, units):
 def test_count_does_not_depend_on_time_steps():
     counts = {
         t: lstm_jax.count_params(
-            jax.eval_shape(lnn.LSTM(10).init, jax.random.key(0), jax.ShapeDtypeStruct((1, t, 1), np.float32))
+            jax.eval_shape(
+                lnn.LSTM(10).init, jax.random.key(0), jax.ShapeDtypeStruct((1, t, 1), np.float32)
+            )
         )
         for t in (1, 5, 28, 784)
     }

@@ -92,7 +92,9 @@ def _mask():
 @pytest.mark.parametrize("go_backwards", [False, True], ids=["forward", "backwards"])
 def test_masked_sequence_matches_numpy(name, go_backwards):
     params, x, mask, states = make_params(name), make_inputs(), _mask(), make_state(name)
-    outs, final = run_seq(name, params, x, mask=mask, initial_state=states, go_backwards=go_backwards)
+    outs, final = run_seq(
+        name, params, x, mask=mask, initial_state=states, go_backwards=go_backwards
+    )
     ref_outs, ref_final = reference.run(
         name, params, x, mask=mask, initial_state=states, go_backwards=go_backwards
     )
@@ -197,8 +199,14 @@ def test_lstm_custom_gradient_matches_autodiff():
     for g, r in zip(jax.tree.leaves(custom), jax.tree.leaves(autodiff)):
         np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-5)
     # and for reversed sequences, under jit, with unroll
-    fn = jax.jit(jax.grad(lambda p, m: jnp.sum(lstm_jax.lstm(p, x, go_backwards=True, mask=m, unroll=3) ** 2)))
-    for g, r in zip(jax.tree.leaves(fn(params, None)), jax.tree.leaves(fn(params, jnp.ones((B, T), bool)))):
+    fn = jax.jit(
+        jax.grad(
+            lambda p, m: jnp.sum(lstm_jax.lstm(p, x, go_backwards=True, mask=m, unroll=3) ** 2)
+        )
+    )
+    for g, r in zip(
+        jax.tree.leaves(fn(params, None)), jax.tree.leaves(fn(params, jnp.ones((B, T), bool)))
+    ):
         np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-5)
 
 
@@ -213,7 +221,11 @@ def test_gradients_match_finite_differences(name):
         x = jnp.asarray(np.asarray(x32), jnp.float64)
         check_grads(
             lambda p: jnp.sum(fn(p, x, return_sequences=True) ** 2),
-            (params,), order=1, modes=["rev"], atol=1e-6, rtol=1e-6,
+            (params,),
+            order=1,
+            modes=["rev"],
+            atol=1e-6,
+            rtol=1e-6,
         )
 
 
@@ -231,7 +243,10 @@ def test_lstm_init_follows_keras_defaults():
     np.testing.assert_allclose(r @ r.T, np.eye(50), atol=1e-5)
     no_forget = lstm_jax.init_lstm(jax.random.key(0), 28, 50, unit_forget_bias=False)
     np.testing.assert_array_equal(no_forget["bias"], np.zeros(200))
-    assert lstm_jax.init_lstm(jax.random.key(0), 2, 3, dtype=jnp.bfloat16)["kernel"].dtype == jnp.bfloat16
+    assert (
+        lstm_jax.init_lstm(jax.random.key(0), 2, 3, dtype=jnp.bfloat16)["kernel"].dtype
+        == jnp.bfloat16
+    )
 
 
 # ---------------------------------------------------------------- bad input
@@ -245,7 +260,11 @@ def test_lstm_init_follows_keras_defaults():
         (np.ones((B, T, D + 1), np.float32), {}, "features"),
         (np.ones((B, T, D), np.int32), {}, "floating point"),
         (np.ones((B, T, D), np.float32), {"mask": np.ones((B, T + 1), bool)}, "mask must be"),
-        (np.ones((B, T, D), np.float32), {"initial_state": (np.ones((B, U + 1)),) * 2}, "initial state"),
+        (
+            np.ones((B, T, D), np.float32),
+            {"initial_state": (np.ones((B, U + 1)),) * 2},
+            "initial state",
+        ),
     ],
     ids=["rank2", "features", "int_inputs", "mask_shape", "state_shape"],
 )

@@ -1,0 +1,175 @@
+"""Image classification data from TensorFlow Datasets, read as sequences.
+
+Each image ``[H, W, C]`` becomes a sequence in one of three ways (``sequence=``):
+
+* ``rows``: ``H`` steps of ``W * C`` features; MNIST gives the lesson's 28 steps x 28.
+* ``pixels``: ``H * W`` steps of ``C`` features, one pixel at a time (784 x 1 for MNIST).
+* ``permuted``: as ``pixels``, in one fixed random order (the same for every run), the
+  classic long-memory benchmark.
+
+Images stay ``uint8`` (a quarter of float32's memory, so that a whole data set sits on the
+device); ``to_sequences`` scales them to ``[0, 1]`` inside the jitted step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import socket
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SEQUENCES = ("rows", "pixels", "permuted")
+PERMUTATION_SEED = 0  # fixed: every run of ``permuted`` reads pixels in the same order
+
+
+class DataError(RuntimeError):
+    """The data set cannot be loaded; the message says why and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """``images: [N, H, W, C]`` uint8 and ``labels: [N]`` int32, on the host."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    name: str
+    train: Split
+    validation: Split
+    test: Split
+    num_classes: int
+
+
+def to_sequences(images: jax.Array, sequence: str = "rows") -> jax.Array:
+    """``[B, H, W, C]`` uint8 images -> float32 ``[batch, time, features]`` in ``[0, 1]``.
+
+    >>> import numpy as np
+    >>> x = np.zeros((2, 28, 28, 1), np.uint8)
+    >>> to_sequences(x, "rows").shape, to_sequences(x, "pixels").shape
+    ((2, 28, 28), (2, 784, 1))
+    """
+    if sequence not in SEQUENCES:
+        raise ValueError(f"sequence must be one of {SEQUENCES}; got {sequence!r}")
+    b, h, w, c = images.shape
+    x = jnp.asarray(images).astype(jnp.float32) / 255.0
+    if sequence == "rows":
+        return x.reshape(b, h, w * c)
+    x = x.reshape(b, h * w, c)
+    if sequence == "permuted":
+        x = x[:, _permutation(h * w)]
+    return x
+
+
+def _permutation(n: int) -> np.ndarray:
+    return np.random.default_rng(PERMUTATION_SEED).permutation(n)
+
+
+def sequence_shape(image_shape: tuple[int, int, int], sequence: str) -> tuple[int, int]:
+    """``(time, features)`` of one image read as ``sequence``."""
+    h, w, c = image_shape
+    return (h, w * c) if sequence == "rows" else (h * w, c)
+
+
+def _network_reachable(timeout: float = 3.0) -> bool:
+    """Whether TFDS's download host answers; checked so that no download hangs offline."""
+    try:
+        socket.create_connection(("storage.googleapis.com", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _where(data_dir: str | None) -> str:
+    if data_dir:
+        return data_dir
+    return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+
+
+def _load_split(name: str, split: str, data_dir: str | None, download: bool) -> Split:
+    import tensorflow_datasets as tfds  # heavy: imported only when data is loaded
+
+    ds = tfds.load(name, split=split, data_dir=data_dir, as_supervised=True, download=download)
+    images, labels = [], []
+    for x, y in tfds.as_numpy(ds.batch(10_000)):
+        images.append(x)
+        labels.append(y)
+    return Split(np.concatenate(images), np.concatenate(labels).astype(np.int32))
+
+
+def load(
+    name: str = "mnist",
+    *,
+    data_dir: str | None = None,
+    validation_split: float = 0.2,
+    download: bool = True,
+) -> Dataset:
+    """Loads a TFDS image classification data set; holds out the end of ``train``.
+
+    As Keras's ``validation_split``, the *last* ``validation_split`` of the training set
+    (before any shuffling) is the validation set: 48,000 / 12,000 for MNIST at 0.2.
+
+    Args:
+      name: a TFDS name with ``image`` and ``label`` features, e.g. ``mnist``,
+        ``fashion_mnist``.
+      data_dir: a TFDS data directory; ``None`` is TFDS's own (``TFDS_DATA_DIR`` or
+        ``~/tensorflow_datasets``).
+      validation_split: the fraction held out, in ``[0, 1)``.
+      download: let TFDS download and prepare the data when it is missing.
+
+    Raises:
+      DataError: unknown data set, or data missing and no way to download it.
+    """
+    import tensorflow_datasets as tfds
+
+    if not 0 <= validation_split < 1:
+        raise ValueError(f"validation_split must be in [0, 1); got {validation_split}")
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        known = tfds.list_builders()
+        close = difflib.get_close_matches(name, known, n=5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise DataError(f"TFDS does not know a data set called {name!r}.{hint}") from None
+    features = builder.info.features
+    if "image" not in features or "label" not in features or len(features["image"].shape) != 3:
+        raise DataError(
+            f"{name!r} is not an image classification data set with 'image' [H, W, C] and "
+            f"'label' features; its features are {list(features)}"
+        )
+    try:
+        train, test = (_load_split(name, s, data_dir, download=False) for s in ("train", "test"))
+    except AssertionError:  # TFDS's "could not find data in ..."
+        where = _where(data_dir)
+        if not download or not _network_reachable():
+            why = (
+                "downloading is off (--no-download)"
+                if not download
+                else "the network is unreachable"
+            )
+            raise DataError(
+                f"{name} is not prepared in {where} (where TFDS looked), and {why}. Prepare it "
+                f"on a machine with network access (`tfds build {name}`, or one run of train.py "
+                "there), copy that tensorflow_datasets directory here, and point at it with "
+                "--data-dir DIR or TFDS_DATA_DIR=DIR."
+            ) from None
+        train, test = (_load_split(name, s, data_dir, download=True) for s in ("train", "test"))
+
+    cut = math.floor(len(train) * (1 - validation_split))  # Keras's split point
+    return Dataset(
+        name=name,
+        train=Split(train.images[:cut], train.labels[:cut]),
+        validation=Split(train.images[cut:], train.labels[cut:]),
+        test=test,
+        num_classes=int(features["label"].num_classes),
+    )

@@ -1,0 +1,532 @@
+"""Training and evaluation on sequential image data: the library behind ``train.py``.
+
+``train_and_evaluate(config, workdir)`` runs the lesson by default: LSTM(50) then Dense(10)
+on MNIST read row by row, softmax cross-entropy, Adam at 1e-3, batch 128, 3 epochs, the
+last 20% of the training set held out for validation, then the test set.
+
+How it runs:
+
+* The data set is loaded once and kept on the device(s) as ``uint8``; each epoch shuffles
+  with ``jax.random`` on the device.
+* A whole epoch is one jitted call (``train_epoch``): a ``lax.scan`` over batches, with the
+  training state donated, compiled once per run.
+* Data parallel over every device JAX sees: a one-axis mesh ``("data",)``, each batch split
+  across it, parameters and optimizer state replicated. The same code serves one device,
+  several, and several hosts (``Config.distributed``).
+* An orbax checkpoint at every epoch end; ``Config.resume`` continues from the newest one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training import train_state
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from lstm_jax import data as data_lib
+from lstm_jax import nn as lnn
+from lstm_jax import params as params_lib
+from lstm_jax.checkpoints import Checkpointer, CheckpointError
+
+CELLS = ("lstm", "gru", "simple_rnn")
+OPTIMIZERS = ("adam", "sgd", "rmsprop", "adamw")
+PRECISIONS = ("float32", "bfloat16")
+
+
+class ConfigError(ValueError):
+    """A setting is out of range; the message names it and what is allowed."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; ``step`` is the first such optimizer step."""
+
+    def __init__(self, step: int, epoch: int):
+        self.step, self.epoch = step, epoch
+        super().__init__(
+            f"the loss became NaN at step {step} (epoch {epoch}); training stopped. The "
+            "checkpoints of earlier epochs are intact; try a lower --learning-rate."
+        )
+
+
+# Errors that ``train.py`` reports as one line and a non-zero exit, without a traceback.
+USER_ERRORS = (ConfigError, data_lib.DataError, CheckpointError, TrainingDiverged)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything a run depends on; the defaults are the lesson's recipe."""
+
+    cell: str = "lstm"
+    units: tuple[int, ...] = (50,)
+    bidirectional: bool = False
+    epochs: int = 3
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    optimizer: str = "adam"
+    dataset: str = "mnist"
+    sequence: str = "rows"
+    validation_split: float = 0.2
+    seed: int = 0
+    data_dir: str | None = None
+    download: bool = True
+    precision: str = "float32"
+    resume: bool = False
+    distributed: bool = False
+    progress: bool = True
+    # Cap on training examples; None uses them all. For quick runs (notebooks, smoke tests).
+    max_train_examples: int | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "units", tuple(self.units))
+
+    def validate(self) -> None:
+        def need(ok: bool, message: str):
+            if not ok:
+                raise ConfigError(message)
+
+        need(self.cell in CELLS, f"--cell must be one of {', '.join(CELLS)}; got {self.cell!r}")
+        need(
+            len(self.units) > 0 and all(isinstance(u, int) and u > 0 for u in self.units),
+            f"--units must be positive ints (e.g. 50 or 128,64); got {list(self.units)}",
+        )
+        need(self.epochs > 0, f"--epochs must be a positive int; got {self.epochs}")
+        need(self.batch_size > 0, f"--batch-size must be a positive int; got {self.batch_size}")
+        need(
+            math.isfinite(self.learning_rate) and self.learning_rate > 0,
+            f"--learning-rate must be positive; got {self.learning_rate}",
+        )
+        need(
+            self.optimizer in OPTIMIZERS,
+            f"--optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}",
+        )
+        need(
+            self.sequence in data_lib.SEQUENCES,
+            f"--sequence must be one of {', '.join(data_lib.SEQUENCES)}; got {self.sequence!r}",
+        )
+        need(
+            0 < self.validation_split < 1,
+            f"--validation-split must be strictly between 0 and 1; got {self.validation_split}",
+        )
+        need(
+            self.precision in PRECISIONS,
+            f"--precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}",
+        )
+        need(
+            self.max_train_examples is None or self.max_train_examples > 0,
+            f"max_train_examples must be positive; got {self.max_train_examples}",
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Model, optimizer, state
+# --------------------------------------------------------------------------------------
+
+
+def make_model(config: Config, num_classes: int) -> nn.Module:
+    dtype = jnp.bfloat16 if config.precision == "bfloat16" else None
+    return lnn.Classifier(
+        cell=config.cell,
+        units=config.units,
+        num_classes=num_classes,
+        bidirectional=config.bidirectional,
+        dtype=dtype,
+    )
+
+
+def make_optimizer(config: Config) -> optax.GradientTransformation:
+    """Keras's defaults for each optimizer (epsilon 1e-7, RMSprop rho 0.9, AdamW decay 0.004)."""
+    lr = config.learning_rate
+    return {
+        "adam": lambda: optax.adam(lr, eps=1e-7),
+        "sgd": lambda: optax.sgd(lr),
+        "rmsprop": lambda: optax.rmsprop(lr, decay=0.9, eps=1e-7),
+        "adamw": lambda: optax.adamw(lr, eps=1e-7, weight_decay=0.004),
+    }[config.optimizer]()
+
+
+def create_train_state(
+    config: Config, model: nn.Module, input_shape: tuple[int, int]
+) -> train_state.TrainState:
+    """Initialises parameters from ``config.seed`` (as Keras would) and the optimizer."""
+    key = jax.random.fold_in(jax.random.key(config.seed), 0)
+    params = model.init(key, jnp.zeros((1, *input_shape), jnp.float32))["params"]
+    return train_state.TrainState.create(
+        apply_fn=model.apply, params=params, tx=make_optimizer(config)
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Steps and epochs
+# --------------------------------------------------------------------------------------
+
+
+def _loss_and_metrics(logits: jax.Array, labels: jax.Array, weights: jax.Array):
+    """Per-example softmax cross-entropy; returns sums (loss, correct, count) over the
+    weighted examples (padding has weight 0)."""
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)  # [B]
+    correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+    return jnp.stack([jnp.sum(losses * weights), jnp.sum(correct * weights), jnp.sum(weights)])
+
+
+def train_step(state, images, labels, weights, sequence: str, shard: Callable = lambda x: x):
+    """One optimizer step on a batch of ``uint8`` images; returns ``(state, sums, loss)``.
+
+    The loss is the mean over the batch's real examples, as Keras averages a smaller
+    final batch over its own examples.
+    """
+    x = shard(data_lib.to_sequences(images, sequence))  # [B, T, F]
+
+    def loss_fn(params):
+        logits = state.apply_fn({"params": params}, x)  # [B, classes]
+        sums = _loss_and_metrics(logits, labels, weights)
+        return sums[0] / jnp.maximum(sums[2], 1), sums
+
+    (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    return state.apply_gradients(grads=grads), sums, loss
+
+
+def _batches(key, n: int, batch_size: int, shuffle: bool):
+    """Indices ``[steps, batch]`` covering ``n`` examples, and weights marking padding."""
+    steps = -(-n // batch_size)
+    order = jax.random.permutation(key, n) if shuffle else jnp.arange(n)
+    pad = steps * batch_size - n
+    order = jnp.concatenate([order, jnp.zeros(pad, order.dtype)]) if pad else order
+    weights = (jnp.arange(steps * batch_size) < n).astype(jnp.float32)
+    return order.reshape(steps, batch_size), weights.reshape(steps, batch_size)
+
+
+class _Progress:
+    """A tqdm bar per epoch, fed from inside the jitted epoch by ``jax.debug.callback``."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bar = None
+        self.start = 0.0
+        self.batch_size = 1
+
+    def open(self, epoch: int, epochs: int, steps: int, batch_size: int):
+        if not self.enabled:
+            return
+        from tqdm.auto import tqdm
+
+        # disable=None: no bar where output is not a terminal (CI logs), as tqdm advises.
+        self.bar = tqdm(
+            total=steps,
+            desc=f"epoch {epoch}/{epochs}",
+            unit="step",
+            leave=False,
+            file=sys.stdout,
+            dynamic_ncols=True,
+            disable=None,
+        )
+        self.start, self.batch_size = time.perf_counter(), batch_size
+
+    def update(self, step, loss_sum, count):
+        if self.bar is None:
+            return
+        step = int(step) + 1
+        rate = step * self.batch_size / max(time.perf_counter() - self.start, 1e-9)
+        self.bar.n = step
+        self.bar.set_postfix(
+            loss=f"{float(loss_sum) / max(float(count), 1):.4f}",
+            samples_per_s=f"{rate:,.0f}",
+            refresh=False,
+        )
+        self.bar.refresh()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def make_epoch_fns(
+    config: Config, model: nn.Module, mesh: Mesh, n_train: int, progress: _Progress | None = None
+):
+    """Builds the jitted ``train_epoch`` and ``evaluate`` for one run.
+
+    ``train_epoch(state, images, labels, key) -> (state, sums, bad_step)`` runs a whole
+    epoch as one ``lax.scan`` over shuffled batches. ``sums`` is ``[loss_sum, correct,
+    count]``; ``bad_step`` is ``-1``, or the first step whose loss was not finite, after
+    which the state is left as it was before that step.
+
+    ``evaluate(params, images, labels) -> sums`` runs over a split in fixed order.
+    """
+    replicated = NamedSharding(mesh, P())
+    batch_sharded = NamedSharding(mesh, P("data"))
+    report_every = max(1, -(-n_train // config.batch_size) // 50)
+
+    def shard(x):
+        return jax.lax.with_sharding_constraint(x, batch_sharded)
+
+    def train_epoch(state, images, labels, key):
+        idx, w = _batches(key, labels.shape[0], config.batch_size, shuffle=True)
+
+        def body(carry, xs):
+            state, sums, bad_step = carry
+            i, idx_b, w_b = xs
+            new_state, batch_sums, loss = train_step(
+                state, images[idx_b], labels[idx_b], shard(w_b), config.sequence, shard
+            )
+            ok = jnp.isfinite(loss) & (bad_step < 0)
+            state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_state, state)
+            bad_step = jnp.where((bad_step < 0) & ~jnp.isfinite(loss), state.step, bad_step)
+            sums = sums + jnp.where(ok, batch_sums, 0)
+            if progress is not None and progress.enabled:
+                jax.lax.cond(
+                    (i % report_every == 0) | (i == idx.shape[0] - 1),
+                    lambda: jax.debug.callback(progress.update, i, sums[0], sums[2]),
+                    lambda: None,
+                )
+            return (state, sums, bad_step), None
+
+        steps = jnp.arange(idx.shape[0])
+        init = (state, jnp.zeros(3, jnp.float32), jnp.array(-1, state.step.dtype))
+        (state, sums, bad_step), _ = jax.lax.scan(body, init, (steps, idx, w))
+        return state, sums, bad_step
+
+    def evaluate(params, images, labels):
+        batch = max(1024, config.batch_size)
+        batch -= batch % mesh.size
+        idx, w = _batches(None, labels.shape[0], batch, shuffle=False)
+
+        def body(sums, xs):
+            idx_b, w_b = xs
+            x = shard(data_lib.to_sequences(images[idx_b], config.sequence))
+            logits = model.apply({"params": params}, x)
+            return sums + _loss_and_metrics(logits, labels[idx_b], shard(w_b)), None
+
+        sums, _ = jax.lax.scan(body, jnp.zeros(3, jnp.float32), (idx, w))
+        return sums
+
+    train_epoch = jax.jit(train_epoch, donate_argnums=0, out_shardings=replicated)
+    evaluate = jax.jit(evaluate, out_shardings=replicated)
+    return train_epoch, evaluate
+
+
+# --------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------
+
+
+def _prepare_workdir(workdir: str | os.PathLike) -> pathlib.Path:
+    path = pathlib.Path(workdir).expanduser().resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"--workdir {workdir} cannot be written: {e.strerror or e}") from None
+    return path
+
+
+def _on_mesh(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """A host array as one global array on the mesh (also across hosts)."""
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+class _CompileCounter:
+    """Counts XLA compilations and their seconds while active (``jax.monitoring``)."""
+
+    _EVENT = "/jax/core/compile/backend_compile_duration"
+
+    def __init__(self):
+        self.count, self.seconds = 0, 0.0
+
+    def _listener(self, event: str, duration: float, **_):
+        if event == self._EVENT:
+            self.count += 1
+            self.seconds += duration
+
+    def __enter__(self):
+        jax.monitoring.register_event_duration_secs_listener(self._listener)
+        return self
+
+    def __exit__(self, *exc):
+        jax.monitoring.unregister_event_duration_listener(self._listener)
+
+
+def _rates(sums) -> tuple[float, float]:
+    loss_sum, correct, count = (float(v) for v in sums)
+    return loss_sum / max(count, 1), correct / max(count, 1)
+
+
+def train_and_evaluate(
+    config: Config, workdir: str | os.PathLike, *, print_fn: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Trains, validates each epoch, tests; writes metrics.json, curves.png, checkpoints.
+
+    Returns the metrics that ``metrics.json`` holds, plus ``"state"``: the final training
+    state (parameters and optimizer state), for notebooks and tests.
+
+    Raises:
+      ConfigError, data.DataError, CheckpointError, TrainingDiverged: problems a user can
+      act on, each with a message that says what to do (``USER_ERRORS``).
+    """
+    config.validate()
+    if config.distributed:
+        jax.distributed.initialize()
+    workdir = _prepare_workdir(workdir)
+    checkpointer = Checkpointer(workdir / "checkpoints")
+    if not config.resume and checkpointer.latest_epoch() is not None:
+        raise ConfigError(
+            f"{workdir} already holds checkpoints (epoch {checkpointer.latest_epoch()}): pass "
+            "--resume to continue that run, or choose another --workdir."
+        )
+
+    devices = jax.devices()
+    mesh = Mesh(np.array(devices), ("data",))
+    if config.batch_size % mesh.size:
+        raise ConfigError(
+            f"--batch-size {config.batch_size} must be a multiple of the {mesh.size} devices "
+            "the batch is split across."
+        )
+    ds = data_lib.load(
+        config.dataset,
+        data_dir=config.data_dir,
+        validation_split=config.validation_split,
+        download=config.download,
+    )
+    train = ds.train
+    if config.max_train_examples is not None:
+        train = data_lib.Split(
+            train.images[: config.max_train_examples], train.labels[: config.max_train_examples]
+        )
+    if config.batch_size > len(train):
+        raise ConfigError(
+            f"--batch-size {config.batch_size} is larger than the {len(train)} training examples"
+        )
+    kinds = sorted({d.device_kind for d in devices})
+    print_fn(
+        f"devices: {len(devices)} x {', '.join(kinds)} ({jax.default_backend()}), "
+        f"{jax.process_count()} process(es)"
+    )
+    print_fn(
+        f"data: {ds.name}: {len(train):,} train, {len(ds.validation):,} validation, "
+        f"{len(ds.test):,} test; each image read as {config.sequence}"
+    )
+
+    model = make_model(config, ds.num_classes)
+    input_shape = data_lib.sequence_shape(train.images.shape[1:], config.sequence)
+    params_lib.summary(model, (None, *input_shape), print_fn=print_fn)
+
+    replicated = NamedSharding(mesh, P())
+    state = jax.device_put(create_train_state(config, model, input_shape), replicated)
+    history: list[dict[str, float]] = []
+    first_epoch = 1
+    if config.resume and checkpointer.latest_epoch() is not None:
+        abstract = jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), state
+        )
+        epoch, state, meta = checkpointer.restore_latest(abstract)
+        history = list(meta["history"])[:epoch]
+        first_epoch = epoch + 1
+        print_fn(f"resumed from the checkpoint of epoch {epoch} in {checkpointer.directory}")
+
+    arrays = {
+        name: (_on_mesh(split.images, replicated), _on_mesh(split.labels, replicated))
+        for name, split in (("train", train), ("validation", ds.validation), ("test", ds.test))
+    }
+    progress = _Progress(config.progress and jax.process_index() == 0)
+    train_epoch, evaluate = make_epoch_fns(config, model, mesh, len(train), progress)
+    root_key = jax.random.key(config.seed)
+    steps = -(-len(train) // config.batch_size)
+    compile_seconds = 0.0
+
+    try:
+        for epoch in range(first_epoch, config.epochs + 1):
+            with _CompileCounter() as compiles:
+                progress.open(epoch, config.epochs, steps, config.batch_size)
+                start = time.perf_counter()
+                state, sums, bad_step = train_epoch(
+                    state, *arrays["train"], jax.random.fold_in(root_key, epoch)
+                )
+                sums, bad_step = jax.device_get((sums, bad_step))
+                train_seconds = time.perf_counter() - start
+                progress.close()
+                if bad_step >= 0:
+                    raise TrainingDiverged(int(bad_step), epoch)
+                val_sums = jax.device_get(evaluate(state.params, *arrays["validation"]))
+                epoch_seconds = time.perf_counter() - start
+            compile_seconds += compiles.seconds
+            (loss, acc), (val_loss, val_acc) = _rates(sums), _rates(val_sums)
+            history.append(
+                dict(
+                    epoch=epoch,
+                    train_loss=loss,
+                    train_accuracy=acc,
+                    val_loss=val_loss,
+                    val_accuracy=val_acc,
+                    epoch_seconds=epoch_seconds,
+                    train_seconds=train_seconds,
+                    samples_per_second=len(train) / train_seconds,
+                    compilations=compiles.count,
+                    compile_seconds=compiles.seconds,
+                )
+            )
+            print_fn(
+                f"epoch {epoch}/{config.epochs}: loss {loss:.4f}, accuracy {acc:.2%} | "
+                f"val_loss {val_loss:.4f}, val_accuracy {val_acc:.2%} | {epoch_seconds:.1f} s "
+                f"({len(train) / train_seconds:,.0f} samples/s"
+                + (f", {compiles.seconds:.1f} s compiling)" if compiles.count else ")")
+            )
+            checkpointer.save(
+                epoch, state, {"history": history, "config": dataclasses.asdict(config)}
+            )
+        test_loss, test_acc = _rates(jax.device_get(evaluate(state.params, *arrays["test"])))
+    finally:
+        progress.close()
+        checkpointer.close()
+
+    print_fn(f"test accuracy: {test_acc:.2%}")
+    metrics = {
+        "config": dataclasses.asdict(config),
+        "devices": [str(d) for d in devices],
+        "backend": jax.default_backend(),
+        "data": {"train": len(train), "validation": len(ds.validation), "test": len(ds.test)},
+        "params": params_lib.count_params(state.params),
+        "history": history,
+        "compile_seconds": compile_seconds,
+        "test_loss": test_loss,
+        "test_accuracy": test_acc,
+    }
+    if jax.process_index() == 0:
+        (workdir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        plot_curves(history, workdir / "curves.png")
+    return {**metrics, "state": state}
+
+
+def plot_curves(history: list[dict[str, float]], path: str | os.PathLike) -> None:
+    """Loss and accuracy per epoch, training against validation, saved as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, title in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", "accuracy")):
+        ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train")
+        ax.plot(epochs, [h[f"val_{key}"] for h in history], "s-", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
