@@ -103,6 +103,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="call jax.distributed.initialize() (several hosts)",
     )
+    p.add_argument(
+        "--cpu-devices",
+        type=int,
+        default=0,
+        help="on a CPU host, split it into this many XLA devices, one core each, for data "
+        "parallelism (default 0: one per core, as many as divide the batch; 1: XLA's default)",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return p.parse_args(argv)
 
@@ -116,8 +123,11 @@ def main(argv=None) -> int:
         "runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     )
     del args.workdir
+    from lstm_jax import cpu  # imports JAX but starts no backend
 
-    from lstm_jax import training  # after flag errors, which need no JAX
+    cpu.use_host_cores(args.cpu_devices or cpu.host_device_count(args.batch_size))
+    del args.cpu_devices
+    from lstm_jax import training
 
     config = training.Config(**vars(args))
     try:

@@ -1,0 +1,46 @@
+"""Running well on a multi-core CPU host, where XLA's defaults leave speed behind.
+
+On CPU, an LSTM's time loop is many small operations, and XLA's per-operation overhead
+dominates. Two XLA settings help, measured in ``benchmarks/`` on a 2-core host: split the
+host into one XLA device per core, so that the data-parallel mesh runs a part of each batch
+on every core, and run each device's matmuls on its own core instead of Eigen's thread pool
+(which, on small matrices, costs more in synchronisation than it gains).
+
+Both are XLA flags, read once when JAX starts its CPU backend: call ``use_host_cores``
+before anything runs a JAX computation (``train.py`` does it first thing). On a machine
+with an accelerator they change nothing that runs there.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def host_device_count(batch_size: int, cores: int | None = None) -> int:
+    """The most CPU devices (at most one per core) that split ``batch_size`` evenly."""
+    cores = cores or os.cpu_count() or 1
+    return max(n for n in range(1, cores + 1) if batch_size % n == 0)
+
+
+def use_host_cores(devices: int) -> bool:
+    """Sets the XLA flags for ``devices`` CPU devices, one core each; returns whether it
+    could (``False`` once JAX's backends have started, or when XLA_FLAGS already chooses).
+    """
+    import sys
+
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "jax" in sys.modules:
+        from jax._src import xla_bridge
+
+        if xla_bridge.backends_are_initialized():
+            return False
+    if "xla_force_host_platform_device_count" in flags or devices < 1:
+        return False
+    extra = f"--xla_force_host_platform_device_count={devices}"
+    if devices > 1 and "xla_cpu_multi_thread_eigen" not in flags:
+        extra += " --xla_cpu_multi_thread_eigen=false"
+    os.environ["XLA_FLAGS"] = f"{flags} {extra}".strip()
+    return True
+
+
+__all__ = ["host_device_count", "use_host_cores"]
