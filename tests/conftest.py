@@ -8,3 +8,36 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+import pytest  # noqa: E402
+
+_LARGEST: dict[str, float] = {}
+_LINES: list[str] = []
+
+
+@pytest.fixture
+def record_largest():
+    """``record_largest(what, value)`` keeps the largest value seen per ``what`` for the
+    end-of-run summary (e.g. the largest difference against Keras)."""
+
+    def record(what: str, value: float) -> None:
+        _LARGEST[what] = max(_LARGEST.get(what, 0.0), float(value))
+
+    return record
+
+
+@pytest.fixture
+def report():
+    """``report(line)`` adds a line to the end-of-run summary."""
+    return _LINES.append
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not (_LARGEST or _LINES):
+        return
+    terminalreporter.section("lstm_jax figures")
+    for what, value in sorted(_LARGEST.items()):
+        terminalreporter.write_line(f"largest {what}: {value:.3g}")
+    for line in _LINES:
+        terminalreporter.write_line(line)

@@ -68,12 +68,15 @@ def test_one_step_matches_numpy(name):
 @cells
 @pytest.mark.parametrize("go_backwards", [False, True], ids=["forward", "backwards"])
 @pytest.mark.parametrize("with_state", [False, True], ids=["zero_state", "initial_state"])
-def test_sequence_matches_numpy(name, go_backwards, with_state):
+def test_sequence_matches_numpy(name, go_backwards, with_state, record_largest):
     params, x = make_params(name), make_inputs()
     states = make_state(name) if with_state else None
     outs, final = run_seq(name, params, x, initial_state=states, go_backwards=go_backwards)
     ref_outs, ref_final = reference.run(
         name, params, x, initial_state=states, go_backwards=go_backwards
+    )
+    record_largest(
+        "abs difference against the float64 NumPy reference", np.abs(outs - ref_outs).max()
     )
     np.testing.assert_allclose(outs, ref_outs, atol=ATOL, rtol=RTOL)
     for g, r in zip(final, ref_final):
@@ -90,13 +93,16 @@ def _mask():
 
 @cells
 @pytest.mark.parametrize("go_backwards", [False, True], ids=["forward", "backwards"])
-def test_masked_sequence_matches_numpy(name, go_backwards):
+def test_masked_sequence_matches_numpy(name, go_backwards, record_largest):
     params, x, mask, states = make_params(name), make_inputs(), _mask(), make_state(name)
     outs, final = run_seq(
         name, params, x, mask=mask, initial_state=states, go_backwards=go_backwards
     )
     ref_outs, ref_final = reference.run(
         name, params, x, mask=mask, initial_state=states, go_backwards=go_backwards
+    )
+    record_largest(
+        "abs difference against the float64 NumPy reference", np.abs(outs - ref_outs).max()
     )
     np.testing.assert_allclose(outs, ref_outs, atol=ATOL, rtol=RTOL)
     for g, r in zip(final, ref_final):

@@ -139,7 +139,7 @@ def _real_data_dir():
     pytest.skip("set TFDS_DATA_DIR to a TFDS directory holding mnist to run the real-data test")
 
 
-def test_lesson_recipe_on_real_mnist_reaches_95_percent(tmp_path):
+def test_lesson_recipe_on_real_mnist_reaches_95_percent(tmp_path, report):
     """LSTM(50) + Dense(10), Adam 1e-3, batch 128, 3 epochs, validation_split 0.2; seeds 0-2."""
     data_dir = _real_data_dir()
     accuracies = []
@@ -151,9 +151,10 @@ def test_lesson_recipe_on_real_mnist_reaches_95_percent(tmp_path):
         )
         assert result["data"] == {"train": 48_000, "validation": 12_000, "test": 10_000}
         accuracies.append(result["test_accuracy"])
-    print(
-        f"\nlesson recipe, test accuracy by seed 0/1/2: {accuracies}; "
-        f"median {np.median(accuracies):.4f}"
+    report(
+        "lesson recipe on MNIST, test accuracy by seed 0/1/2: "
+        + ", ".join(f"{a:.2%}" for a in accuracies)
+        + f"; median {np.median(accuracies):.2%} (lesson: 95.50%)"
     )
     assert np.median(accuracies) >= LESSON_TARGET, accuracies
 
