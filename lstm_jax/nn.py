@@ -187,6 +187,7 @@ class Classifier(nn.Module):
     num_classes: int = 10
     bidirectional: bool = False
     dtype: Any = None
+    unroll: int = 1
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -197,7 +198,10 @@ class Classifier(nn.Module):
             x = x.astype(self.dtype)
         for n, units in enumerate(self.units):
             layer = _CELLS[self.cell](
-                units, return_sequences=n < len(self.units) - 1, dtype=self.dtype
+                units,
+                return_sequences=n < len(self.units) - 1,
+                dtype=self.dtype,
+                unroll=self.unroll,
             )
             if self.bidirectional:
                 layer = Bidirectional(layer)
