@@ -20,9 +20,9 @@ y_t)``, and holds its equations, in its docstring and its code. The sequence fun
 hand-written gradient (``_lstm_scan``) that computes its weight gradients once for all steps
 rather than inside every backward step, as cuDNN does.
 
-Measured on a 2-core CPU: computing the input
-projection ``x W + b`` for all steps before the scan made the forward scan about 1.8x
-*slower* than projecting inside each step, so the cells project per step.
+Measured on a 2-core CPU: computing the input projection ``x W + b`` for all steps before
+the scan made the forward scan about 1.8x *slower* than projecting inside each step, so the
+cells project per step.
 
 A note for readers of the Keras lesson this project grew from: its sketch of the gate
 equations reuses the input gate's weights for every gate and a sigmoid for the candidate.
@@ -128,7 +128,7 @@ def _project(x: Array, kernel: Array, bias: Array) -> Array:
 
 
 # --------------------------------------------------------------------------------------
-# The per-step equations: the one place each cell's math lives
+# The LSTM's step, shared by ``lstm_cell`` and the custom-gradient scan
 # --------------------------------------------------------------------------------------
 
 

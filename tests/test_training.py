@@ -82,25 +82,28 @@ def test_same_seed_same_result_and_resume_matches_uninterrupted(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "cell, bidirectional, sequence",
+    "cell, bidirectional, sequence, precision",
     [
-        ("gru", True, "rows"),
-        ("simple_rnn", False, "permuted"),
-        ("lstm", False, "pixels"),
+        ("gru", True, "rows", "float32"),
+        ("simple_rnn", False, "permuted", "float32"),
+        ("lstm", False, "pixels", "float32"),
+        ("lstm", True, "rows", "bfloat16"),
     ],
 )
-def test_other_cells_and_sequences(tmp_path, cell, bidirectional, sequence):
+def test_other_cells_sequences_and_precision(tmp_path, cell, bidirectional, sequence, precision):
     result = run_fake(
         tmp_path,
         cell=cell,
         bidirectional=bidirectional,
         sequence=sequence,
+        precision=precision,
         units=(8, 4),
         epochs=1,
         num_examples=128,
         batch_size=32,
     )
     assert np.isfinite(result["history"][0]["train_loss"])
+    assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(result["state"].params))
 
 
 def test_several_devices_match_one(tmp_path):
@@ -279,3 +282,13 @@ def test_cli_runtime_errors_are_one_line(tmp_path):
     assert out.returncode == 1 and "--data-dir DIR or TFDS_DATA_DIR" in out.stderr
     for o in (out,):
         assert "Traceback" not in o.stderr
+
+
+def test_cpu_device_count_divides_the_batch():
+    from lstm_jax import cpu
+
+    assert cpu.host_device_count(128, cores=2) == 2
+    assert cpu.host_device_count(128, cores=6) == 4
+    assert cpu.host_device_count(7, cores=2) == 1
+    jax.devices()  # backends are running in this process: too late to set flags
+    assert cpu.use_host_cores(2) is False
