@@ -28,6 +28,10 @@ class Checkpointer:
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
             ),
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "meta": ocp.JsonCheckpointHandler(),
+            },
         )
 
     def latest_epoch(self) -> int | None:
@@ -53,6 +57,23 @@ class Checkpointer:
         epoch = self.latest_epoch()
         if epoch is None:
             raise CheckpointError(f"--resume: no checkpoint in {self.directory}")
+        # Compare shapes from the metadata first: a restore into the wrong shapes fails deep
+        # inside orbax and leaves its asyncio reads pending.
+        try:
+            saved = _signature(self._manager.item_metadata(epoch)["state"].tree)
+        except Exception as e:
+            raise CheckpointError(
+                f"--resume: cannot restore the checkpoint of epoch {epoch} in "
+                f"{self.directory / str(epoch)}: it is corrupt. No checkpoint was changed. "
+                f"Details: {type(e).__name__}: {str(e)[:400]}"
+            ) from None
+        if saved != _signature(abstract_state):
+            raise CheckpointError(
+                f"--resume: the checkpoint of epoch {epoch} in {self.directory / str(epoch)} "
+                "holds parameters of other shapes than this model's: it was written with other "
+                "--cell, --units, --bidirectional, --optimizer or data set flags; resume with "
+                "those. No checkpoint was changed."
+            )
         try:
             restored = self._manager.restore(
                 epoch,
@@ -68,18 +89,12 @@ class Checkpointer:
                 f"data set are needed). No checkpoint was changed. Details: "
                 f"{type(e).__name__}: {str(e)[:400]}"
             ) from None
-        _check_same_structure(abstract_state, restored.state, epoch)
         return epoch, restored.state, dict(restored.meta)
 
     def close(self) -> None:
         self._manager.close()
 
 
-def _check_same_structure(expected: Any, got: Any, epoch: int) -> None:
-    shapes = jax.tree.map(lambda a: (tuple(a.shape), str(a.dtype)), expected)
-    got_shapes = jax.tree.map(lambda a: (tuple(a.shape), str(a.dtype)), got)
-    if shapes != got_shapes:
-        raise CheckpointError(
-            f"--resume: the checkpoint of epoch {epoch} holds parameters of other shapes than "
-            "this model's; resume with the flags it was written with."
-        )
+def _signature(tree: Any) -> list[tuple[tuple[int, ...], str]]:
+    """The sorted (shape, dtype) of every array: equal for checkpoints of the same model."""
+    return sorted((tuple(leaf.shape), str(leaf.dtype)) for leaf in jax.tree.leaves(tree))
