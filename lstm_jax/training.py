@@ -524,6 +524,7 @@ def plot_curves(history: list[dict[str, float]], path: str | os.PathLike) -> Non
         ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train")
         ax.plot(epochs, [h[f"val_{key}"] for h in history], "s-", label="validation")
         ax.set_xlabel("epoch")
+        ax.set_xticks(epochs)
         ax.set_title(title)
         ax.legend()
         ax.grid(alpha=0.3)
