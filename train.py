@@ -17,47 +17,22 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TFDS's TensorFlow: errors 
 
 def _units(text: str) -> tuple[int, ...]:
     try:
-        units = tuple(int(u) for u in text.split(","))
+        return tuple(int(u) for u in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected an int or a comma list such as 128,64; got {text!r}"
         ) from None
-    if not units or any(u <= 0 for u in units):
-        raise argparse.ArgumentTypeError(f"units must be positive; got {text!r}")
-    return units
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive int; got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive int; got {value}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a number between 0 and 1; got {text!r}"
-        ) from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number strictly between 0 and 1; got {value}")
-    return value
-
-
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cell", choices=["lstm", "gru", "simple_rnn"], default="lstm")
     p.add_argument(
         "--units", type=_units, default=(50,), help="one int, or a comma list for stacked layers"
     )
     p.add_argument("--bidirectional", action="store_true")
-    p.add_argument("--epochs", type=_positive_int, default=3)
-    p.add_argument("--batch-size", type=_positive_int, default=128)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--optimizer", choices=["adam", "sgd", "rmsprop", "adamw"], default="adam")
     p.add_argument(
@@ -71,7 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         default="rows",
         help="rows: 28 steps x 28; pixels: 784 x 1; permuted: pixels in a fixed random order",
     )
-    p.add_argument("--validation-split", type=_fraction, default=0.2)
+    p.add_argument("--validation-split", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--data-dir",
@@ -111,25 +86,27 @@ def parse_args(argv=None) -> argparse.Namespace:
         "parallelism (default 0: one per core, as many as divide the batch; 1: XLA's default)",
     )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    return p.parse_args(argv)
+    return p
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.resume and args.workdir is None:
-        print("error: --resume needs the --workdir of the run to continue", file=sys.stderr)
-        return 2
+        parser.error("--resume needs the --workdir of the run to continue")
     workdir = args.workdir or os.path.join(
         "runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     )
-    del args.workdir
-    from lstm_jax import cpu  # imports JAX but starts no backend
-
-    cpu.use_host_cores(args.cpu_devices or cpu.host_device_count(args.batch_size))
-    del args.cpu_devices
-    from lstm_jax import training
+    cpu_devices = args.cpu_devices
+    del args.workdir, args.cpu_devices
+    from lstm_jax import cpu, training  # import JAX but start no backend
 
     config = training.Config(**vars(args))
+    try:
+        config.validate()  # the one place settings are checked, for flags and library alike
+    except training.ConfigError as e:
+        parser.error(str(e))
+    cpu.use_host_cores(cpu_devices or cpu.host_device_count(config.batch_size))
     try:
         training.train_and_evaluate(config, workdir)
     except training.USER_ERRORS as e:

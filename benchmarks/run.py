@@ -90,7 +90,7 @@ def worker_lstm_jax(args, images, labels, test_images, test_labels):
     from jax.sharding import Mesh, NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from lstm_jax import training
+    from lstm_jax import data, training
 
     config = training.Config(
         units=(args.units,),
@@ -101,7 +101,7 @@ def worker_lstm_jax(args, images, labels, test_images, test_labels):
     )
     mesh = Mesh(np.array(jax.devices()), ("data",))
     model = training.make_model(config, 10)
-    time_steps, features = (28, 28) if args.sequence == "rows" else (784, 1)
+    time_steps, features = data.sequence_shape(images.shape[1:], args.sequence)
     replicated = NamedSharding(mesh, P())
     state = jax.device_put(
         training.create_train_state(config, model, (time_steps, features)), replicated
@@ -211,7 +211,7 @@ def worker_plain_scan(args, images, labels, test_images, test_labels):
 
     from lstm_jax import data, recurrent
 
-    d = 28 if args.sequence == "rows" else 1
+    d = data.sequence_shape(images.shape[1:], args.sequence)[1]
     key_lstm, key_dense = jax.random.split(jax.random.key(args.seed))
     params = {
         "lstm": recurrent.init_lstm(key_lstm, d, args.units),
