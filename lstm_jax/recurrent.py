@@ -321,11 +321,12 @@ def _lstm_scan_bwd(unroll, residuals, cotangents):
         body, (d_h, d_c), (d_hs, zs, cs, c_prev), reverse=True, unroll=unroll
     )  # dzs: [T, B, 4U]
     h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)  # [T, B, U]
-    flat_dz = dzs.reshape(-1, dzs.shape[-1])  # [T*B, 4U]: every step in one matmul
+    # Every step in one contraction over (T, B). No reshape to [T*B, ...]: merging T with a
+    # batch axis that is sharded over devices would make XLA gather the whole batch.
     grads = {
-        "kernel": xs.reshape(-1, xs.shape[-1]).T @ flat_dz,
-        "recurrent_kernel": h_prev.reshape(-1, h_prev.shape[-1]).T @ flat_dz,
-        "bias": flat_dz.sum(axis=0),
+        "kernel": jnp.einsum("tbd,tbg->dg", xs, dzs),
+        "recurrent_kernel": jnp.einsum("tbu,tbg->ug", h_prev, dzs),
+        "bias": dzs.sum(axis=(0, 1)),
     }
     d_xs = dzs @ kernel.T  # [T, B, D]
     return {**params, **grads}, d_xs, dh0, dc0

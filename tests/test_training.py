@@ -128,6 +128,31 @@ def test_several_devices_match_one(tmp_path):
     assert abs(metrics["history"][-1]["train_loss"] - one["history"][-1]["train_loss"]) < 1e-4
 
 
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_data_parallel_epoch_never_gathers_the_batch(bidirectional):
+    """On a mesh, each device keeps its part of the batch: the compiled epoch sums gradients
+    across devices (all-reduce) and gathers nothing. A reshape that merged time with the
+    sharded batch axis once made XLA all-gather every step's activations."""
+    script = (
+        "import jax, numpy as np\n"
+        "from jax.sharding import Mesh, NamedSharding, PartitionSpec as P\n"
+        "from lstm_jax import training\n"
+        f"config = training.Config(units=(16,), batch_size=64, bidirectional={bidirectional})\n"
+        "mesh = Mesh(np.array(jax.devices()), ('data',))\n"
+        "model = training.make_model(config, 10)\n"
+        "state = training.create_train_state(config, model, (28, 28))\n"
+        "train_epoch, _ = training.make_epoch_fns(config, model, mesh, 256)\n"
+        "x = np.zeros((256, 28, 28, 1), np.uint8); y = np.zeros((256,), np.int32)\n"
+        "hlo = train_epoch.lower(state, x, y, jax.random.key(0)).compile().as_text()\n"
+        "print('all-reduce' in hlo, 'all-gather' in hlo)\n"
+    )
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    out = subprocess.run(
+        [sys.executable, "-c", script], check=True, env=env, cwd=ROOT, capture_output=True
+    )
+    assert out.stdout.decode().split() == ["True", "False"], out.stdout.decode()
+
+
 # ---------------------------------------------------------------- the lesson, real MNIST
 
 
