@@ -261,75 +261,96 @@ def simple_rnn_cell(params: Params, carry: Array, x_t: Array):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def _lstm_scan(params: Params, xs: Array, h0: Array, c0: Array, unroll=1):
-    """Scans ``lstm_cell`` over time-major ``xs: [T, B, D]``; returns ``(hs, h_T, c_T)``.
+    """Scans the LSTM over time-major ``xs: [T, B, D]``; returns ``(hs, h_T, c_T)``.
+
+    The same equations as ``lstm_cell``, computed transposed, with features leading and
+    the batch last (written ``^T``: ``h^T`` is ``[U, B]``)::
+
+        z^T = W^T x_t^T + U^T h_{t-1}^T + b          [4U, B], gate blocks i, f, c, o as rows
+        i, f, g, o = sigmoid, sigmoid, tanh, sigmoid of the four row blocks of z^T
+        c_t^T = f * c_{t-1}^T + i * g,   h_t^T = o * tanh(c_t^T)
+
+    Why transposed: the step's matmuls become ``[4U, U] @ [U, B]`` (and ``[U, 4U] @ [4U, B]``
+    backwards), whose wide, batch-sized output suits XLA:CPU's kernels far better than
+    ``[B, U] @ [U, 4U]`` and ``[B, 4U] @ [4U, U]``, and each gate is a contiguous block of
+    rows. Measured on a 2-core CPU (``benchmarks/NOTES.md``): a training step 15-25% faster.
 
     Autodiff through ``lax.scan`` would compute the weight gradients ``dW += x_t^T dz_t``,
     ``dU += h_{t-1}^T dz_t`` as small matmuls inside every backward step. The gradient below
     (``_lstm_scan_bwd``) keeps each step's pre-activation ``z_t`` and cell state from the
     forward pass, runs only ``dz_t`` and ``dh_{t-1} = dz_t U^T`` in the backward scan, and
-    forms ``dW``, ``dU``, ``db`` and ``dx`` with one matmul (or sum) each over all steps
-    afterwards, as cuDNN does. ``tests/test_recurrent.py`` holds it equal to autodiff.
+    forms ``dW``, ``dU``, ``db`` and ``dx`` after it, as cuDNN does. ``tests/test_recurrent.py``
+    holds it equal to autodiff and to ``lstm_cell``.
     """
-
-    def body(carry, x_t):
-        carry, h = lstm_cell(params, carry, x_t)
-        return carry, h
-
-    (h, c), hs = jax.lax.scan(body, (h0, c0), xs, unroll=unroll)
+    (hs, h, c), _ = _lstm_scan_fwd(params, xs, h0, c0, unroll)
     return hs, h, c
 
 
 def _lstm_scan_fwd(params, xs, h0, c0, unroll):
+    kernel_t = params["kernel"].T  # [4U, D]
+    recurrent_kernel_t = params["recurrent_kernel"].T  # [4U, U]
+    bias = params["bias"][:, None]  # [4U, 1]
+    xs_t = jnp.swapaxes(xs, 1, 2)  # [T, D, B]
+
     def body(carry, x_t):
-        h, c = carry
-        z = _lstm_preactivation(params, h, x_t)  # [B, 4U]
-        h, c = _lstm_update(z, c)
+        h, c = carry  # [U, B] each
+        z = kernel_t @ x_t + recurrent_kernel_t @ h + bias  # [4U, B]
+        zi, zf, zg, zo = jnp.split(z, 4, axis=0)
+        c = jax.nn.sigmoid(zf) * c + jax.nn.sigmoid(zi) * jnp.tanh(zg)
+        h = jax.nn.sigmoid(zo) * jnp.tanh(c)
         return (h, c), (h, c, z)
 
-    (h, c), (hs, cs, zs) = jax.lax.scan(body, (h0, c0), xs, unroll=unroll)
-    return (hs, h, c), (params, xs, h0, c0, hs, cs, zs)
+    (h, c), (hs_t, cs_t, zs_t) = jax.lax.scan(body, (h0.T, c0.T), xs_t, unroll=unroll)
+    outputs = (jnp.swapaxes(hs_t, 1, 2), h.T, c.T)  # [T, B, U], [B, U], [B, U]
+    return outputs, (params, xs_t, h0.T, c0.T, hs_t, cs_t, zs_t)
 
 
 def _lstm_scan_bwd(unroll, residuals, cotangents):
-    params, xs, h0, c0, hs, cs, zs = residuals
+    params, xs_t, h0, c0, hs, cs, zs = residuals  # transposed: [T, U, B], [T, 4U, B], ...
     d_hs, d_h, d_c = cotangents  # [T, B, U], [B, U], [B, U]
-    kernel, recurrent_kernel = params["kernel"], params["recurrent_kernel"]
-    recurrent_kernel_t = recurrent_kernel.T  # [4U, U], transposed once, outside the loop
-    c_prev = jnp.concatenate([c0[None], cs[:-1]], axis=0)  # [T, B, U]
+    units = h0.shape[0]
+    c_prev = jnp.concatenate([c0[None], cs[:-1]], axis=0)  # [T, U, B]
 
     def body(carry, step):
-        dh_next, dc_next = carry
+        dh_next, dc_next = carry  # [U, B]
         dh_out, z, c, c_prev = step
         # The forward's gates, recomputed from z (elementwise, fused with what follows).
-        zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
+        zi, zf, zg, zo = jnp.split(z, 4, axis=0)
         i, f, g, o = jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jnp.tanh(zg), jax.nn.sigmoid(zo)
         tanh_c = jnp.tanh(c)
         dh = dh_out + dh_next
         dc = dc_next + dh * o * (1 - tanh_c * tanh_c)
-        dz = jnp.concatenate(  # through sigmoid, sigmoid, tanh, sigmoid
-            [
-                dc * g * i * (1 - i),
-                dc * c_prev * f * (1 - f),
-                dc * i * (1 - g * g),
-                dh * tanh_c * o * (1 - o),
-            ],
-            axis=-1,
-        )  # [B, 4U]
-        return (dz @ recurrent_kernel_t, dc * f), dz
+        gates = (  # through sigmoid, sigmoid, tanh, sigmoid
+            dc * g * i * (1 - i),
+            dc * c_prev * f * (1 - f),
+            dc * i * (1 - g * g),
+            dh * tanh_c * o * (1 - o),
+        )
+        # dz = concatenate(gates): written block by block, since XLA:CPU fuses a
+        # concatenate with its producers into one slow, unvectorised loop (8x slower here).
+        dz = jnp.empty_like(z)  # [4U, B]
+        for k, block in enumerate(gates):
+            dz = jax.lax.dynamic_update_slice_in_dim(dz, block, k * units, axis=0)
+        return (params["recurrent_kernel"] @ dz, dc * f), dz
 
     (dh0, dc0), dzs = jax.lax.scan(
-        body, (d_h, d_c), (d_hs, zs, cs, c_prev), reverse=True, unroll=unroll
-    )  # dzs: [T, B, 4U]
-    h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)  # [T, B, U]
-    # Every step in one contraction over (T, B). No reshape to [T*B, ...]: merging T with a
-    # batch axis that is sharded over devices would make XLA gather the whole batch.
+        body,
+        (d_h.T, d_c.T),
+        (jnp.swapaxes(d_hs, 1, 2), zs, cs, c_prev),
+        reverse=True,
+        unroll=unroll,
+    )  # dzs: [T, 4U, B]
+    h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)  # [T, U, B]
+    # Contract over the batch in each step, then sum the steps. Flattening (T, B) into one
+    # axis instead would transpose whole arrays on CPU, and, with the batch sharded over
+    # devices, make XLA gather every step's activations onto every device.
     grads = {
-        "kernel": jnp.einsum("tbd,tbg->dg", xs, dzs),
-        "recurrent_kernel": jnp.einsum("tbu,tbg->ug", h_prev, dzs),
-        "bias": dzs.sum(axis=(0, 1)),
+        "kernel": jnp.einsum("tdb,tgb->tdg", xs_t, dzs).sum(axis=0),
+        "recurrent_kernel": jnp.einsum("tub,tgb->tug", h_prev, dzs).sum(axis=0),
+        "bias": dzs.sum(axis=(0, 2)),
     }
-    d_xs = dzs @ kernel.T  # [T, B, D]
-    return {**params, **grads}, d_xs, dh0, dc0
+    d_xs = jnp.einsum("dg,tgb->tbd", params["kernel"], dzs)  # [T, B, D]
+    return {**params, **grads}, d_xs, dh0.T, dc0.T
 
 
 _lstm_scan.defvjp(_lstm_scan_fwd, _lstm_scan_bwd)
