@@ -305,15 +305,25 @@ def _lstm_scan_fwd(params, xs, h0, c0, unroll):
     return outputs, (params, xs_t, h0.T, c0.T, hs_t, cs_t, zs_t)
 
 
+# Where the backward pass sums the weight gradients over steps. Measured on a 2-core CPU
+# (benchmarks/NOTES.md): when a step is small (U * B up to 64 * 128, the lesson's LSTM(50) at
+# batch 128 among them) one contraction over all steps after the loop is fastest, as cuDNN
+# does it; for larger steps XLA:CPU's batched contraction falls far behind plain per-step
+# matmuls accumulated inside the loop (U=100, B=128: 40 ms vs 15 ms per gradient).
+_SUM_AFTER_LOOP_MAX = 64 * 128
+
+
 def _lstm_scan_bwd(unroll, residuals, cotangents):
     params, xs_t, h0, c0, hs, cs, zs = residuals  # transposed: [T, U, B], [T, 4U, B], ...
     d_hs, d_h, d_c = cotangents  # [T, B, U], [B, U], [B, U]
-    units = h0.shape[0]
+    units, batch = h0.shape
     c_prev = jnp.concatenate([c0[None], cs[:-1]], axis=0)  # [T, U, B]
+    h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)  # [T, U, B]
+    in_loop = units * batch > _SUM_AFTER_LOOP_MAX
 
     def body(carry, step):
-        dh_next, dc_next = carry  # [U, B]
-        dh_out, z, c, c_prev = step
+        dh_next, dc_next, *weight_grads = carry  # [U, B] each, then [D, 4U], [U, 4U]
+        dh_out, z, c, c_prev, *inputs = step
         # The forward's gates, recomputed from z (elementwise, fused with what follows).
         zi, zf, zg, zo = jnp.split(z, 4, axis=0)
         i, f, g, o = jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jnp.tanh(zg), jax.nn.sigmoid(zo)
@@ -331,22 +341,31 @@ def _lstm_scan_bwd(unroll, residuals, cotangents):
         dz = jnp.empty_like(z)  # [4U, B]
         for k, block in enumerate(gates):
             dz = jax.lax.dynamic_update_slice_in_dim(dz, block, k * units, axis=0)
-        return (params["recurrent_kernel"] @ dz, dc * f), dz
+        if in_loop:  # dW += x_t^T dz_t, dU += h_{t-1}^T dz_t
+            x_t, h_prev_t = inputs
+            d_kernel, d_recurrent = weight_grads
+            weight_grads = (d_kernel + x_t @ dz.T, d_recurrent + h_prev_t @ dz.T)
+        return (params["recurrent_kernel"] @ dz, dc * f, *weight_grads), dz
 
-    (dh0, dc0), dzs = jax.lax.scan(
-        body,
-        (d_h.T, d_c.T),
-        (jnp.swapaxes(d_hs, 1, 2), zs, cs, c_prev),
-        reverse=True,
-        unroll=unroll,
+    carry = (d_h.T, d_c.T)
+    steps = (jnp.swapaxes(d_hs, 1, 2), zs, cs, c_prev)
+    if in_loop:
+        carry += (jnp.zeros_like(params["kernel"]), jnp.zeros_like(params["recurrent_kernel"]))
+        steps += (xs_t, h_prev)
+    (dh0, dc0, *weight_grads), dzs = jax.lax.scan(
+        body, carry, steps, reverse=True, unroll=unroll
     )  # dzs: [T, 4U, B]
-    h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)  # [T, U, B]
-    # Contract over the batch in each step, then sum the steps. Flattening (T, B) into one
-    # axis instead would transpose whole arrays on CPU, and, with the batch sharded over
-    # devices, make XLA gather every step's activations onto every device.
+    if not in_loop:
+        # Contract over the batch in each step, then sum the steps. Flattening (T, B) into
+        # one axis instead would transpose whole arrays on CPU, and, with the batch sharded
+        # over devices, make XLA gather every step's activations onto every device.
+        weight_grads = (
+            jnp.einsum("tdb,tgb->tdg", xs_t, dzs).sum(axis=0),
+            jnp.einsum("tub,tgb->tug", h_prev, dzs).sum(axis=0),
+        )
     grads = {
-        "kernel": jnp.einsum("tdb,tgb->tdg", xs_t, dzs).sum(axis=0),
-        "recurrent_kernel": jnp.einsum("tub,tgb->tug", h_prev, dzs).sum(axis=0),
+        "kernel": weight_grads[0],
+        "recurrent_kernel": weight_grads[1],
         "bias": dzs.sum(axis=(0, 2)),
     }
     d_xs = jnp.einsum("dg,tgb->tbd", params["kernel"], dzs)  # [T, B, D]
