@@ -222,6 +222,19 @@ def test_lstm_custom_gradient_matches_autodiff(weight_gradient_sum):
         jax.tree.leaves(fn(params, None)), jax.tree.leaves(fn(params, jnp.ones((B, T), bool)))
     ):
         np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-5)
+    # and when the loss uses only some outputs (the others' cotangents are symbolic zeros)
+    for used in (0, 1, 2):
+
+        def partial_loss(params, mask, used=used):
+            outputs = lstm_jax.lstm(
+                params, x, return_sequences=True, return_state=True, initial_state=states, mask=mask
+            )
+            return jnp.sum(jnp.sin(outputs[used]))
+
+        custom = jax.grad(partial_loss)(params, None)
+        autodiff = jax.grad(partial_loss)(params, jnp.ones((B, T), bool))
+        for g, r in zip(jax.tree.leaves(custom), jax.tree.leaves(autodiff)):
+            np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-5)
 
 
 @cells
