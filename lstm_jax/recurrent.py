@@ -16,13 +16,14 @@ SimpleRNN      ``[D, U]``          ``[U, U]``             ``[U]``     --
 
 Each cell has the signature ``jax.lax.scan`` wants, ``cell(params, carry, x_t) -> (carry,
 y_t)``, and holds its equations, in its docstring and its code. The sequence functions
-(``lstm``, ``gru``, ``simple_rnn``) scan exactly these cells over time. The LSTM's scan has a
-hand-written gradient (``_lstm_scan``) that computes its weight gradients once for all steps
-rather than inside every backward step, as cuDNN does.
+(``lstm``, ``gru``, ``simple_rnn``) scan exactly these cells over time. Without a mask the
+LSTM runs ``_lstm_scan``: the same equations, computed transposed for speed, with a
+hand-written gradient; tests hold it equal to ``lstm_cell`` and to autodiff.
 
 Measured on a 2-core CPU: computing the input projection ``x W + b`` for all steps before
-the scan made the forward scan about 1.8x *slower* than projecting inside each step, so the
-cells project per step.
+the scan made the forward scan about 1.8x *slower* than projecting inside each step (XLA:CPU
+fuses each step's slice of the precomputed projection into the gate math, where a dynamic
+slice runs slowly), so the cells project per step.
 
 A note for readers of the Keras lesson this project grew from: its sketch of the gate
 equations reuses the input gate's weights for every gate and a sigmoid for the candidate.
@@ -276,12 +277,13 @@ def _lstm_scan(params: Params, xs: Array, h0: Array, c0: Array, unroll=1):
     ``[B, U] @ [U, 4U]`` and ``[B, 4U] @ [4U, U]``, and each gate is a contiguous block of
     rows. Measured on a 2-core CPU (``benchmarks/NOTES.md``): a training step 15-25% faster.
 
-    Autodiff through ``lax.scan`` would compute the weight gradients ``dW += x_t^T dz_t``,
-    ``dU += h_{t-1}^T dz_t`` as small matmuls inside every backward step. The gradient below
-    (``_lstm_scan_bwd``) keeps each step's pre-activation ``z_t`` and cell state from the
-    forward pass, runs only ``dz_t`` and ``dh_{t-1} = dz_t U^T`` in the backward scan, and
-    forms ``dW``, ``dU``, ``db`` and ``dx`` after it, as cuDNN does. ``tests/test_recurrent.py``
-    holds it equal to autodiff and to ``lstm_cell``.
+    The gradient (``_lstm_scan_bwd``) keeps each step's pre-activation ``z_t`` and cell state
+    from the forward pass and recomputes the gates from them; its backward scan carries only
+    ``dh`` and ``dc``. For small steps it forms the weight gradients ``dW = sum_t x_t^T dz_t``,
+    ``dU = sum_t h_{t-1}^T dz_t`` after the scan, over all steps at once, as cuDNN does; for
+    larger ones it accumulates them inside the scan (see ``_SUM_AFTER_LOOP_MAX``). Cotangents
+    that are symbolically zero (outputs the loss does not use) cost nothing.
+    ``tests/test_recurrent.py`` holds it equal to autodiff and to ``lstm_cell``.
     """
     return _lstm_forward(params, xs, h0, c0, unroll)[0]
 
@@ -593,9 +595,9 @@ def lstm(
     """Runs ``lstm_cell`` over ``[batch, time, features]`` with ``jax.lax.scan``, as Keras's
     ``LSTM`` layer does.
 
-    Without a mask the scan uses a hand-written gradient (``jax.custom_vjp``) that keeps the
-    gates from the forward pass and computes the weight gradients with one matmul over all
-    steps after the backward scan, as cuDNN does; its gradients equal autodiff's.
+    Without a mask the scan runs the same equations in a transposed, feature-major layout
+    with a hand-written gradient (``jax.custom_vjp``), both chosen for speed; its outputs and
+    gradients equal ``lstm_cell``'s and autodiff's.
 
     >>> import jax, jax.numpy as jnp
     >>> p = init_lstm(jax.random.key(0), input_dim=28, units=50)
