@@ -134,9 +134,12 @@ def _project(x: Array, kernel: Array, bias: Array) -> Array:
 # --------------------------------------------------------------------------------------
 
 
-def _lstm_update(z: Array, c: Array) -> tuple[Array, Array]:
-    """The LSTM's gates and state update from ``z = x_t W + h_{t-1} U + b``; see ``lstm_cell``."""
-    zi, zf, zg, zo = jnp.split(z, 4, axis=-1)  # [B, U] each
+def _lstm_update(z: Array, c: Array, gate_axis: int = -1) -> tuple[Array, Array]:
+    """The LSTM's gates and state update from ``z = x_t W + h_{t-1} U + b``; see ``lstm_cell``.
+
+    ``z`` holds the gate blocks i, f, c, o along ``gate_axis``: ``[B, 4U]`` with the default,
+    ``[4U, B]`` with ``gate_axis=0`` (the transposed layout of ``_lstm_scan``)."""
+    zi, zf, zg, zo = jnp.split(z, 4, axis=gate_axis)  # [B, U] or [U, B] each
     i = jax.nn.sigmoid(zi)
     f = jax.nn.sigmoid(zf)
     g = jnp.tanh(zg)
@@ -302,9 +305,7 @@ def _lstm_forward(params, xs, h0, c0, unroll):
     def body(carry, x_next):
         h, c, x_t = carry  # [U, B], [U, B], [D, B]
         z = kernel_t @ x_t + recurrent_kernel_t @ h + bias  # [4U, B]
-        zi, zf, zg, zo = jnp.split(z, 4, axis=0)
-        c = jax.nn.sigmoid(zf) * c + jax.nn.sigmoid(zi) * jnp.tanh(zg)
-        h = jax.nn.sigmoid(zo) * jnp.tanh(c)
+        h, c = _lstm_update(z, c, gate_axis=0)
         return (h, c, x_next), (h, c, z)
 
     xs_next = jnp.concatenate([xs_t[1:], jnp.zeros_like(xs_t[:1])], axis=0)
