@@ -134,16 +134,18 @@ def _project(x: Array, kernel: Array, bias: Array) -> Array:
 # --------------------------------------------------------------------------------------
 
 
-def _lstm_update(z: Array, c: Array, gate_axis: int = -1) -> tuple[Array, Array]:
-    """The LSTM's gates and state update from ``z = x_t W + h_{t-1} U + b``; see ``lstm_cell``.
+def _lstm_gates(z: Array, gate_axis: int = -1) -> tuple[Array, Array, Array, Array]:
+    """``i, f, g, o`` from ``z = x_t W + h_{t-1} U + b``; see ``lstm_cell``.
 
     ``z`` holds the gate blocks i, f, c, o along ``gate_axis``: ``[B, 4U]`` with the default,
     ``[4U, B]`` with ``gate_axis=0`` (the transposed layout of ``_lstm_scan``)."""
     zi, zf, zg, zo = jnp.split(z, 4, axis=gate_axis)  # [B, U] or [U, B] each
-    i = jax.nn.sigmoid(zi)
-    f = jax.nn.sigmoid(zf)
-    g = jnp.tanh(zg)
-    o = jax.nn.sigmoid(zo)
+    return jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jnp.tanh(zg), jax.nn.sigmoid(zo)
+
+
+def _lstm_update(z: Array, c: Array, gate_axis: int = -1) -> tuple[Array, Array]:
+    """The LSTM's state update from ``z``, gate blocks along ``gate_axis``; see ``lstm_cell``."""
+    i, f, g, o = _lstm_gates(z, gate_axis)
     c = f * c + i * g
     h = o * jnp.tanh(c)
     return h, c
@@ -347,8 +349,7 @@ def _lstm_scan_bwd(unroll, residuals, cotangents):
         dh_next, dc_next, *weight_grads = carry  # [U, B] each, then [D, 4U], [U, 4U]
         z, c, c_prev = step["z"], step["c"], step["c_prev"]
         # The forward's gates, recomputed from z (elementwise, fused with what follows).
-        zi, zf, zg, zo = jnp.split(z, 4, axis=0)
-        i, f, g, o = jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jnp.tanh(zg), jax.nn.sigmoid(zo)
+        i, f, g, o = _lstm_gates(z, gate_axis=0)
         tanh_c = jnp.tanh(c)
         dh = dh_next + step["dh_out"] if "dh_out" in step else dh_next
         dc = dc_next + dh * o * (1 - tanh_c * tanh_c)

@@ -135,7 +135,7 @@ def test_data_parallel_epoch_never_gathers_the_batch(bidirectional):
     sharded batch axis once made XLA all-gather every step's activations."""
     script = (
         "import jax, numpy as np\n"
-        "from jax.sharding import Mesh, NamedSharding, PartitionSpec as P\n"
+        "from jax.sharding import Mesh\n"
         "from lstm_jax import training\n"
         f"config = training.Config(units=(16,), batch_size=64, bidirectional={bidirectional})\n"
         "mesh = Mesh(np.array(jax.devices()), ('data',))\n"
