@@ -40,6 +40,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
 
 Array = jax.Array
@@ -138,9 +139,22 @@ def _lstm_gates(z: Array, gate_axis: int = -1) -> tuple[Array, Array, Array, Arr
     """``i, f, g, o`` from ``z = x_t W + h_{t-1} U + b``; see ``lstm_cell``.
 
     ``z`` holds the gate blocks i, f, c, o along ``gate_axis``: ``[B, 4U]`` with the default,
-    ``[4U, B]`` with ``gate_axis=0`` (the transposed layout of ``_lstm_scan``)."""
-    zi, zf, zg, zo = jnp.split(z, 4, axis=gate_axis)  # [B, U] or [U, B] each
-    return jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jnp.tanh(zg), jax.nn.sigmoid(zo)
+    ``[4U, B]`` with ``gate_axis=0`` (the transposed layout of ``_lstm_scan``).
+
+    The sigmoids are computed as ``sigmoid(x) = (1 + tanh(x / 2)) / 2``, an identity, so
+    that one ``tanh`` over all four blocks (the candidate's at scale 1) gives every gate:
+    XLA:CPU then runs one elementwise loop instead of three ``exp``/divide ones and a
+    ``tanh`` (``benchmarks/NOTES.md``: a training step ~5% faster). In float32 it stays
+    within 1.6e-7 of the exact sigmoid (``jax.nn.sigmoid``: 8.9e-8), measured over
+    [-30, 30] against float64.
+    """
+    units = z.shape[gate_axis] // 4
+    shape = [1] * z.ndim
+    shape[gate_axis] = 4 * units
+    scale = np.repeat(np.array([0.5, 0.5, 1.0, 0.5], np.float32), units).reshape(shape)
+    scale = jnp.asarray(scale, z.dtype)
+    ti, tf, g, to = jnp.split(jnp.tanh(z * scale), 4, axis=gate_axis)  # [B, U] or [U, B] each
+    return (1 + ti) / 2, (1 + tf) / 2, g, (1 + to) / 2
 
 
 def _lstm_update(z: Array, c: Array, gate_axis: int = -1) -> tuple[Array, Array]:
@@ -273,21 +287,23 @@ def _lstm_scan(params: Params, xs: Array, h0: Array, c0: Array, unroll=1):
     The same equations as ``lstm_cell``, computed transposed, with features leading and
     the batch last (written ``^T``: ``h^T`` is ``[U, B]``)::
 
-        z^T = W^T x_t^T + U^T h_{t-1}^T + b          [4U, B], gate blocks i, f, c, o as rows
+        z^T = [W; U]^T [x_t; h_{t-1}]^T + b          [4U, B], gate blocks i, f, c, o as rows
         i, f, g, o = sigmoid, sigmoid, tanh, sigmoid of the four row blocks of z^T
         c_t^T = f * c_{t-1}^T + i * g,   h_t^T = o * tanh(c_t^T)
 
-    Why transposed: the step's matmuls become ``[4U, U] @ [U, B]`` (and ``[U, 4U] @ [4U, B]``
-    backwards), whose wide, batch-sized output suits XLA:CPU's kernels far better than
-    ``[B, U] @ [U, 4U]`` and ``[B, 4U] @ [4U, U]``, and each gate is a contiguous block of
-    rows. Measured on a 2-core CPU (``benchmarks/NOTES.md``): a training step 15-25% faster.
+    Why transposed: the step's matmuls become ``[4U, D+U] @ [D+U, B]`` (and
+    ``[U, 4U] @ [4U, B]`` backwards), whose wide, batch-sized output suits XLA:CPU's kernels
+    far better than ``[B, U] @ [U, 4U]`` and ``[B, 4U] @ [4U, U]``, and each gate is a
+    contiguous block of rows. Each step writes ``h_{t-1}^T`` next to ``x_t^T`` in one
+    ``[D+U, T, B]`` buffer, ``xh``, so that one matmul serves both kernels. Measured on a
+    2-core CPU in ``benchmarks/NOTES.md``.
 
     The gradient (``_lstm_scan_bwd``) keeps each step's pre-activation ``z_t`` and cell state
     from the forward pass and recomputes the gates from them; its backward scan carries only
-    ``dh`` and ``dc``. For small steps it forms the weight gradients ``dW = sum_t x_t^T dz_t``,
-    ``dU = sum_t h_{t-1}^T dz_t`` after the scan, over all steps at once, as cuDNN does; for
-    larger ones it accumulates them inside the scan (see ``_SUM_AFTER_LOOP_MAX``). Cotangents
-    that are symbolically zero (outputs the loss does not use) cost nothing.
+    ``dh`` and ``dc`` and writes each step's ``dz_t`` into a ``[T, B, 4U]`` buffer. The weight
+    gradients, ``[dW; dU] = sum_t [x_t; h_{t-1}]^T dz_t``, are then one matmul over all steps
+    and the whole batch, ``xh [D+U, T*B] @ dz [T*B, 4U]``, as cuDNN does it. Cotangents that
+    are symbolically zero (outputs the loss does not use) cost nothing.
     ``tests/test_recurrent.py`` holds it equal to autodiff and to ``lstm_cell``.
     """
     return _lstm_forward(params, xs, h0, c0, unroll)[0]
@@ -295,27 +311,32 @@ def _lstm_scan(params: Params, xs: Array, h0: Array, c0: Array, unroll=1):
 
 def _lstm_forward(params, xs, h0, c0, unroll):
     """The forward scan: ``(hs, h_T, c_T)`` and the residuals the gradient needs."""
-    kernel_t = params["kernel"].T  # [4U, D]
-    recurrent_kernel_t = params["recurrent_kernel"].T  # [4U, U]
+    steps, batch, input_dim = xs.shape
+    units = h0.shape[1]
+    kernels_t = jnp.concatenate([params["kernel"], params["recurrent_kernel"]]).T  # [4U, D+U]
     bias = params["bias"][:, None]  # [4U, 1]
-    xs_t = jnp.swapaxes(xs, 1, 2)  # [T, D, B]
+    # xh[:, t] = [x_t; h_{t-1}]^T: the inputs are written in now, h_{t-1} by step t. Step t
+    # reads its block into the matmul only, never into the gate math: XLA:CPU emits slow code
+    # for a dynamic slice fused into elementwise work (with D = 1 a step's gate fusion took
+    # 148 instead of 22 us when it read x_t that way).
+    xh = jnp.concatenate(
+        [jnp.transpose(xs, (2, 0, 1)), jnp.zeros((units, steps, batch), xs.dtype)]
+    )  # [D+U, T, B]
 
-    # x_t arrives through the carry, sliced one step ahead: a step input that the scan
-    # slices for this step would be fused into the gate math below, and XLA:CPU emits
-    # slow code for a dynamic slice inside such a fusion (with D = 1, where x_t W^T
-    # becomes a broadcast multiply, the step's gate fusion took 148 instead of 22 us).
-    def body(carry, x_next):
-        h, c, x_t = carry  # [U, B], [U, B], [D, B]
-        z = kernel_t @ x_t + recurrent_kernel_t @ h + bias  # [4U, B]
+    def body(carry, t):
+        h, c, xh = carry  # [U, B], [U, B], [D+U, T, B]
+        xh = jax.lax.dynamic_update_slice(xh, h[:, None], (input_dim, t, 0))
+        xh_t = jax.lax.dynamic_slice_in_dim(xh, t, 1, axis=1)[:, 0]  # [D+U, B]
+        z = kernels_t @ xh_t + bias  # [4U, B]
         h, c = _lstm_update(z, c, gate_axis=0)
-        return (h, c, x_next), (h, c, z)
+        return (h, c, xh), (c, z)
 
-    xs_next = jnp.concatenate([xs_t[1:], jnp.zeros_like(xs_t[:1])], axis=0)
-    (h, c, _), (hs_t, cs_t, zs_t) = jax.lax.scan(
-        body, (h0.T, c0.T, xs_t[0]), xs_next, unroll=unroll
-    )
-    outputs = (jnp.swapaxes(hs_t, 1, 2), h.T, c.T)  # [T, B, U], [B, U], [B, U]
-    return outputs, (params, xs_t, h0.T, c0.T, hs_t, cs_t, zs_t)
+    (h, c, xh), (cs_t, zs_t) = jax.lax.scan(
+        body, (h0.T, c0.T, xh), jnp.arange(steps), unroll=unroll
+    )  # cs_t: [T, U, B], zs_t: [T, 4U, B]
+    hs_t = jnp.concatenate([xh[input_dim:, 1:], h[:, None]], axis=1)  # [U, T, B]
+    outputs = (jnp.transpose(hs_t, (1, 2, 0)), h.T, c.T)  # [T, B, U], [B, U], [B, U]
+    return outputs, (params, xh, c0.T, cs_t, zs_t)
 
 
 def _lstm_scan_fwd(params, xs, h0, c0, unroll):
@@ -326,27 +347,18 @@ def _lstm_scan_fwd(params, xs, h0, c0, unroll):
     return _lstm_forward(*args, unroll)
 
 
-# Where the backward pass sums the weight gradients over steps. Measured on a 2-core CPU
-# (benchmarks/NOTES.md): when a step is small (U * B up to 64 * 128, the lesson's LSTM(50) at
-# batch 128 among them) one contraction over all steps after the loop is fastest, as cuDNN
-# does it; for larger steps XLA:CPU's batched contraction falls far behind plain per-step
-# matmuls accumulated inside the loop (U=100, B=128: 40 ms vs 15 ms per gradient).
-_SUM_AFTER_LOOP_MAX = 64 * 128
-
-
 def _lstm_scan_bwd(unroll, residuals, cotangents):
-    params, xs_t, h0, c0, hs, cs, zs = residuals  # transposed: [T, U, B], [T, 4U, B], ...
+    params, xh, c0, cs, zs = residuals  # [D+U, T, B], [U, B], [T, U, B], [T, 4U, B]
     # [T, B, U], [B, U], [B, U]; a SymbolicZero for an output nothing depends on, e.g. the
     # per-step outputs when only the last is used: no [T, B, U] of zeros is made and read.
     d_hs, d_h, d_c = cotangents
-    units, batch = h0.shape
-    d_h, d_c = (jnp.zeros((batch, units), h0.dtype) if _is_zero(d) else d for d in (d_h, d_c))
+    units, steps, batch = c0.shape[0], zs.shape[0], zs.shape[2]
+    input_dim = xh.shape[0] - units
+    d_h, d_c = (jnp.zeros((batch, units), c0.dtype) if _is_zero(d) else d for d in (d_h, d_c))
     c_prev = jnp.concatenate([c0[None], cs[:-1]], axis=0)  # [T, U, B]
-    h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)  # [T, U, B]
-    in_loop = units * batch > _SUM_AFTER_LOOP_MAX
 
     def body(carry, step):
-        dh_next, dc_next, *weight_grads = carry  # [U, B] each, then [D, 4U], [U, 4U]
+        dh_next, dc_next, dzs = carry  # [U, B], [U, B], [T, B, 4U]
         z, c, c_prev = step["z"], step["c"], step["c_prev"]
         # The forward's gates, recomputed from z (elementwise, fused with what follows).
         i, f, g, o = _lstm_gates(z, gate_axis=0)
@@ -364,35 +376,27 @@ def _lstm_scan_bwd(unroll, residuals, cotangents):
         dz = jnp.empty_like(z)  # [4U, B]
         for k, block in enumerate(gates):
             dz = jax.lax.dynamic_update_slice_in_dim(dz, block, k * units, axis=0)
-        if in_loop:  # dW += x_t^T dz_t, dU += h_{t-1}^T dz_t
-            d_kernel, d_recurrent = weight_grads
-            weight_grads = (d_kernel + step["x"] @ dz.T, d_recurrent + step["h_prev"] @ dz.T)
-        return (params["recurrent_kernel"] @ dz, dc * f, *weight_grads), dz
+        # Stored batch-major, [B, 4U], the layout the weight-gradient matmul reads as is.
+        dzs = jax.lax.dynamic_update_slice(dzs, dz.T[None], (step["t"], 0, 0))
+        return (params["recurrent_kernel"] @ dz, dc * f, dzs), None
 
-    carry = (d_h.T, d_c.T)
-    steps = {"z": zs, "c": cs, "c_prev": c_prev}
-    if in_loop:
-        carry += (jnp.zeros_like(params["kernel"]), jnp.zeros_like(params["recurrent_kernel"]))
-        steps.update(x=xs_t, h_prev=h_prev)
+    steps_in = {"z": zs, "c": cs, "c_prev": c_prev, "t": jnp.arange(steps)}
     if not _is_zero(d_hs):
-        steps.update(dh_out=jnp.swapaxes(d_hs, 1, 2))  # [T, U, B]
-    (dh0, dc0, *weight_grads), dzs = jax.lax.scan(
-        body, carry, steps, reverse=True, unroll=unroll
-    )  # dzs: [T, 4U, B]
-    if not in_loop:
-        # Contract over the batch in each step, then sum the steps. Flattening (T, B) into
-        # one axis instead would transpose whole arrays on CPU, and, with the batch sharded
-        # over devices, make XLA gather every step's activations onto every device.
-        weight_grads = (
-            jnp.einsum("tdb,tgb->tdg", xs_t, dzs).sum(axis=0),
-            jnp.einsum("tub,tgb->tug", h_prev, dzs).sum(axis=0),
-        )
+        steps_in.update(dh_out=jnp.swapaxes(d_hs, 1, 2))  # [T, U, B]
+    dzs = jnp.zeros((steps, batch, 4 * units), c0.dtype)
+    (dh0, dc0, dzs), _ = jax.lax.scan(
+        body, (d_h.T, d_c.T, dzs), steps_in, reverse=True, unroll=unroll
+    )
+    # One matmul over all steps and the whole batch: contracting (T, B), in that order in
+    # both operands, reads both buffers as they lie (no transposes), and with the batch
+    # sharded over devices it leaves one partial sum per device to all-reduce.
+    d_kernels = jax.lax.dot_general(xh, dzs, (((1, 2), (0, 1)), ((), ())))  # [D+U, 4U]
     grads = {
-        "kernel": weight_grads[0],
-        "recurrent_kernel": weight_grads[1],
-        "bias": dzs.sum(axis=(0, 2)),
+        "kernel": d_kernels[:input_dim],
+        "recurrent_kernel": d_kernels[input_dim:],
+        "bias": dzs.sum(axis=(0, 1)),
     }
-    d_xs = jnp.einsum("dg,tgb->tbd", params["kernel"], dzs)  # [T, B, D]
+    d_xs = dzs @ params["kernel"].T  # [T, B, D]
     return {**params, **grads}, d_xs, dh0.T, dc0.T
 
 

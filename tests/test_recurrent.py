@@ -189,15 +189,7 @@ def test_vmap_over_examples_matches_batch(name):
     np.testing.assert_allclose(per_example, fn(params, x, return_sequences=True), atol=1e-6)
 
 
-@pytest.fixture(params=["after the loop", "inside the loop"])
-def weight_gradient_sum(request, monkeypatch):
-    """Runs a test with the LSTM's weight gradients summed each of its two ways."""
-    if request.param == "inside the loop":
-        monkeypatch.setattr(lstm_jax.recurrent, "_SUM_AFTER_LOOP_MAX", 0)
-    return request.param
-
-
-def test_lstm_custom_gradient_matches_autodiff(weight_gradient_sum):
+def test_lstm_custom_gradient_matches_autodiff():
     """The unmasked LSTM uses a hand-written VJP; an all-true mask takes the autodiff path."""
     params, x, states = make_params("lstm"), make_inputs(), make_state("lstm")
     weights = jnp.asarray(np.random.default_rng(3).normal(size=(B, T, U)), jnp.float32)
@@ -238,7 +230,7 @@ def test_lstm_custom_gradient_matches_autodiff(weight_gradient_sum):
 
 
 @cells
-def test_gradients_match_finite_differences(name, weight_gradient_sum):
+def test_gradients_match_finite_differences(name):
     """Checks the whole gradient (custom or autodiff) against float64 finite differences."""
     params32 = make_params(name, input_dim=2, units=3)
     x32 = make_inputs(batch=2, time=4, features=2)
