@@ -616,7 +616,12 @@ def lstm(
     """
 
     def unmasked_scan(xs, carry, unroll):
-        hs, h, c = _lstm_scan(params, xs, *carry, unroll)
+        # One dtype inside the custom-gradient scan: the carry's, the inputs' and the
+        # parameters' promoted (bfloat16 inputs with float32 weights run in float32). The
+        # casts sit outside it, so autodiff returns each gradient in its own dtype.
+        dtype = carry[0].dtype
+        cast = {k: v.astype(dtype) for k, v in params.items()}
+        hs, h, c = _lstm_scan(cast, xs.astype(dtype), *carry, unroll)
         return hs, (h, c)
 
     return _run(

@@ -247,6 +247,36 @@ def test_lstm_custom_gradient_matches_autodiff():
             np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "x_dtype, p_dtype",
+    [(jnp.bfloat16, jnp.float32), (jnp.float32, jnp.bfloat16), (jnp.bfloat16, jnp.bfloat16)],
+    ids=["bf16_inputs", "bf16_weights", "bf16_both"],
+)
+def test_lstm_mixed_dtypes_match_autodiff_path(x_dtype, p_dtype):
+    """Mixed precision runs the custom-gradient scan in the promoted dtype, and each gradient
+    comes back in its own argument's dtype, as with autodiff (the all-true-mask path)."""
+    params = jax.tree.map(lambda a: a.astype(p_dtype), make_params("lstm"))
+    x = make_inputs().astype(x_dtype)
+
+    def loss(params, x, mask):
+        out = lstm_jax.lstm(params, x, return_sequences=True, mask=mask)
+        return jnp.sum(out.astype(jnp.float32) ** 2)
+
+    grad = jax.value_and_grad(loss, argnums=(0, 1))
+    (custom_loss, custom), (ref_loss, ref) = (
+        grad(params, x, None),
+        grad(params, x, jnp.ones((B, T), bool)),
+    )
+    tol = 1e-5 if x_dtype == p_dtype == jnp.float32 else 3e-2
+    np.testing.assert_allclose(custom_loss, ref_loss, rtol=tol)
+    for g, r, a in zip(jax.tree.leaves(custom), jax.tree.leaves(ref), jax.tree.leaves((params, x))):
+        assert g.dtype == r.dtype == a.dtype
+        scale = float(jnp.abs(r.astype(jnp.float32)).max())
+        np.testing.assert_allclose(
+            np.asarray(g, np.float32), np.asarray(r, np.float32), atol=tol * scale, rtol=0
+        )
+
+
 @cells
 def test_gradients_match_finite_differences(name):
     """Checks the whole gradient (custom or autodiff) against float64 finite differences."""
