@@ -300,11 +300,14 @@ def _lstm_scan(params: Params, xs: Array, h0: Array, c0: Array, unroll=1):
     2-core CPU in ``benchmarks/NOTES.md``.
 
     The gradient (``_lstm_scan_bwd``) keeps each step's pre-activation ``z_t`` and cell state
-    from the forward pass and recomputes the gates from them; its backward scan carries only
-    ``dh`` and ``dc`` and writes each step's ``dz_t`` into a ``[T, B, 4U]`` buffer. The weight
-    gradients, ``[dW; dU] = sum_t [x_t; h_{t-1}]^T dz_t``, are then one matmul over all steps
-    and the whole batch, ``xh [D+U, T*B] @ dz [T*B, 4U]``, as cuDNN does it. Cotangents that
-    are symbolically zero (outputs the loss does not use) cost nothing.
+    from the forward pass and recomputes the gates from them; its backward scan carries ``dh``
+    and ``dc``. The weight gradients are ``[dW; dU] = sum_t [x_t; h_{t-1}]^T dz_t``: below a
+    batch of ``_SUM_IN_LOOP_MIN_BATCH`` the scan writes each step's ``dz_t`` into a
+    ``[T, B, 4U]`` buffer and the sum is one matmul over all steps and the whole batch,
+    ``xh [D+U, T*B] @ dz [T*B, 4U]``, as cuDNN does it; from that batch on, each step adds
+    its own ``xh[:, t] [D+U, B] @ dz_t [B, 4U]`` to the sum, which is faster there and keeps
+    no ``dz`` buffer. Cotangents that are symbolically zero (outputs the loss does not use)
+    cost nothing.
     ``tests/test_recurrent.py`` holds it equal to autodiff and to ``lstm_cell``.
     """
     return _lstm_forward(params, xs, h0, c0, unroll)[0]
@@ -348,6 +351,13 @@ def _lstm_scan_fwd(params, xs, h0, c0, unroll):
     return _lstm_forward(*args, unroll)
 
 
+# The global batch from which the backward pass sums the weight gradients inside its loop,
+# one ``[D+U, B] x [B, 4U]`` matmul per step, rather than storing each step's ``dz`` for one
+# matmul after it: per-step matmuls that contract a batch this long run efficiently;
+# below it the single contraction over (T, B) wins (measured in ``benchmarks/NOTES.md``).
+_SUM_IN_LOOP_MIN_BATCH = 512
+
+
 def _lstm_scan_bwd(unroll, residuals, cotangents):
     params, xh, c0, cs, zs = residuals  # [D+U, T, B], [U, B], [T, U, B], [T, 4U, B]
     # [T, B, U], [B, U], [B, U]; a SymbolicZero for an output nothing depends on, e.g. the
@@ -357,9 +367,10 @@ def _lstm_scan_bwd(unroll, residuals, cotangents):
     input_dim = xh.shape[0] - units
     d_h, d_c = (jnp.zeros((batch, units), c0.dtype) if _is_zero(d) else d for d in (d_h, d_c))
     c_prev = jnp.concatenate([c0[None], cs[:-1]], axis=0)  # [T, U, B]
+    sum_in_loop = batch >= _SUM_IN_LOOP_MIN_BATCH
 
     def body(carry, step):
-        dh_next, dc_next, dzs = carry  # [U, B], [U, B], [T, B, 4U]
+        dh_next, dc_next, acc = carry  # [U, B], [U, B], the weight gradients' accumulator
         z, c, c_prev = step["z"], step["c"], step["c_prev"]
         # The forward's gates, recomputed from z (elementwise, fused with what follows).
         i, f, g, o = _lstm_gates(z, gate_axis=0)
@@ -377,27 +388,42 @@ def _lstm_scan_bwd(unroll, residuals, cotangents):
         dz = jnp.empty_like(z)  # [4U, B]
         for k, block in enumerate(gates):
             dz = jax.lax.dynamic_update_slice_in_dim(dz, block, k * units, axis=0)
-        # Stored batch-major, [B, 4U], the layout the weight-gradient matmul reads as is.
-        dzs = jax.lax.dynamic_update_slice(dzs, dz.T[None], (step["t"], 0, 0))
-        return (params["recurrent_kernel"] @ dz, dc * f, dzs), None
+        if sum_in_loop:
+            d_kernels, d_bias = acc  # [D+U, 4U], [4U]
+            xh_t = jax.lax.dynamic_slice_in_dim(xh, step["t"], 1, axis=1)[:, 0]  # [D+U, B]
+            d_kernels += jax.lax.dot_general(xh_t, dz, (((1,), (1,)), ((), ())))
+            acc, d_x = (
+                (d_kernels, d_bias + dz.sum(axis=1)),
+                params["kernel"] @ dz,
+            )  # [D, B], dropped by XLA if unused
+        else:
+            # Stored batch-major, [B, 4U], the layout the weight-gradient matmul reads as is.
+            acc, d_x = jax.lax.dynamic_update_slice(acc, dz.T[None], (step["t"], 0, 0)), None
+        return (params["recurrent_kernel"] @ dz, dc * f, acc), d_x
 
     steps_in = {"z": zs, "c": cs, "c_prev": c_prev, "t": jnp.arange(steps)}
     if not _is_zero(d_hs):
         steps_in.update(dh_out=jnp.swapaxes(d_hs, 1, 2))  # [T, U, B]
-    dzs = jnp.zeros((steps, batch, 4 * units), c0.dtype)
-    (dh0, dc0, dzs), _ = jax.lax.scan(
-        body, (d_h.T, d_c.T, dzs), steps_in, reverse=True, unroll=unroll
+    if sum_in_loop:
+        acc = (jnp.zeros((input_dim + units, 4 * units), c0.dtype), jnp.zeros(4 * units, c0.dtype))
+    else:
+        acc = jnp.zeros((steps, batch, 4 * units), c0.dtype)  # dz_t^T for every step
+    (dh0, dc0, acc), d_xs = jax.lax.scan(
+        body, (d_h.T, d_c.T, acc), steps_in, reverse=True, unroll=unroll
     )
-    # One matmul over all steps and the whole batch: contracting (T, B), in that order in
-    # both operands, reads both buffers as they lie (no transposes), and with the batch
-    # sharded over devices it leaves one partial sum per device to all-reduce.
-    d_kernels = jax.lax.dot_general(xh, dzs, (((1, 2), (0, 1)), ((), ())))  # [D+U, 4U]
+    if sum_in_loop:
+        (d_kernels, d_bias), d_xs = acc, jnp.swapaxes(d_xs, 1, 2)  # d_xs: [T, D, B] -> [T, B, D]
+    else:
+        # One matmul over all steps and the whole batch: contracting (T, B), in that order
+        # in both operands, reads both buffers as they lie (no transposes), and with the
+        # batch sharded over devices it leaves one partial sum per device to all-reduce.
+        d_kernels = jax.lax.dot_general(xh, acc, (((1, 2), (0, 1)), ((), ())))  # [D+U, 4U]
+        d_bias, d_xs = acc.sum(axis=(0, 1)), acc @ params["kernel"].T  # [4U], [T, B, D]
     grads = {
         "kernel": d_kernels[:input_dim],
         "recurrent_kernel": d_kernels[input_dim:],
-        "bias": dzs.sum(axis=(0, 1)),
+        "bias": d_bias,
     }
-    d_xs = dzs @ params["kernel"].T  # [T, B, D]
     return {**params, **grads}, d_xs, dh0.T, dc0.T
 
 
