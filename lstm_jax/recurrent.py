@@ -392,13 +392,12 @@ def _lstm_scan_bwd(unroll, residuals, cotangents):
             d_kernels, d_bias = acc  # [D+U, 4U], [4U]
             xh_t = jax.lax.dynamic_slice_in_dim(xh, step["t"], 1, axis=1)[:, 0]  # [D+U, B]
             d_kernels += jax.lax.dot_general(xh_t, dz, (((1,), (1,)), ((), ())))
-            acc, d_x = (
-                (d_kernels, d_bias + dz.sum(axis=1)),
-                params["kernel"] @ dz,
-            )  # [D, B], dropped by XLA if unused
+            acc = (d_kernels, d_bias + dz.sum(axis=1))
+            d_x = params["kernel"] @ dz  # [D, B]; XLA drops it when nothing needs d_xs
         else:
             # Stored batch-major, [B, 4U], the layout the weight-gradient matmul reads as is.
-            acc, d_x = jax.lax.dynamic_update_slice(acc, dz.T[None], (step["t"], 0, 0)), None
+            acc = jax.lax.dynamic_update_slice(acc, dz.T[None], (step["t"], 0, 0))
+            d_x = None
         return (params["recurrent_kernel"] @ dz, dc * f, acc), d_x
 
     steps_in = {"z": zs, "c": cs, "c_prev": c_prev, "t": jnp.arange(steps)}
