@@ -330,7 +330,7 @@ def _lstm_forward(params, xs, h0, c0, unroll):
     def body(carry, t):
         h, c, xh = carry  # [U, B], [U, B], [D+U, T, B]
         xh = jax.lax.dynamic_update_slice(xh, h[:, None], (input_dim, t, 0))
-        xh_t = jax.lax.dynamic_slice_in_dim(xh, t, 1, axis=1)[:, 0]  # [D+U, B]
+        xh_t = jax.lax.dynamic_index_in_dim(xh, t, axis=1, keepdims=False)  # [D+U, B]
         z = kernels_t @ xh_t + bias  # [4U, B]
         h, c = _lstm_update(z, c, gate_axis=0)
         return (h, c, xh), (c, z)
@@ -390,7 +390,7 @@ def _lstm_scan_bwd(unroll, residuals, cotangents):
             dz = jax.lax.dynamic_update_slice_in_dim(dz, block, k * units, axis=0)
         if sum_in_loop:
             d_kernels, d_bias = acc  # [D+U, 4U], [4U]
-            xh_t = jax.lax.dynamic_slice_in_dim(xh, step["t"], 1, axis=1)[:, 0]  # [D+U, B]
+            xh_t = jax.lax.dynamic_index_in_dim(xh, step["t"], axis=1, keepdims=False)
             d_kernels += jax.lax.dot_general(xh_t, dz, (((1,), (1,)), ((), ())))
             acc = (d_kernels, d_bias + dz.sum(axis=1))
             d_x = params["kernel"] @ dz  # [D, B]; XLA drops it when nothing needs d_xs
