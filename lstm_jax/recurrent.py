@@ -300,10 +300,11 @@ def _lstm_scan(params: Params, xs: Array, h0: Array, c0: Array, unroll=1):
     2-core CPU in ``benchmarks/NOTES.md``.
 
     The gradient (``_lstm_scan_bwd``) keeps each step's pre-activation ``z_t`` and cell state
-    from the forward pass and recomputes the gates from them; its backward scan carries ``dh``
-    and ``dc``. The weight gradients are ``[dW; dU] = sum_t [x_t; h_{t-1}]^T dz_t``: below a
-    batch of ``_SUM_IN_LOOP_MIN_BATCH`` the scan writes each step's ``dz_t`` into a
-    ``[T, B, 4U]`` buffer and the sum is one matmul over all steps and the whole batch,
+    (in one ``[T+1, U, B]`` buffer that starts with ``c_0``) from the forward pass and
+    recomputes the gates from them; its backward scan carries ``dh`` and ``dc``. The weight
+    gradients are ``[dW; dU] = sum_t [x_t; h_{t-1}]^T dz_t``: below a batch of
+    ``_SUM_IN_LOOP_MIN_BATCH`` the scan writes each step's ``dz_t`` into a ``[T, B, 4U]``
+    buffer and the sum is one matmul over all steps and the whole batch,
     ``xh [D+U, T*B] @ dz [T*B, 4U]``, as cuDNN does it; from that batch on, each step adds
     its own ``xh[:, t] [D+U, B] @ dz_t [B, 4U]`` to the sum, which is faster there and keeps
     no ``dz`` buffer. Cotangents that are symbolically zero (outputs the loss does not use)
@@ -327,20 +328,25 @@ def _lstm_forward(params, xs, h0, c0, unroll):
         [jnp.transpose(xs, (2, 0, 1)), jnp.zeros((units, steps, batch), xs.dtype)]
     )  # [D+U, T, B]
 
+    # cs[t] = c_{t-1}^T: c_0 is written in now, c_t by step t. The backward step t reads both
+    # c_t and c_{t-1} from it, so no shifted copy of the cell states is made.
+    cs = jnp.concatenate([c0.T[None], jnp.zeros((steps, units, batch), c0.dtype)])  # [T+1, U, B]
+
     def body(carry, t):
-        h, c, xh = carry  # [U, B], [U, B], [D+U, T, B]
+        h, c, xh, cs = carry  # [U, B], [U, B], [D+U, T, B], [T+1, U, B]
         xh = jax.lax.dynamic_update_slice(xh, h[:, None], (input_dim, t, 0))
         xh_t = jax.lax.dynamic_index_in_dim(xh, t, axis=1, keepdims=False)  # [D+U, B]
         z = kernels_t @ xh_t + bias  # [4U, B]
         h, c = _lstm_update(z, c, gate_axis=0)
-        return (h, c, xh), (c, z)
+        cs = jax.lax.dynamic_update_slice_in_dim(cs, c[None], t + 1, axis=0)
+        return (h, c, xh, cs), z
 
-    (h, c, xh), (cs_t, zs_t) = jax.lax.scan(
-        body, (h0.T, c0.T, xh), jnp.arange(steps), unroll=unroll
-    )  # cs_t: [T, U, B], zs_t: [T, 4U, B]
+    (h, c, xh, cs), zs_t = jax.lax.scan(
+        body, (h0.T, c0.T, xh, cs), jnp.arange(steps), unroll=unroll
+    )  # zs_t: [T, 4U, B]
     hs_t = jnp.concatenate([xh[input_dim:, 1:], h[:, None]], axis=1)  # [U, T, B]
     outputs = (jnp.transpose(hs_t, (1, 2, 0)), h.T, c.T)  # [T, B, U], [B, U], [B, U]
-    return outputs, (params, xh, c0.T, cs_t, zs_t)
+    return outputs, (params, xh, cs, zs_t)
 
 
 def _lstm_scan_fwd(params, xs, h0, c0, unroll):
@@ -359,19 +365,20 @@ _SUM_IN_LOOP_MIN_BATCH = 512
 
 
 def _lstm_scan_bwd(unroll, residuals, cotangents):
-    params, xh, c0, cs, zs = residuals  # [D+U, T, B], [U, B], [T, U, B], [T, 4U, B]
+    params, xh, cs, zs = residuals  # [D+U, T, B], [T+1, U, B], [T, 4U, B]
     # [T, B, U], [B, U], [B, U]; a SymbolicZero for an output nothing depends on, e.g. the
     # per-step outputs when only the last is used: no [T, B, U] of zeros is made and read.
     d_hs, d_h, d_c = cotangents
-    units, steps, batch = c0.shape[0], zs.shape[0], zs.shape[2]
+    units, steps, batch = cs.shape[1], zs.shape[0], zs.shape[2]
     input_dim = xh.shape[0] - units
-    d_h, d_c = (jnp.zeros((batch, units), c0.dtype) if _is_zero(d) else d for d in (d_h, d_c))
-    c_prev = jnp.concatenate([c0[None], cs[:-1]], axis=0)  # [T, U, B]
+    d_h, d_c = (jnp.zeros((batch, units), cs.dtype) if _is_zero(d) else d for d in (d_h, d_c))
     sum_in_loop = batch >= _SUM_IN_LOOP_MIN_BATCH
 
     def body(carry, step):
         dh_next, dc_next, acc = carry  # [U, B], [U, B], the weight gradients' accumulator
-        z, c, c_prev = step["z"], step["c"], step["c_prev"]
+        z, t = step["z"], step["t"]
+        c_prev = jax.lax.dynamic_index_in_dim(cs, t, keepdims=False)  # [U, B]
+        c = jax.lax.dynamic_index_in_dim(cs, t + 1, keepdims=False)  # [U, B]
         # The forward's gates, recomputed from z (elementwise, fused with what follows).
         i, f, g, o = _lstm_gates(z, gate_axis=0)
         tanh_c = jnp.tanh(c)
@@ -400,13 +407,13 @@ def _lstm_scan_bwd(unroll, residuals, cotangents):
             d_x = None
         return (params["recurrent_kernel"] @ dz, dc * f, acc), d_x
 
-    steps_in = {"z": zs, "c": cs, "c_prev": c_prev, "t": jnp.arange(steps)}
+    steps_in = {"z": zs, "t": jnp.arange(steps)}
     if not _is_zero(d_hs):
         steps_in.update(dh_out=jnp.swapaxes(d_hs, 1, 2))  # [T, U, B]
     if sum_in_loop:
-        acc = (jnp.zeros((input_dim + units, 4 * units), c0.dtype), jnp.zeros(4 * units, c0.dtype))
+        acc = (jnp.zeros((input_dim + units, 4 * units), cs.dtype), jnp.zeros(4 * units, cs.dtype))
     else:
-        acc = jnp.zeros((steps, batch, 4 * units), c0.dtype)  # dz_t^T for every step
+        acc = jnp.zeros((steps, batch, 4 * units), cs.dtype)  # dz_t^T for every step
     (dh0, dc0, acc), d_xs = jax.lax.scan(
         body, (d_h.T, d_c.T, acc), steps_in, reverse=True, unroll=unroll
     )
