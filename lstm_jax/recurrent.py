@@ -397,13 +397,13 @@ def _lstm_scan_bwd(unroll, residuals, cotangents):
             dz = jax.lax.dynamic_update_slice_in_dim(dz, block, k * units, axis=0)
         if sum_in_loop:
             d_kernels, d_bias = acc  # [D+U, 4U], [4U]
-            xh_t = jax.lax.dynamic_index_in_dim(xh, step["t"], axis=1, keepdims=False)
+            xh_t = jax.lax.dynamic_index_in_dim(xh, t, axis=1, keepdims=False)
             d_kernels += jax.lax.dot_general(xh_t, dz, (((1,), (1,)), ((), ())))
             acc = (d_kernels, d_bias + dz.sum(axis=1))
             d_x = params["kernel"] @ dz  # [D, B]; XLA drops it when nothing needs d_xs
         else:
             # Stored batch-major, [B, 4U], the layout the weight-gradient matmul reads as is.
-            acc = jax.lax.dynamic_update_slice(acc, dz.T[None], (step["t"], 0, 0))
+            acc = jax.lax.dynamic_update_slice(acc, dz.T[None], (t, 0, 0))
             d_x = None
         return (params["recurrent_kernel"] @ dz, dc * f, acc), d_x
 
