@@ -128,6 +128,30 @@ def test_several_devices_match_one(tmp_path):
     assert abs(metrics["history"][-1]["train_loss"] - one["history"][-1]["train_loss"]) < 1e-4
 
 
+def test_data_set_is_held_once_on_a_cpu_mesh(tmp_path):
+    """Every split is 64-byte aligned, so each of two CPU devices uses the host array in
+    place instead of holding its own copy (with 503 examples the validation split starts
+    off alignment in the loaded array and must be realigned)."""
+    script = (
+        "import jax, numpy as np, tensorflow_datasets as tfds\n"
+        "from jax.sharding import Mesh, NamedSharding, PartitionSpec as P\n"
+        "from lstm_jax import data, training\n"
+        "replicated = NamedSharding(Mesh(np.array(jax.devices()), ('data',)), P())\n"
+        "with tfds.testing.mock_data(num_examples=503):\n"
+        f"    ds = data.load('mnist', data_dir={str(tmp_path / 'tfds')!r})\n"
+        "for split in (ds.train, ds.validation, ds.test):\n"
+        "    for host in (split.images, split.labels):\n"
+        "        placed = training._on_mesh(host, replicated)\n"
+        "        pointers = {s.data.unsafe_buffer_pointer() for s in placed.addressable_shards}\n"
+        "        print(len(placed.addressable_shards), pointers == {host.ctypes.data})\n"
+    )
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    out = subprocess.run(
+        [sys.executable, "-c", script], check=True, env=env, cwd=ROOT, capture_output=True
+    )
+    assert out.stdout.decode().split() == ["2", "True"] * 6, out.stdout.decode()
+
+
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_data_parallel_epoch_never_gathers_the_batch(bidirectional):
     """On a mesh, each device keeps its part of the batch: the compiled epoch sums gradients
