@@ -11,6 +11,7 @@ Images stay ``uint8`` (a quarter of float32's memory, so that a whole data set s
 device); ``to_sequences`` scales them to ``[0, 1]`` inside the jitted step. The arrays are
 64-byte aligned, which lets XLA's CPU devices use them in place: with one XLA device per
 core (``train.py`` on a CPU) the data set is then held once, not once per device as well.
+Since the devices share them, ``load`` returns them read-only.
 """
 
 from __future__ import annotations
@@ -192,10 +193,11 @@ def load(
         train, test = (_load_split(name, s, data_dir, download=True) for s in ("train", "test"))
 
     cut = math.floor(len(train) * (1 - validation_split))  # Keras's split point
-    return Dataset(
-        name=name,
-        train=Split(train.images[:cut], train.labels[:cut]),
-        validation=Split(_aligned(train.images[cut:]), _aligned(train.labels[cut:])),
-        test=test,
-        num_classes=int(features["label"].num_classes),
+    splits = (
+        Split(train.images[:cut], train.labels[:cut]),
+        Split(_aligned(train.images[cut:]), _aligned(train.labels[cut:])),
+        test,
     )
+    for split in splits:  # read-only: on a CPU, the devices use these very arrays
+        split.images.flags.writeable = split.labels.flags.writeable = False
+    return Dataset(name, *splits, num_classes=int(features["label"].num_classes))
