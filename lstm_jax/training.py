@@ -163,7 +163,9 @@ def create_train_state(
 ) -> train_state.TrainState:
     """Initialises parameters from ``config.seed`` (as Keras would) and the optimizer."""
     key = jax.random.fold_in(jax.random.key(config.seed), 0)
-    params = model.init(key, jnp.zeros((1, *input_shape), jnp.float32))["params"]
+    # Jitted: one XLA compilation, not one per operation run eagerly (their executables
+    # stay cached: ~60 MB more peak memory on a CPU). The values are the same.
+    params = jax.jit(model.init)(key, jnp.zeros((1, *input_shape), jnp.float32))["params"]
     return train_state.TrainState.create(
         apply_fn=model.apply, params=params, tx=make_optimizer(config)
     )
