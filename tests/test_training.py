@@ -30,6 +30,15 @@ def params_of(result):
     return jax.tree.map(np.asarray, jax.device_get(result["state"].params))
 
 
+def on_two_cpu_devices(script: str) -> list[str]:
+    """Runs ``script`` in a fresh Python with two XLA CPU devices; returns its printed words."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    out = subprocess.run(
+        [sys.executable, "-c", script], check=True, env=env, cwd=ROOT, capture_output=True
+    )
+    return out.stdout.decode().split()
+
+
 def assert_trees_equal(a, b, atol=0.0):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(x, y, atol=atol, rtol=0)
@@ -147,11 +156,7 @@ def test_data_set_is_held_once_on_a_cpu_mesh(tmp_path):
         "        shared = pointers == {host.ctypes.data}\n"
         "        print(len(placed.addressable_shards), shared, host.flags.writeable)\n"
     )
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    out = subprocess.run(
-        [sys.executable, "-c", script], check=True, env=env, cwd=ROOT, capture_output=True
-    )
-    assert out.stdout.decode().split() == ["2", "True", "False"] * 6, out.stdout.decode()
+    assert on_two_cpu_devices(script) == ["2", "True", "False"] * 6
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
@@ -172,11 +177,7 @@ def test_data_parallel_epoch_never_gathers_the_batch(bidirectional):
         "hlo = train_epoch.lower(state, x, y, jax.random.key(0)).compile().as_text()\n"
         "print('all-reduce' in hlo, 'all-gather' in hlo)\n"
     )
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    out = subprocess.run(
-        [sys.executable, "-c", script], check=True, env=env, cwd=ROOT, capture_output=True
-    )
-    assert out.stdout.decode().split() == ["True", "False"], out.stdout.decode()
+    assert on_two_cpu_devices(script) == ["True", "False"]
 
 
 # ---------------------------------------------------------------- the lesson, real MNIST
