@@ -129,9 +129,15 @@ def _load_split(name: str, split: str, data_dir: str | None, download: bool) -> 
     for x, y in tfds.as_numpy(ds.batch(10_000)):
         images.append(x)
         labels.append(y)
-    shape = (sum(len(x) for x in images), *images[0].shape[1:])
-    images = np.concatenate(images, out=_empty_aligned(shape, images[0].dtype))
-    return Split(images, _aligned(np.concatenate(labels).astype(np.int32)))
+    return Split(
+        _concatenate_aligned(images, images[0].dtype), _concatenate_aligned(labels, np.int32)
+    )
+
+
+def _concatenate_aligned(parts: list[np.ndarray], dtype) -> np.ndarray:
+    """``np.concatenate(parts).astype(dtype)``, written straight into aligned memory."""
+    shape = (sum(len(x) for x in parts), *parts[0].shape[1:])
+    return np.concatenate(parts, out=_empty_aligned(shape, dtype), casting="same_kind")
 
 
 def load(
