@@ -290,9 +290,8 @@ def test_lstm_mixed_dtypes_match_autodiff_path(x_dtype, p_dtype, weight_gradient
 # SimpleRNN use autodiff, so they run once.
 @pytest.mark.parametrize(
     "name, weight_gradient_sum",
-    [("lstm", "after the loop"), ("lstm", "inside the loop")]
-    + [(name, "after the loop") for name in CELLS if name != "lstm"],
-    ids=["lstm-after the loop", "lstm-inside the loop"] + [n for n in CELLS if n != "lstm"],
+    [pytest.param("lstm", s, id=f"lstm-{s}") for s in ("after the loop", "inside the loop")]
+    + [pytest.param(n, "after the loop", id=n) for n in CELLS if n != "lstm"],
     indirect=["weight_gradient_sum"],
 )
 def test_gradients_match_finite_differences(name, weight_gradient_sum):
