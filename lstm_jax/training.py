@@ -11,8 +11,9 @@ How it runs:
 * A whole epoch is one jitted call (``train_epoch``): a ``lax.scan`` over batches, with the
   training state donated, compiled once per run.
 * Data parallel over every device JAX sees: a one-axis mesh ``("data",)``, each batch split
-  across it, parameters and optimizer state replicated. The same code serves one device,
-  several, and several hosts (``Config.distributed``).
+  across it, parameters and optimizer state replicated; each device computes the gradient
+  of its slice (``jax.shard_map``) and one ``psum`` per step adds them. The same code
+  serves one device, several, and several hosts (``Config.distributed``).
 * An orbax checkpoint at every epoch end; ``Config.resume`` continues from the newest one.
 """
 
@@ -184,21 +185,46 @@ def _loss_and_metrics(logits: jax.Array, labels: jax.Array, weights: jax.Array):
     return jnp.stack([jnp.sum(losses * weights), jnp.sum(correct * weights), jnp.sum(weights)])
 
 
-def train_step(state, images, labels, weights, sequence: str, shard: Callable = lambda x: x):
+def train_step(state, images, labels, weights, sequence: str, mesh: Mesh | None = None):
     """One optimizer step on a batch of ``uint8`` images; returns ``(state, sums, loss)``.
 
     The loss is the mean over the batch's real examples, as Keras averages a smaller
     final batch over its own examples.
+
+    With a ``mesh``, data parallel: each device computes the gradient of its own slice of
+    the batch (``jax.shard_map``), and one ``psum`` adds the gradients and sums across
+    devices. The model then runs on per-device arrays, so the LSTM's backward pass keeps
+    its weight-gradient sum on the device for all time steps; left to XLA's automatic
+    partitioning, that sum was all-reduced at every step (``benchmarks/NOTES.md``).
+    ``check_vma=False``: the gradients are per-device partial sums until the ``psum``.
     """
-    x = shard(data_lib.to_sequences(images, sequence))  # [B, T, F]
 
-    def loss_fn(params):
-        logits = state.apply_fn({"params": params}, x)  # [B, classes]
-        sums = _loss_and_metrics(logits, labels, weights)
-        return sums[0] / jnp.maximum(sums[2], 1), sums
+    def grads_and_sums(params, images, labels, weights):
+        x = data_lib.to_sequences(images, sequence)  # [B, T, F]
 
-    (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    return state.apply_gradients(grads=grads), sums, loss
+        def loss_sum(params):
+            logits = state.apply_fn({"params": params}, x)  # [B, classes]
+            sums = _loss_and_metrics(logits, labels, weights)
+            return sums[0], sums
+
+        grads, sums = jax.grad(loss_sum, has_aux=True)(params)
+        if mesh is not None:
+            grads, sums = jax.lax.psum((grads, sums), "data")
+        return grads, sums
+
+    if mesh is not None:
+        batch = P("data")
+        grads_and_sums = jax.shard_map(
+            grads_and_sums,
+            mesh=mesh,
+            in_specs=(P(), batch, batch, batch),
+            out_specs=P(),
+            check_vma=False,
+        )
+    grads, sums = grads_and_sums(state.params, images, labels, weights)
+    count = jnp.maximum(sums[2], 1)
+    grads = jax.tree.map(lambda g: g / count, grads)
+    return state.apply_gradients(grads=grads), sums, sums[0] / count
 
 
 def _batches(key, n: int, batch_size: int, shuffle: bool):
@@ -282,7 +308,7 @@ def make_epoch_fns(
             state, sums, bad_step = carry
             i, idx_b, w_b = xs
             new_state, batch_sums, loss = train_step(
-                state, images[idx_b], labels[idx_b], shard(w_b), config.sequence, shard
+                state, images[idx_b], labels[idx_b], w_b, config.sequence, mesh
             )
             ok = jnp.isfinite(loss) & (bad_step < 0)
             state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_state, state)
