@@ -301,15 +301,16 @@ def _lstm_scan(params: Params, xs: Array, h0: Array, c0: Array, unroll=1):
 
     The gradient (``_lstm_scan_bwd``) keeps each step's pre-activation ``z_t`` and cell state
     (in one ``[T+1, U, B]`` buffer that starts with ``c_0``) from the forward pass and
-    recomputes the gates from them; its backward scan carries ``dh`` and ``dc``. The weight
-    gradients are ``[dW; dU] = sum_t [x_t; h_{t-1}]^T dz_t``: below a batch of
-    ``_SUM_IN_LOOP_MIN_BATCH`` the scan writes each step's ``dz_t`` into a ``[T, B, 4U]``
-    buffer and the sum is one matmul over all steps and the whole batch,
-    ``xh [D+U, T*B] @ dz [T*B, 4U]``, as cuDNN does it; from that batch on, each step adds
-    its own ``xh[:, t] [D+U, B] @ dz_t [B, 4U]`` to the sum, which is faster there and keeps
-    no ``dz`` buffer. Cotangents that are symbolically zero (outputs the loss does not use)
-    cost nothing.
+    recomputes the gates from them; its backward scan carries ``dh``, ``dc`` and the weight
+    gradients, ``[dW; dU] += [x_t; h_{t-1}]^T dz_t`` (one ``[D+U, B] x [B, 4U]`` matmul per
+    step, reading ``xh`` as the forward wrote it), so no step's ``dz`` is stored. Cotangents
+    that are symbolically zero (outputs the loss does not use) cost nothing.
     ``tests/test_recurrent.py`` holds it equal to autodiff and to ``lstm_cell``.
+
+    Run per device (as ``lstm_jax.training`` does, with ``jax.shard_map``), the sum stays
+    on the device until the step's one all-reduce. Called on a batch that XLA partitions
+    across devices automatically, each step's partial sums are all-reduced inside the
+    loop: correct, but slower (``benchmarks/NOTES.md``).
     """
     return _lstm_forward(params, xs, h0, c0, unroll)[0]
 
@@ -357,13 +358,6 @@ def _lstm_scan_fwd(params, xs, h0, c0, unroll):
     return _lstm_forward(*args, unroll)
 
 
-# The global batch from which the backward pass sums the weight gradients inside its loop,
-# one ``[D+U, B] x [B, 4U]`` matmul per step, rather than storing each step's ``dz`` for one
-# matmul after it: per-step matmuls that contract a batch this long run efficiently;
-# below it the single contraction over (T, B) wins (measured in ``benchmarks/NOTES.md``).
-_SUM_IN_LOOP_MIN_BATCH = 512
-
-
 def _lstm_scan_bwd(unroll, residuals, cotangents):
     params, xh, cs, zs = residuals  # [D+U, T, B], [T+1, U, B], [T, 4U, B]
     # [T, B, U], [B, U], [B, U]; a SymbolicZero for an output nothing depends on, e.g. the
@@ -372,10 +366,9 @@ def _lstm_scan_bwd(unroll, residuals, cotangents):
     units, steps, batch = cs.shape[1], zs.shape[0], zs.shape[2]
     input_dim = xh.shape[0] - units
     d_h, d_c = (jnp.zeros((batch, units), cs.dtype) if _is_zero(d) else d for d in (d_h, d_c))
-    sum_in_loop = batch >= _SUM_IN_LOOP_MIN_BATCH
 
     def body(carry, step):
-        dh_next, dc_next, acc = carry  # [U, B], [U, B], the weight gradients' accumulator
+        dh_next, dc_next, d_kernels, d_bias = carry  # [U, B], [U, B], [D+U, 4U], [4U]
         z, t = step["z"], step["t"]
         c_prev = jax.lax.dynamic_index_in_dim(cs, t, keepdims=False)  # [U, B]
         c = jax.lax.dynamic_index_in_dim(cs, t + 1, keepdims=False)  # [U, B]
@@ -395,42 +388,25 @@ def _lstm_scan_bwd(unroll, residuals, cotangents):
         dz = jnp.empty_like(z)  # [4U, B]
         for k, block in enumerate(gates):
             dz = jax.lax.dynamic_update_slice_in_dim(dz, block, k * units, axis=0)
-        if sum_in_loop:
-            d_kernels, d_bias = acc  # [D+U, 4U], [4U]
-            xh_t = jax.lax.dynamic_index_in_dim(xh, t, axis=1, keepdims=False)
-            d_kernels += jax.lax.dot_general(xh_t, dz, (((1,), (1,)), ((), ())))
-            acc = (d_kernels, d_bias + dz.sum(axis=1))
-            d_x = params["kernel"] @ dz  # [D, B]; XLA drops it when nothing needs d_xs
-        else:
-            # Stored batch-major, [B, 4U], the layout the weight-gradient matmul reads as is.
-            acc = jax.lax.dynamic_update_slice(acc, dz.T[None], (t, 0, 0))
-            d_x = None
-        return (params["recurrent_kernel"] @ dz, dc * f, acc), d_x
+        xh_t = jax.lax.dynamic_index_in_dim(xh, t, axis=1, keepdims=False)  # [D+U, B]
+        d_kernels += jax.lax.dot_general(xh_t, dz, (((1,), (1,)), ((), ())))
+        d_x = params["kernel"] @ dz  # [D, B]; XLA drops it when nothing needs d_xs
+        carry = (params["recurrent_kernel"] @ dz, dc * f, d_kernels, d_bias + dz.sum(axis=1))
+        return carry, d_x
 
     steps_in = {"z": zs, "t": jnp.arange(steps)}
     if not _is_zero(d_hs):
         steps_in.update(dh_out=jnp.swapaxes(d_hs, 1, 2))  # [T, U, B]
-    if sum_in_loop:
-        acc = (jnp.zeros((input_dim + units, 4 * units), cs.dtype), jnp.zeros(4 * units, cs.dtype))
-    else:
-        acc = jnp.zeros((steps, batch, 4 * units), cs.dtype)  # dz_t^T for every step
-    (dh0, dc0, acc), d_xs = jax.lax.scan(
-        body, (d_h.T, d_c.T, acc), steps_in, reverse=True, unroll=unroll
+    sums = (jnp.zeros((input_dim + units, 4 * units), cs.dtype), jnp.zeros(4 * units, cs.dtype))
+    (dh0, dc0, d_kernels, d_bias), d_xs = jax.lax.scan(
+        body, (d_h.T, d_c.T, *sums), steps_in, reverse=True, unroll=unroll
     )
-    if sum_in_loop:
-        (d_kernels, d_bias), d_xs = acc, jnp.swapaxes(d_xs, 1, 2)  # d_xs: [T, D, B] -> [T, B, D]
-    else:
-        # One matmul over all steps and the whole batch: contracting (T, B), in that order
-        # in both operands, reads both buffers as they lie (no transposes), and with the
-        # batch sharded over devices it leaves one partial sum per device to all-reduce.
-        d_kernels = jax.lax.dot_general(xh, acc, (((1, 2), (0, 1)), ((), ())))  # [D+U, 4U]
-        d_bias, d_xs = acc.sum(axis=(0, 1)), acc @ params["kernel"].T  # [4U], [T, B, D]
     grads = {
         "kernel": d_kernels[:input_dim],
         "recurrent_kernel": d_kernels[input_dim:],
         "bias": d_bias,
     }
-    return {**params, **grads}, d_xs, dh0.T, dc0.T
+    return {**params, **grads}, jnp.swapaxes(d_xs, 1, 2), dh0.T, dc0.T  # d_xs: [T, B, D]
 
 
 def _is_zero(cotangent) -> bool:

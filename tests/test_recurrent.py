@@ -207,16 +207,7 @@ def test_vmap_over_examples_matches_batch(name):
     np.testing.assert_allclose(per_example, fn(params, x, return_sequences=True), atol=1e-6)
 
 
-@pytest.fixture(params=["after the loop", "inside the loop"])
-def weight_gradient_sum(request, monkeypatch):
-    """Runs a test with the LSTM's weight gradients summed each of its two ways (the
-    backward pass picks one by batch size; here both run at the tests' small sizes)."""
-    if request.param == "inside the loop":
-        monkeypatch.setattr(lstm_jax.recurrent, "_SUM_IN_LOOP_MIN_BATCH", 1)
-    return request.param
-
-
-def test_lstm_custom_gradient_matches_autodiff(weight_gradient_sum):
+def test_lstm_custom_gradient_matches_autodiff():
     """The unmasked LSTM uses a hand-written VJP; an all-true mask takes the autodiff path."""
     params, x, states = make_params("lstm"), make_inputs(), make_state("lstm")
     weights = jnp.asarray(np.random.default_rng(3).normal(size=(B, T, U)), jnp.float32)
@@ -261,7 +252,7 @@ def test_lstm_custom_gradient_matches_autodiff(weight_gradient_sum):
     [(jnp.bfloat16, jnp.float32), (jnp.float32, jnp.bfloat16), (jnp.bfloat16, jnp.bfloat16)],
     ids=["bf16_inputs", "bf16_weights", "bf16_both"],
 )
-def test_lstm_mixed_dtypes_match_autodiff_path(x_dtype, p_dtype, weight_gradient_sum):
+def test_lstm_mixed_dtypes_match_autodiff_path(x_dtype, p_dtype):
     """Mixed precision runs the custom-gradient scan in the promoted dtype, and each gradient
     comes back in its own argument's dtype, as with autodiff (the all-true-mask path)."""
     params = jax.tree.map(lambda a: a.astype(p_dtype), make_params("lstm"))
@@ -286,15 +277,8 @@ def test_lstm_mixed_dtypes_match_autodiff_path(x_dtype, p_dtype, weight_gradient
         )
 
 
-# Only the LSTM's custom gradient has two ways to sum its weight gradients; GRU and
-# SimpleRNN use autodiff, so they run once.
-@pytest.mark.parametrize(
-    "name, weight_gradient_sum",
-    [pytest.param("lstm", s, id=f"lstm-{s}") for s in ("after the loop", "inside the loop")]
-    + [pytest.param(n, "after the loop", id=n) for n in CELLS if n != "lstm"],
-    indirect=["weight_gradient_sum"],
-)
-def test_gradients_match_finite_differences(name, weight_gradient_sum):
+@cells
+def test_gradients_match_finite_differences(name):
     """Checks the whole gradient (custom or autodiff) against float64 finite differences."""
     params32 = make_params(name, input_dim=2, units=3)
     x32 = make_inputs(batch=2, time=4, features=2)
