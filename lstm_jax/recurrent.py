@@ -326,12 +326,12 @@ def _lstm_forward(params, xs, h0, c0, unroll):
     # for a dynamic slice fused into elementwise work (with D = 1 a step's gate fusion took
     # 148 instead of 22 us when it read x_t that way).
     xh = jnp.concatenate(
-        [jnp.transpose(xs, (2, 0, 1)), jnp.zeros((units, steps, batch), xs.dtype)]
+        [jnp.transpose(xs, (2, 0, 1)), _zeros(xs, (units, steps, batch))]
     )  # [D+U, T, B]
 
     # cs[t] = c_{t-1}^T: c_0 is written in now, c_t by step t. The backward step t reads both
     # c_t and c_{t-1} from it, so no shifted copy of the cell states is made.
-    cs = jnp.concatenate([c0.T[None], jnp.zeros((steps, units, batch), c0.dtype)])  # [T+1, U, B]
+    cs = jnp.concatenate([c0.T[None], _zeros(c0, (steps, units, batch))])  # [T+1, U, B]
 
     def body(carry, t):
         h, c, xh, cs = carry  # [U, B], [U, B], [D+U, T, B], [T+1, U, B]
@@ -365,7 +365,7 @@ def _lstm_scan_bwd(unroll, residuals, cotangents):
     d_hs, d_h, d_c = cotangents
     units, steps, batch = cs.shape[1], zs.shape[0], zs.shape[2]
     input_dim = xh.shape[0] - units
-    d_h, d_c = (jnp.zeros((batch, units), cs.dtype) if _is_zero(d) else d for d in (d_h, d_c))
+    d_h, d_c = (_zeros(zs, (batch, units)) if _is_zero(d) else d for d in (d_h, d_c))
 
     def body(carry, step):
         dh_next, dc_next, d_kernels, d_bias = carry  # [U, B], [U, B], [D+U, 4U], [4U]
@@ -397,7 +397,7 @@ def _lstm_scan_bwd(unroll, residuals, cotangents):
     steps_in = {"z": zs, "t": jnp.arange(steps)}
     if not _is_zero(d_hs):
         steps_in.update(dh_out=jnp.swapaxes(d_hs, 1, 2))  # [T, U, B]
-    sums = (jnp.zeros((input_dim + units, 4 * units), cs.dtype), jnp.zeros(4 * units, cs.dtype))
+    sums = (_zeros(zs, (input_dim + units, 4 * units)), _zeros(zs, (4 * units,)))
     (dh0, dc0, d_kernels, d_bias), d_xs = jax.lax.scan(
         body, (d_h.T, d_c.T, *sums), steps_in, reverse=True, unroll=unroll
     )
@@ -407,6 +407,34 @@ def _lstm_scan_bwd(unroll, residuals, cotangents):
         "bias": d_bias,
     }
     return {**params, **grads}, jnp.swapaxes(d_xs, 1, 2), dh0.T, dc0.T  # d_xs: [T, B, D]
+
+
+def _zeros(like: Array, shape: tuple[int, ...], dtype=None) -> Array:
+    """Zeros of ``shape``, typed like ``like``: inside ``jax.shard_map``, varying over the
+    same mesh axes, as a scan carry that starts from them must be."""
+    return jax.lax.full_like(like, 0, dtype, shape)
+
+
+def _varying_like(tree, like: Array):
+    """``tree`` marked as varying over the ``jax.shard_map`` axes that ``like`` varies over.
+
+    Inside ``shard_map`` (``check_vma=True``), the LSTM's parameters and initial states
+    then enter its custom-gradient scan with the inputs' type, and JAX sums the
+    parameters' per-device gradients over those axes (the transpose of the cast), as it
+    does for any operation that mixes replicated parameters with per-device inputs.
+    Elsewhere nothing varies and ``tree`` comes back as it was.
+    """
+
+    def axes(x) -> frozenset:
+        aval = jax.typeof(x)
+        manual = getattr(aval, "manual_axis_type", None)  # jax 0.8 and later
+        return manual.varying if manual is not None else getattr(aval, "vma", frozenset())
+
+    def cast(x):
+        missing = tuple(sorted(axes(like) - axes(x)))
+        return jax.lax.pcast(x, missing, to="varying") if missing else x
+
+    return jax.tree.map(cast, tree)
 
 
 def _is_zero(cotangent) -> bool:
@@ -475,10 +503,11 @@ def _check_inputs(name: str, params: Params, inputs: Array, mask: Array | None) 
         )
 
 
-def _initial_carry(name: str, initial_state, batch: int, units: int, dtype) -> tuple:
+def _initial_carry(name: str, initial_state, inputs: Array, units: int, dtype) -> tuple:
     expected = 2 if name == "lstm" else 1
+    batch = jnp.shape(inputs)[0]
     if initial_state is None:
-        zeros = jnp.zeros((batch, units), dtype)
+        zeros = _zeros(inputs, (batch, units), dtype)
         return (zeros,) * expected
     states = tuple(initial_state) if isinstance(initial_state, (tuple, list)) else (initial_state,)
     if len(states) != expected:
@@ -520,9 +549,8 @@ def _run(
     """
     units = _check_params(name, params)
     _check_inputs(name, params, inputs, mask)
-    batch = jnp.shape(inputs)[0]
     dtype = jnp.result_type(inputs, params["kernel"])
-    carry = _initial_carry(name, initial_state, batch, units, dtype)
+    carry = _initial_carry(name, initial_state, inputs, units, dtype)
     # The cells' own carry: (h, c) for the LSTM, h for the others.
     wrap = (lambda carry: carry) if name == "lstm" else (lambda carry: carry[0])
     unwrap = (lambda carry: carry) if name == "lstm" else (lambda h: (h,))
@@ -629,8 +657,8 @@ def lstm(
         # parameters' promoted (bfloat16 inputs with float32 weights run in float32). The
         # casts sit outside it, so autodiff returns each gradient in its own dtype.
         dtype = carry[0].dtype
-        cast = {k: v.astype(dtype) for k, v in params.items()}
-        hs, h, c = _lstm_scan(cast, xs.astype(dtype), *carry, unroll)
+        cast = _varying_like({k: v.astype(dtype) for k, v in params.items()}, xs)
+        hs, h, c = _lstm_scan(cast, xs.astype(dtype), *_varying_like(carry, xs), unroll)
         return hs, (h, c)
 
     return _run(

@@ -1,6 +1,9 @@
 """Strict numerics for every test, and Keras on its JAX backend."""
 
 import os
+import pathlib
+import subprocess
+import sys
 
 os.environ.setdefault("KERAS_BACKEND", "jax")  # before anything imports keras
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -12,8 +15,24 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 
 import pytest  # noqa: E402
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 _LARGEST: dict[str, float] = {}
 _LINES: list[str] = []
+
+
+@pytest.fixture
+def on_two_cpu_devices():
+    """``on_two_cpu_devices(script)`` runs ``script`` in a fresh Python with two XLA CPU
+    devices (the device count is fixed when JAX starts) and returns its printed words."""
+
+    def run(script: str) -> list[str]:
+        env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+        out = subprocess.run(
+            [sys.executable, "-c", script], check=True, env=env, cwd=ROOT, capture_output=True
+        )
+        return out.stdout.decode().split()
+
+    return run
 
 
 @pytest.fixture

@@ -247,6 +247,37 @@ def test_lstm_custom_gradient_matches_autodiff():
             np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-5)
 
 
+def test_gradients_per_device_under_shard_map_match_the_whole_batch(on_two_cpu_devices):
+    """Inside ``jax.shard_map`` (its default ``check_vma``), as ``lstm_jax.training`` runs
+    them: on two devices, each sequence function's gradient, per device and summed by
+    shard_map, equals the whole batch's, with and without a mask and initial states."""
+    script = """
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, PartitionSpec as P
+import lstm_jax
+mesh = Mesh(np.array(jax.devices()), ("data",))
+rng = np.random.default_rng(0)
+x = jnp.asarray(rng.normal(size=(4, 6, 3)), jnp.float32)
+mask = jnp.asarray(rng.random((4, 6)) < 0.8)
+for fn, init, n in [(lstm_jax.lstm, lstm_jax.init_lstm, 2), (lstm_jax.gru, lstm_jax.init_gru, 1),
+                    (lstm_jax.simple_rnn, lstm_jax.init_simple_rnn, 1)]:
+    params = init(jax.random.key(0), 3, 5)
+    states = tuple(jnp.asarray(rng.normal(size=(4, 5)), jnp.float32) for _ in range(n))
+    for m, s in [(None, None), (mask, None), (None, states)]:
+        def loss(params, x, m, s):
+            out = fn(params, x, return_sequences=True, mask=m, initial_state=s)
+            return jnp.sum(jnp.sin(out))
+        batch = P("data")
+        per_device = jax.shard_map(jax.grad(loss), mesh=mesh, out_specs=P(),
+                                   in_specs=(P(), batch, batch, batch))(params, x, m, s)
+        whole = jax.grad(loss)(params, x, m, s)
+        diff = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(per_device),
+                                                                  jax.tree.leaves(whole)))
+        print(diff < 1e-5)
+"""
+    assert on_two_cpu_devices(script) == ["True"] * 9
+
+
 @pytest.mark.parametrize(
     "x_dtype, p_dtype",
     [(jnp.bfloat16, jnp.float32), (jnp.float32, jnp.bfloat16), (jnp.bfloat16, jnp.bfloat16)],

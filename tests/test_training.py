@@ -30,15 +30,6 @@ def params_of(result):
     return jax.tree.map(np.asarray, jax.device_get(result["state"].params))
 
 
-def on_two_cpu_devices(script: str) -> list[str]:
-    """Runs ``script`` in a fresh Python with two XLA CPU devices; returns its printed words."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    out = subprocess.run(
-        [sys.executable, "-c", script], check=True, env=env, cwd=ROOT, capture_output=True
-    )
-    return out.stdout.decode().split()
-
-
 def assert_trees_equal(a, b, atol=0.0):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(x, y, atol=atol, rtol=0)
@@ -137,7 +128,7 @@ def test_several_devices_match_one(tmp_path):
     assert abs(metrics["history"][-1]["train_loss"] - one["history"][-1]["train_loss"]) < 1e-4
 
 
-def test_data_set_is_held_once_on_a_cpu_mesh(tmp_path):
+def test_data_set_is_held_once_on_a_cpu_mesh(tmp_path, on_two_cpu_devices):
     """Every split is 64-byte aligned, so each of two CPU devices uses the host array in
     place instead of holding its own copy (with 503 examples the validation split starts
     off alignment in the loaded array and must be realigned), and read-only, since the
@@ -160,7 +151,7 @@ def test_data_set_is_held_once_on_a_cpu_mesh(tmp_path):
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_data_parallel_epoch_never_gathers_the_batch(bidirectional):
+def test_data_parallel_epoch_never_gathers_the_batch(bidirectional, on_two_cpu_devices):
     """On a mesh, each device keeps its part of the batch: the compiled epoch sums gradients
     across devices (all-reduce) and gathers nothing. A reshape that merged time with the
     sharded batch axis once made XLA all-gather every step's activations."""
