@@ -12,7 +12,7 @@ How it runs:
   training state donated, compiled once per run.
 * Data parallel over every device JAX sees: a one-axis mesh ``("data",)``, each batch split
   across it, parameters and optimizer state replicated; each device computes the gradient
-  of its slice (``jax.shard_map``) and one ``psum`` per step adds them. The same code
+  of its slice (``jax.shard_map``), and the gradients are summed across devices. The same code
   serves one device, several, and several hosts (``Config.distributed``).
 * An orbax checkpoint at every epoch end; ``Config.resume`` continues from the newest one.
 """
@@ -192,11 +192,10 @@ def train_step(state, images, labels, weights, sequence: str, mesh: Mesh | None 
     final batch over its own examples.
 
     With a ``mesh``, data parallel: each device computes the gradient of its own slice of
-    the batch (``jax.shard_map``), and one ``psum`` adds the gradients and sums across
-    devices. The model then runs on per-device arrays, so the LSTM's backward pass keeps
-    its weight-gradient sum on the device for all time steps; left to XLA's automatic
+    the batch (``jax.shard_map``), and the gradients and sums are added across devices.
+    The model then runs on per-device arrays, so the LSTM's backward pass keeps its
+    weight-gradient sum on the device for all time steps; left to XLA's automatic
     partitioning, that sum was all-reduced at every step (``benchmarks/NOTES.md``).
-    ``check_vma=False``: the gradients are per-device partial sums until the ``psum``.
     """
 
     def grads_and_sums(params, images, labels, weights):
@@ -208,9 +207,9 @@ def train_step(state, images, labels, weights, sequence: str, mesh: Mesh | None 
             return sums[0], sums
 
         grads, sums = jax.grad(loss_sum, has_aux=True)(params)
-        if mesh is not None:
-            grads, sums = jax.lax.psum((grads, sums), "data")
-        return grads, sums
+        # The parameters are the same on every device, so shard_map already sums their
+        # gradients over devices; the loss and metric sums are summed here.
+        return grads, jax.lax.psum(sums, "data") if mesh is not None else sums
 
     if mesh is not None:
         batch = P("data")
@@ -219,7 +218,6 @@ def train_step(state, images, labels, weights, sequence: str, mesh: Mesh | None 
             mesh=mesh,
             in_specs=(P(), batch, batch, batch),
             out_specs=P(),
-            check_vma=False,
         )
     grads, sums = grads_and_sums(state.params, images, labels, weights)
     count = jnp.maximum(sums[2], 1)
