@@ -418,11 +418,12 @@ def _zeros(like: Array, shape: tuple[int, ...], dtype=None) -> Array:
 def _varying_like(tree, like: Array):
     """``tree`` marked as varying over the ``jax.shard_map`` axes that ``like`` varies over.
 
-    Inside ``shard_map`` (``check_vma=True``), the LSTM's parameters and initial states
-    then enter its custom-gradient scan with the inputs' type, and JAX sums the
-    parameters' per-device gradients over those axes (the transpose of the cast), as it
-    does for any operation that mixes replicated parameters with per-device inputs.
-    Elsewhere nothing varies and ``tree`` comes back as it was.
+    Inside ``shard_map`` (``check_vma=True``) a scan's carry must keep its type, so the
+    initial states are cast like the inputs; and the LSTM's parameters enter its
+    custom-gradient scan with the inputs' type, so that JAX sums their per-device
+    gradients over those axes (the transpose of the cast), as it does for any operation
+    that mixes replicated parameters with per-device inputs. Elsewhere nothing varies and
+    ``tree`` comes back as it was.
     """
 
     def axes(x) -> frozenset:
@@ -503,11 +504,10 @@ def _check_inputs(name: str, params: Params, inputs: Array, mask: Array | None) 
         )
 
 
-def _initial_carry(name: str, initial_state, inputs: Array, units: int, dtype) -> tuple:
+def _initial_carry(name: str, initial_state, batch: int, units: int, dtype) -> tuple:
     expected = 2 if name == "lstm" else 1
-    batch = jnp.shape(inputs)[0]
     if initial_state is None:
-        zeros = _zeros(inputs, (batch, units), dtype)
+        zeros = jnp.zeros((batch, units), dtype)
         return (zeros,) * expected
     states = tuple(initial_state) if isinstance(initial_state, (tuple, list)) else (initial_state,)
     if len(states) != expected:
@@ -549,8 +549,9 @@ def _run(
     """
     units = _check_params(name, params)
     _check_inputs(name, params, inputs, mask)
+    batch = jnp.shape(inputs)[0]
     dtype = jnp.result_type(inputs, params["kernel"])
-    carry = _initial_carry(name, initial_state, inputs, units, dtype)
+    carry = _initial_carry(name, initial_state, batch, units, dtype)
     # The cells' own carry: (h, c) for the LSTM, h for the others.
     wrap = (lambda carry: carry) if name == "lstm" else (lambda carry: carry[0])
     unwrap = (lambda carry: carry) if name == "lstm" else (lambda h: (h,))
@@ -558,6 +559,7 @@ def _run(
     xs = jnp.swapaxes(inputs, 0, 1)  # [T, B, D]: scan runs over the leading axis
     if go_backwards:
         xs = xs[::-1]
+    carry = _varying_like(carry, xs)  # inside shard_map, the scan's carry varies as xs does
 
     if mask is None and unmasked_scan is not None:
         hs, carry = unmasked_scan(xs, carry, unroll)
@@ -658,7 +660,7 @@ def lstm(
         # casts sit outside it, so autodiff returns each gradient in its own dtype.
         dtype = carry[0].dtype
         cast = _varying_like({k: v.astype(dtype) for k, v in params.items()}, xs)
-        hs, h, c = _lstm_scan(cast, xs.astype(dtype), *_varying_like(carry, xs), unroll)
+        hs, h, c = _lstm_scan(cast, xs.astype(dtype), *carry, unroll)
         return hs, (h, c)
 
     return _run(
