@@ -185,13 +185,13 @@ def _loss_and_metrics(logits: jax.Array, labels: jax.Array, weights: jax.Array):
     return jnp.stack([jnp.sum(losses * weights), jnp.sum(correct * weights), jnp.sum(weights)])
 
 
-def train_step(state, images, labels, weights, sequence: str, mesh: Mesh | None = None):
+def train_step(state, images, labels, weights, sequence: str, mesh: Mesh):
     """One optimizer step on a batch of ``uint8`` images; returns ``(state, sums, loss)``.
 
     The loss is the mean over the batch's real examples, as Keras averages a smaller
     final batch over its own examples.
 
-    With a ``mesh``, data parallel: each device computes the gradient of its own slice of
+    Data parallel over ``mesh``: each device computes the gradient of its own slice of
     the batch (``jax.shard_map``), and the gradients and sums are added across devices.
     The model then runs on per-device arrays, so the LSTM's backward pass keeps its
     weight-gradient sum on the device for all time steps; left to XLA's automatic
@@ -209,17 +209,12 @@ def train_step(state, images, labels, weights, sequence: str, mesh: Mesh | None 
         grads, sums = jax.grad(loss_sum, has_aux=True)(params)
         # The parameters are the same on every device, so shard_map already sums their
         # gradients over devices; the loss and metric sums are summed here.
-        return grads, jax.lax.psum(sums, "data") if mesh is not None else sums
+        return grads, jax.lax.psum(sums, "data")
 
-    if mesh is not None:
-        batch = P("data")
-        grads_and_sums = jax.shard_map(
-            grads_and_sums,
-            mesh=mesh,
-            in_specs=(P(), batch, batch, batch),
-            out_specs=P(),
-        )
-    grads, sums = grads_and_sums(state.params, images, labels, weights)
+    batch = P("data")
+    grads, sums = jax.shard_map(
+        grads_and_sums, mesh=mesh, in_specs=(P(), batch, batch, batch), out_specs=P()
+    )(state.params, images, labels, weights)
     count = jnp.maximum(sums[2], 1)
     grads = jax.tree.map(lambda g: g / count, grads)
     return state.apply_gradients(grads=grads), sums, sums[0] / count
