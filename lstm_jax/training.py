@@ -31,6 +31,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -200,6 +201,9 @@ def train_step(state, images, labels, weights, sequence: str, mesh: Mesh):
 
     def grads_and_sums(params, images, labels, weights):
         x = data_lib.to_sequences(images, sequence)  # [B, T, F]
+        # Each device's own gradient (shard_map would otherwise sum each parameter's
+        # gradient across devices itself, one all-reduce operand per array).
+        params = jax.tree.map(lambda p: jax.lax.pcast(p, ("data",), to="varying"), params)
 
         def loss_sum(params):
             logits = state.apply_fn({"params": params}, x)  # [B, classes]
@@ -207,9 +211,10 @@ def train_step(state, images, labels, weights, sequence: str, mesh: Mesh):
             return sums[0], sums
 
         grads, sums = jax.grad(loss_sum, has_aux=True)(params)
-        # The parameters are the same on every device, so shard_map already sums their
-        # gradients over devices; the loss and metric sums are summed here.
-        return grads, jax.lax.psum(sums, "data")
+        # Gradients and sums summed across devices as one flat vector: XLA:CPU's
+        # all-reduce meets the other devices once per operand, and each meeting waits.
+        flat, unflatten = jax.flatten_util.ravel_pytree((grads, sums))
+        return unflatten(jax.lax.psum(flat, "data"))
 
     batch = P("data")
     grads, sums = jax.shard_map(

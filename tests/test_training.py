@@ -153,12 +153,13 @@ def test_data_set_is_held_once_on_a_cpu_mesh(tmp_path, on_two_cpu_devices):
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_data_parallel_epoch_never_gathers_the_batch(bidirectional, on_two_cpu_devices):
     """On a mesh, each device keeps its part of the batch: the compiled epoch has one
-    all-reduce, the step's (gradients and sums together), and gathers nothing. A reshape
+    all-reduce, the step's (gradients and sums together, one flat vector: XLA:CPU waits
+    for the other devices once per operand), and gathers nothing. A reshape
     that merged time with the sharded batch axis once made XLA all-gather every step's
     activations; left to XLA's partitioner, the LSTM's in-loop weight-gradient sum would be
     all-reduced at every time step."""
     script = (
-        "import jax, numpy as np\n"
+        "import re, jax, numpy as np\n"
         "from jax.sharding import Mesh\n"
         "from lstm_jax import training\n"
         f"config = training.Config(units=(16,), batch_size=64, bidirectional={bidirectional})\n"
@@ -168,9 +169,10 @@ def test_data_parallel_epoch_never_gathers_the_batch(bidirectional, on_two_cpu_d
         "train_epoch, _ = training.make_epoch_fns(config, model, mesh, 256)\n"
         "x = np.zeros((256, 28, 28, 1), np.uint8); y = np.zeros((256,), np.int32)\n"
         "hlo = train_epoch.lower(state, x, y, jax.random.key(0)).compile().as_text()\n"
-        "print(hlo.count('all-reduce('), 'all-gather' in hlo)\n"
+        "one_vector = re.search(r'= f32\\[\\d+\\]\\{0\\} all-reduce\\(', hlo) is not None\n"
+        "print(hlo.count('all-reduce('), 'all-gather' in hlo, one_vector)\n"
     )
-    assert on_two_cpu_devices(script) == ["1", "False"]
+    assert on_two_cpu_devices(script) == ["1", "False", "True"]
 
 
 # ---------------------------------------------------------------- the lesson, real MNIST
@@ -353,3 +355,31 @@ def test_cpu_device_count_divides_the_batch():
     assert cpu.host_device_count(7, cores=2) == 1
     jax.devices()  # backends are running in this process: too late to set flags
     assert cpu.use_host_cores(2) is False
+
+
+@pytest.mark.parametrize(
+    "user_flags, expected",
+    [
+        (
+            "",
+            "--xla_force_host_platform_device_count=2 --xla_cpu_multi_thread_eigen=false"
+            " --xla_backend_extra_options=xla_cpu_disable_tiled_emitter",
+        ),
+        (  # what the user chose stays, and is not doubled
+            "--xla_backend_extra_options=xla_cpu_small_while_loop_byte_threshold=0",
+            "--xla_backend_extra_options=xla_cpu_small_while_loop_byte_threshold=0"
+            " --xla_force_host_platform_device_count=2 --xla_cpu_multi_thread_eigen=false",
+        ),
+    ],
+)
+def test_cpu_flags_set_before_jax_starts(user_flags, expected):
+    """The flags ``train.py`` sets on a CPU host, in a Python where JAX has not started."""
+    script = (
+        "import os; from lstm_jax import cpu\n"
+        "print(cpu.use_host_cores(2)); print(os.environ['XLA_FLAGS'])\n"
+    )
+    env = {**os.environ, "XLA_FLAGS": user_flags}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True
+    )
+    assert out.stdout.splitlines() == ["True", expected], out.stderr
