@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="on a CPU host, split it into this many XLA devices, one core each, for data "
-        "parallelism (default 0: one per core, as many as divide the batch; 1: XLA's default)",
+        "parallelism (default 0: one per core, as many as divide the batch; 1: one device "
+        "using every core, as XLA's default)",
     )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return p
