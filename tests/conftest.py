@@ -20,19 +20,28 @@ _LARGEST: dict[str, float] = {}
 _LINES: list[str] = []
 
 
+def _run_python(script: str, xla_flags: str) -> str:
+    env = {**os.environ, "XLA_FLAGS": xla_flags}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+@pytest.fixture
+def fresh_python():
+    """``fresh_python(script, xla_flags)`` runs ``script`` in a fresh Python whose XLA starts
+    with ``xla_flags`` (the device count and other flags are fixed when JAX starts) and
+    returns what it printed."""
+    return _run_python
+
+
 @pytest.fixture
 def on_two_cpu_devices():
     """``on_two_cpu_devices(script)`` runs ``script`` in a fresh Python with two XLA CPU
-    devices (the device count is fixed when JAX starts) and returns its printed words."""
-
-    def run(script: str) -> list[str]:
-        env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-        out = subprocess.run(
-            [sys.executable, "-c", script], check=True, env=env, cwd=ROOT, capture_output=True
-        )
-        return out.stdout.decode().split()
-
-    return run
+    devices and returns its printed words."""
+    return lambda script: _run_python(script, "--xla_force_host_platform_device_count=2").split()
 
 
 @pytest.fixture

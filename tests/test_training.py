@@ -104,7 +104,7 @@ def test_other_cells_sequences_and_precision(tmp_path, cell, bidirectional, sequ
     assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(result["state"].params))
 
 
-def test_several_devices_match_one(tmp_path):
+def test_several_devices_match_one(tmp_path, fresh_python):
     """Four CPU devices (a data-parallel mesh) give one device's result, within float noise."""
     one = run_fake(tmp_path / "one")
     script = (
@@ -119,8 +119,7 @@ def test_several_devices_match_one(tmp_path):
         "leaves = [np.asarray(x).tolist() for x in jax.tree.leaves(params)]\n"
         f"pathlib.Path({str(tmp_path / 'four.json')!r}).write_text(json.dumps(leaves))\n"
     )
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-    subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=ROOT)
+    fresh_python(script, "--xla_force_host_platform_device_count=4")
     four = [np.asarray(x) for x in json.loads((tmp_path / "four.json").read_text())]
     assert_trees_equal(jax.tree.leaves(params_of(one)), four, atol=1e-4)
     metrics = json.loads((tmp_path / "four" / "metrics.json").read_text())
@@ -372,14 +371,10 @@ def test_cpu_device_count_divides_the_batch():
         ),
     ],
 )
-def test_cpu_flags_set_before_jax_starts(user_flags, expected):
+def test_cpu_flags_set_before_jax_starts(user_flags, expected, fresh_python):
     """The flags ``train.py`` sets on a CPU host, in a Python where JAX has not started."""
     script = (
         "import os; from lstm_jax import cpu\n"
         "print(cpu.use_host_cores(2)); print(os.environ['XLA_FLAGS'])\n"
     )
-    env = {**os.environ, "XLA_FLAGS": user_flags}
-    out = subprocess.run(
-        [sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True
-    )
-    assert out.stdout.splitlines() == ["True", expected], out.stderr
+    assert fresh_python(script, user_flags).splitlines() == ["True", expected]
