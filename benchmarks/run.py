@@ -111,9 +111,8 @@ def worker_lstm_jax(args, images, labels, test_images, test_labels):
     times = []
     for epoch in range(1, args.epochs + 1):
         start = time.perf_counter()
-        state, sums, _ = train_epoch(
-            state, x, y, jax.random.fold_in(jax.random.key(args.seed), epoch)
-        )
+        order = jax.device_put(training.epoch_order(args.seed, epoch, len(labels)), replicated)
+        state, sums, _ = train_epoch(state, x, y, order)
         jax.block_until_ready(sums)
         times.append(time.perf_counter() - start)
     tx, ty = (jax.device_put(a, replicated) for a in (test_images, test_labels))
