@@ -379,3 +379,32 @@ def test_cpu_flags_set_before_jax_starts(user_flags, expected, fresh_python):
         "print(cpu.use_host_cores(2)); print(os.environ['XLA_FLAGS'])\n"
     )
     assert fresh_python(script, user_flags).splitlines() == ["True", expected]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc arenas")
+@pytest.mark.parametrize("use_host_cores", [True, False])
+def test_cpu_setup_caps_malloc_arenas(use_host_cores, fresh_python, monkeypatch):
+    """After ``use_host_cores``, threads share two malloc arenas (eight threads allocating
+    at once would otherwise take one each), so memory freed by one is reused by the next."""
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    script = (
+        "import ctypes, tempfile, threading\n"
+        "from lstm_jax import cpu\n"
+        f"if {use_host_cores}: cpu.use_host_cores(2)\n"
+        "libc = ctypes.CDLL(None)\n"
+        "libc.malloc.restype = libc.fopen.restype = ctypes.c_void_p\n"
+        "libc.free.argtypes = libc.fclose.argtypes = [ctypes.c_void_p]\n"
+        "libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]\n"
+        "together = threading.Barrier(8)\n"
+        "def allocate():\n"
+        "    together.wait()\n"
+        "    for block in [libc.malloc(1024) for _ in range(2000)]: libc.free(block)\n"
+        "threads = [threading.Thread(target=allocate) for _ in range(8)]\n"
+        "for t in threads: t.start()\n"
+        "for t in threads: t.join()\n"
+        "with tempfile.NamedTemporaryFile('r') as f:\n"
+        "    fp = libc.fopen(f.name.encode(), b'w'); libc.malloc_info(0, fp); libc.fclose(fp)\n"
+        "    print(f.read().count('<heap nr='))\n"
+    )
+    heaps = int(fresh_python(script, ""))
+    assert heaps <= 2 if use_host_cores else heaps > 2, heaps
