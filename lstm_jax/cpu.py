@@ -16,9 +16,9 @@ with an accelerator they change nothing that runs there.
 One setting is not XLA's: on Linux (glibc), ``use_host_cores`` also caps malloc at two
 arenas. By default glibc gives up to eight per core, and XLA's compiling and executing
 threads each draw from their own, so memory one thread frees is not reused by the next:
-peak resident memory grew with every compilation (~70-110 MiB more in
-``benchmarks/NOTES.md``), at no measured cost in speed. A ``MALLOC_ARENA_MAX`` in the
-environment is left to decide.
+peak resident memory grew with every compilation (70-140 MiB more in
+``benchmarks/NOTES.md``; speed the same within the machine's noise). A ``MALLOC_ARENA_MAX``
+in the environment is left to decide.
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ def host_device_count(batch_size: int, cores: int | None = None) -> int:
 
 
 def use_host_cores(devices: int) -> bool:
-    """Sets the XLA flags for ``devices`` CPU devices, one core each; returns whether it
-    could (``False`` once JAX's backends have started, or when XLA_FLAGS already chooses).
+    """Sets the XLA flags for ``devices`` CPU devices, one core each, and caps glibc's
+    malloc arenas; returns whether it could (``False`` once JAX's backends have started, or
+    when XLA_FLAGS already chooses).
     """
     import sys
 

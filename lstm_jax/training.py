@@ -9,7 +9,7 @@ How it runs:
 * The data set is loaded once and kept on the device(s) as ``uint8``. Each epoch's order is
   drawn on the host by NumPy from the run's seed and the epoch number (``epoch_order``), as
   Keras shuffles, and the batches are gathered on the device. (On a CPU, ``jax.random``'s
-  sort-based permutation cost ~40 ms per epoch and ~0.4 s of compilation; NumPy's shuffle
+  sort-based permutation cost ~40 ms per epoch and ~0.3 s of compilation; NumPy's shuffle
   ~1 ms.)
 * A whole epoch is one jitted call (``train_epoch``): a ``lax.scan`` over batches, with the
   training state donated, compiled once per run.
