@@ -23,7 +23,9 @@ in the environment is left to decide.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 
 
 def host_device_count(batch_size: int, cores: int | None = None) -> int:
@@ -33,18 +35,17 @@ def host_device_count(batch_size: int, cores: int | None = None) -> int:
 
 
 def use_host_cores(devices: int) -> bool:
-    """Sets the XLA flags for ``devices`` CPU devices, one core each, and caps glibc's
-    malloc arenas; returns whether it could (``False`` once JAX's backends have started, or
-    when XLA_FLAGS already chooses).
+    """Caps glibc's malloc arenas and sets the XLA flags for ``devices`` CPU devices, one
+    core each; returns whether it set the flags (``False`` once JAX's backends have started,
+    when nothing is set, or when XLA_FLAGS already chooses the device count).
     """
-    import sys
-
     flags = os.environ.get("XLA_FLAGS", "")
     if "jax" in sys.modules:
         from jax._src import xla_bridge
 
         if xla_bridge.backends_are_initialized():
             return False
+    _limit_malloc_arenas(2)
     if "xla_force_host_platform_device_count" in flags or devices < 1:
         return False
     extra = f"--xla_force_host_platform_device_count={devices}"
@@ -53,24 +54,20 @@ def use_host_cores(devices: int) -> bool:
     if "xla_backend_extra_options" not in flags:  # an option XLA ignores where it lacks it
         extra += " --xla_backend_extra_options=xla_cpu_disable_tiled_emitter"
     os.environ["XLA_FLAGS"] = f"{flags} {extra}".strip()
-    _limit_malloc_arenas(2)
     return True
 
 
-def _limit_malloc_arenas(arenas: int) -> bool:
-    """glibc's ``mallopt(M_ARENA_MAX, arenas)``, for threads that start after it; returns
-    whether it was set (not where ``MALLOC_ARENA_MAX`` chooses, or without glibc)."""
-    import ctypes
-    import sys
-
+def _limit_malloc_arenas(arenas: int) -> None:
+    """glibc's ``mallopt(M_ARENA_MAX, arenas)``, for threads that start after it; nothing
+    where ``MALLOC_ARENA_MAX`` chooses, or without glibc."""
     if not sys.platform.startswith("linux") or "MALLOC_ARENA_MAX" in os.environ:
-        return False
+        return
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):  # not glibc (e.g. musl)
-        return False
+        return
     m_arena_max = -8  # from glibc's <malloc.h>
-    return mallopt(m_arena_max, arenas) == 1
+    mallopt(m_arena_max, arenas)
 
 
 __all__ = ["host_device_count", "use_host_cores"]
