@@ -71,8 +71,9 @@ class Checkpointer:
             raise CheckpointError(
                 f"--resume: the checkpoint of epoch {epoch} in {self.directory / str(epoch)} "
                 "holds parameters of other shapes than this model's: it was written with other "
-                "--cell, --units, --bidirectional, --optimizer or data set flags; resume with "
-                "those. No checkpoint was changed."
+                "--cell, --units, --bidirectional, --optimizer or data set flags (resume with "
+                "those), or by an earlier lstm_jax, which kept the optimizer's state per "
+                "parameter array. No checkpoint was changed."
             )
         try:
             restored = self._manager.restore(
