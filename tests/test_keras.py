@@ -9,6 +9,7 @@ import pytest
 
 from lstm_jax import nn as lnn
 from lstm_jax import params as lparams
+from lstm_jax import training
 
 assert os.environ["KERAS_BACKEND"] == "jax"  # set in conftest.py before this import
 keras = pytest.importorskip("keras")  # a test dependency: pip install -e ".[test]"
@@ -132,6 +133,29 @@ def test_lesson_model_matches_keras_and_counts_the_same():
     probs = jax.nn.softmax(logits)
     assert float(np.max(np.abs(np.asarray(probs) - np.asarray(model(x))))) < MAX_ABS_DIFF
     assert model.count_params() == lparams.count_params(variables) == 16_310
+
+
+def test_training_loss_matches_keras():
+    """The loss ``train.py`` minimises is Keras's sparse categorical cross-entropy from
+    logits, summed over the examples a batch weights (padding has weight 0); so is its
+    gradient."""
+    rng = np.random.default_rng(4)
+    logits = jnp.asarray(rng.normal(0, 3, (16, 10)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 10, 16), jnp.int32)
+    weights = jnp.asarray(np.arange(16) < 13, jnp.float32)
+
+    def ours(logits):
+        return training._loss_and_metrics(logits, labels, weights)[0]
+
+    def keras_loss(logits):
+        losses = keras.ops.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+        return jnp.sum(losses * weights)
+
+    np.testing.assert_allclose(ours(logits), keras_loss(logits), rtol=1e-6)
+    np.testing.assert_allclose(jax.grad(ours)(logits), jax.grad(keras_loss)(logits), atol=1e-7)
+    _, correct, count = training._loss_and_metrics(logits, labels, weights)
+    assert count == 13
+    assert correct == np.sum((np.argmax(logits, -1) == labels) * weights)
 
 
 @pytest.mark.parametrize(
