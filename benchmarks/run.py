@@ -124,9 +124,14 @@ worker_lstm_jax_1dev = worker_lstm_jax
 
 
 def worker_keras_jax(args, images, labels, test_images, test_labels):
-    os.environ["KERAS_BACKEND"] = "jax"
     import keras
 
+    # KERAS_BACKEND is set in run_worker, before TFDS imports TensorFlow, which imports Keras.
+    if keras.backend.backend() != "jax":
+        raise RuntimeError(
+            f"Keras runs on its {keras.backend.backend()} backend here, not JAX: "
+            "KERAS_BACKEND must be 'jax' before anything imports keras"
+        )
     keras.utils.set_random_seed(args.seed)
     x, tx = sequences(images, args.sequence), sequences(test_images, args.sequence)
     model = keras.Sequential(
@@ -305,6 +310,9 @@ def worker_torch(args, images, labels, test_images, test_labels):
 
 
 def run_worker(args) -> None:
+    # Before load_data: TFDS imports TensorFlow, which imports Keras, and Keras picks its
+    # backend once, at import (left to itself, TensorFlow).
+    os.environ["KERAS_BACKEND"] = "jax"
     if args.worker == "lstm_jax":  # what train.py does before JAX starts
         from lstm_jax import cpu
 

@@ -13,6 +13,7 @@ from lstm_jax import training
 
 assert os.environ["KERAS_BACKEND"] == "jax"  # set in conftest.py before this import
 keras = pytest.importorskip("keras")  # a test dependency: pip install -e ".[test]"
+assert keras.backend.backend() == "jax", keras.backend.backend()
 
 
 @pytest.fixture(autouse=True)
