@@ -7,9 +7,10 @@
 Each system runs in its own process (so that its peak memory is its own), for ``--epochs``
 epochs, and the systems take turns for ``--rounds`` rounds. The table reports the median of
 the steady-state epochs (every epoch after a process's first), the first epoch (which
-includes compilation), samples per second, peak resident memory, the test accuracy after
-training, and each system's time relative to lstm_jax. Results go to
-``benchmarks/results/<name>.json`` and ``.md``.
+includes compilation) and the seconds JAX spent compiling within it (tracing, lowering and
+XLA's compile, as ``jax.monitoring`` reports them), samples per second, peak resident
+memory, the test accuracy after training, and each system's time relative to lstm_jax.
+Results go to ``benchmarks/results/<name>.json`` and ``.md``.
 
 Peers: Keras 3 ``LSTM`` on its JAX backend (``model.fit``), Flax linen
 ``nn.RNN(nn.OptimizedLSTMCell)`` with one jitted optax step per batch, a plain ``lax.scan``
@@ -84,6 +85,24 @@ def sequences(images, sequence):
 # --------------------------------------------------------------------------------------
 
 
+def timed_epochs(epochs, run_epoch, jax_compiles=True):
+    """Runs ``run_epoch(epoch)`` for epochs 1..epochs; returns each one's seconds and the
+    seconds JAX spent compiling in it (tracing, lowering, XLA), or None for a system that
+    does not use JAX."""
+    import contextlib
+
+    if jax_compiles:
+        from lstm_jax.training import CompileCounter
+    times, compiles = [], []
+    for epoch in range(1, epochs + 1):
+        with CompileCounter() if jax_compiles else contextlib.nullcontext() as counter:
+            start = time.perf_counter()
+            run_epoch(epoch)
+            times.append(time.perf_counter() - start)
+        compiles.append(counter.seconds if jax_compiles else None)
+    return times, compiles
+
+
 def worker_lstm_jax(args, images, labels, test_images, test_labels):
     import jax
     import numpy as np
@@ -108,16 +127,17 @@ def worker_lstm_jax(args, images, labels, test_images, test_labels):
     )
     x, y = (jax.device_put(a, replicated) for a in (images, labels))
     train_epoch, evaluate = training.make_epoch_fns(config, model, mesh, len(labels))
-    times = []
-    for epoch in range(1, args.epochs + 1):
-        start = time.perf_counter()
+
+    def run_epoch(epoch):
+        nonlocal state
         order = jax.device_put(training.epoch_order(args.seed, epoch, len(labels)), replicated)
         state, sums, _ = train_epoch(state, x, y, order)
         jax.block_until_ready(sums)
-        times.append(time.perf_counter() - start)
+
+    times, compiles = timed_epochs(args.epochs, run_epoch)
     tx, ty = (jax.device_put(a, replicated) for a in (test_images, test_labels))
     sums = jax.device_get(evaluate(state.params, tx, ty))
-    return times, float(sums[1] / sums[2]), {"devices": len(jax.devices())}
+    return times, compiles, float(sums[1] / sums[2]), {"devices": len(jax.devices())}
 
 
 worker_lstm_jax_1dev = worker_lstm_jax
@@ -146,13 +166,14 @@ def worker_keras_jax(args, images, labels, test_images, test_labels):
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-    times = []
-    for _ in range(args.epochs):
-        start = time.perf_counter()
-        model.fit(x, labels, batch_size=args.batch_size, epochs=1, verbose=0, shuffle=True)
-        times.append(time.perf_counter() - start)
+    times, compiles = timed_epochs(
+        args.epochs,
+        lambda _: model.fit(
+            x, labels, batch_size=args.batch_size, epochs=1, verbose=0, shuffle=True
+        ),
+    )
     accuracy = model.evaluate(tx, test_labels, batch_size=1024, verbose=0)[1]
-    return times, float(accuracy), {}
+    return times, compiles, float(accuracy), {}
 
 
 def _flax_model(units):
@@ -190,21 +211,22 @@ def worker_flax_linen(args, images, labels, test_images, test_labels):
         return optax.apply_updates(params, updates), opt_state, loss
 
     rng = np.random.default_rng(args.seed)
-    times = []
-    for _ in range(args.epochs):
-        start = time.perf_counter()
+
+    def run_epoch(_):
+        nonlocal params, opt_state
         order = rng.permutation(len(labels))
         for i in range(0, len(order), args.batch_size):
             idx = order[i : i + args.batch_size]
             params, opt_state, loss = step(params, opt_state, x[idx], labels[idx])
         jax.block_until_ready(loss)
-        times.append(time.perf_counter() - start)
+
+    times, compiles = timed_epochs(args.epochs, run_epoch)
     predict = jax.jit(lambda p, xb: jnp.argmax(model.apply(p, xb), -1))
     correct = sum(
         int((np.asarray(predict(params, tx[i : i + 1000])) == test_labels[i : i + 1000]).sum())
         for i in range(0, len(test_labels), 1000)
     )
-    return times, correct / len(test_labels), {}
+    return times, compiles, correct / len(test_labels), {}
 
 
 def worker_plain_scan(args, images, labels, test_images, test_labels):
@@ -256,12 +278,13 @@ def worker_plain_scan(args, images, labels, test_images, test_labels):
 
     opt_state = opt.init(params)
     x, y = jax.device_put(images), jax.device_put(labels)
-    times = []
-    for e in range(args.epochs):
-        start = time.perf_counter()
+
+    def run_epoch(e):
+        nonlocal params, opt_state
         params, opt_state, losses = epoch(params, opt_state, x, y, jax.random.key(e))
         jax.block_until_ready(losses)
-        times.append(time.perf_counter() - start)
+
+    times, compiles = timed_epochs(args.epochs, run_epoch)
     tx = data.to_sequences(test_images, args.sequence)
     correct = sum(
         int(
@@ -272,7 +295,7 @@ def worker_plain_scan(args, images, labels, test_images, test_labels):
         )
         for i in range(0, len(test_labels), 1000)
     )
-    return times, correct / len(test_labels), {}
+    return times, compiles, correct / len(test_labels), {}
 
 
 def worker_torch(args, images, labels, test_images, test_labels):
@@ -296,17 +319,18 @@ def worker_torch(args, images, labels, test_images, test_labels):
     model = Model()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
     loss_fn = torch.nn.CrossEntropyLoss()
-    times = []
-    for _ in range(args.epochs):
-        start = time.perf_counter()
+
+    def run_epoch(_):
         for idx in torch.randperm(len(y)).split(args.batch_size):
             opt.zero_grad()
             loss_fn(model(x[idx]), y[idx]).backward()
             opt.step()
-        times.append(time.perf_counter() - start)
+
+    times, compiles = timed_epochs(args.epochs, run_epoch, jax_compiles=False)
     with torch.no_grad():
         pred = torch.cat([model(tx[i : i + 1000]).argmax(-1) for i in range(0, len(tx), 1000)])
-    return times, float((pred.numpy() == test_labels).mean()), {"threads": torch.get_num_threads()}
+    accuracy = float((pred.numpy() == test_labels).mean())
+    return times, compiles, accuracy, {"threads": torch.get_num_threads()}
 
 
 def run_worker(args) -> None:
@@ -318,7 +342,7 @@ def run_worker(args) -> None:
 
         cpu.use_host_cores(cpu.host_device_count(args.batch_size))
     images, labels, test_images, test_labels, source = load_data(args)
-    times, accuracy, extra = globals()[f"worker_{args.worker}"](
+    times, compiles, accuracy, extra = globals()[f"worker_{args.worker}"](
         args, images, labels, test_images, test_labels
     )
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -328,6 +352,7 @@ def run_worker(args) -> None:
             {
                 "system": args.worker,
                 "epoch_seconds": times,
+                "compile_seconds": compiles,
                 "accuracy": accuracy,
                 "peak_mib": peak_mib,
                 "examples": len(labels),
@@ -398,6 +423,8 @@ def main(argv=None) -> int:
         runs = results[system]
         steady = [t for r in runs for t in r["epoch_seconds"][1:]]
         first = statistics.median(r["epoch_seconds"][0] for r in runs)
+        compiles = [r["compile_seconds"][0] for r in runs]
+        compile_first = None if None in compiles else statistics.median(compiles)
         median = statistics.median(steady)
         rows.append(
             {
@@ -406,6 +433,7 @@ def main(argv=None) -> int:
                 "seconds_per_epoch": median,
                 "samples_per_second": runs[0]["examples"] / median,
                 "first_epoch_seconds": first,
+                "first_epoch_compile_seconds": compile_first,
                 "peak_mib": max(r["peak_mib"] for r in runs),
                 "accuracy": statistics.median(r["accuracy"] for r in runs),
                 "steady_epochs": steady,
@@ -447,14 +475,16 @@ def markdown(meta, rows) -> str:
         f"`{meta['command']}`",
         "",
         "| system | s / epoch (median) | samples / s | first epoch (s, incl. compile) "
-        "| peak RSS (MiB) | test accuracy | time vs lstm_jax |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| of which JAX compiling (s) | peak RSS (MiB) | test accuracy | time vs lstm_jax |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
+        compile_s = r["first_epoch_compile_seconds"]
         lines.append(
             f"| {r['label']} | {r['seconds_per_epoch']:.2f} | {r['samples_per_second']:,.0f} | "
-            f"{r['first_epoch_seconds']:.2f} | {r['peak_mib']:,.0f} | {r['accuracy']:.2%} | "
-            f"{r['ratio_to_lstm_jax']:.2f}x |"
+            f"{r['first_epoch_seconds']:.2f} | "
+            + ("none (no JAX)" if compile_s is None else f"{compile_s:.2f}")
+            + f" | {r['peak_mib']:,.0f} | {r['accuracy']:.2%} | {r['ratio_to_lstm_jax']:.2f}x |"
         )
     if meta["skipped"]:
         lines.append(f"\nNot installed, skipped: {', '.join(meta['skipped'])}.")

@@ -67,6 +67,17 @@ def test_second_epoch_compiles_nothing(tmp_path):
     assert compilations[1:] == [0, 0], compilations
 
 
+def test_compile_counter_counts_overlapping_spans_once():
+    """Tracing an inner jitted function happens inside the outer one's trace: wall time is
+    the union of the spans JAX reports, and only XLA compilations are counted."""
+    counter = training.CompileCounter()
+    trace, lower, compile_ = training.CompileCounter._EVENTS
+    spans = [(trace, 0, 2), (trace, 1, 1.5), (lower, 1.5, 3), (compile_, 5, 6), ("other", 7, 9)]
+    for event, start, end in spans:
+        counter._listener(event, start, end, fun_name="f")
+    assert (counter.count, counter.seconds) == (1, 4)
+
+
 def test_same_seed_same_result_and_resume_matches_uninterrupted(tmp_path):
     straight = run_fake(tmp_path / "a", epochs=3)
     again = run_fake(tmp_path / "b", epochs=3)
