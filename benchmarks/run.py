@@ -390,6 +390,11 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default=None, help="results file name (default from the sizes)")
+    p.add_argument(
+        "--results-dir",
+        default=str(ROOT / "benchmarks" / "results"),
+        help="where <name>.json and <name>.md go (default: benchmarks/results)",
+    )
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -458,7 +463,7 @@ def main(argv=None) -> int:
         "versions": _versions(),
     }
     name = args.name or f"u{args.units}_b{args.batch_size}_{args.sequence}"
-    out_dir = ROOT / "benchmarks" / "results"
+    out_dir = pathlib.Path(args.results_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     table = markdown(meta, rows)
