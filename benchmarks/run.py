@@ -12,7 +12,8 @@ XLA's compile, as ``jax.monitoring`` reports them), samples per second, peak res
 memory, the test accuracy after training, and each system's time relative to lstm_jax.
 Results go to ``benchmarks/results/<name>.json`` and ``.md``.
 
-Peers: Keras 3 ``LSTM`` on its JAX backend (``model.fit``), Flax linen
+Peers: Keras 3 ``LSTM`` on its JAX backend (``model.fit``; on a GPU that backend runs it
+through cuDNN, ``jax.experimental.rnn.lstm``), Flax linen
 ``nn.RNN(nn.OptimizedLSTMCell)`` with one jitted optax step per batch, a plain ``lax.scan``
 LSTM with autodiff and the whole epoch in one jit, and PyTorch ``nn.LSTM`` when installed.
 All use the lesson's recipe: Keras's initialisers, Adam (lr 1e-3, epsilon 1e-7), softmax
