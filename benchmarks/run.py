@@ -92,15 +92,16 @@ def timed_epochs(epochs, run_epoch, jax_compiles=True):
     does not use JAX."""
     import contextlib
 
+    counter_cls = contextlib.nullcontext  # no JAX: nothing imported, None per epoch
     if jax_compiles:
-        from lstm_jax.training import CompileCounter
+        from lstm_jax.training import CompileCounter as counter_cls
     times, compiles = [], []
     for epoch in range(1, epochs + 1):
-        with CompileCounter() if jax_compiles else contextlib.nullcontext() as counter:
+        with counter_cls() as counter:
             start = time.perf_counter()
             run_epoch(epoch)
             times.append(time.perf_counter() - start)
-        compiles.append(counter.seconds if jax_compiles else None)
+        compiles.append(None if counter is None else counter.seconds)
     return times, compiles
 
 
