@@ -299,12 +299,22 @@ def _lstm_scan(params: Params, xs: Array, h0: Array, c0: Array, unroll=1):
     ``[D+U, T, B]`` buffer, ``xh``, so that one matmul serves both kernels. Measured on a
     2-core CPU in ``benchmarks/NOTES.md``.
 
-    The gradient (``_lstm_scan_bwd``) keeps each step's pre-activation ``z_t`` and cell state
-    (in one ``[T+1, U, B]`` buffer that starts with ``c_0``) from the forward pass and
-    recomputes the gates from them; its backward scan carries ``dh``, ``dc`` and the weight
-    gradients, ``[dW; dU] += [x_t; h_{t-1}]^T dz_t`` (one ``[D+U, B] x [B, 4U]`` matmul per
-    step, reading ``xh`` as the forward wrote it), so no step's ``dz`` is stored. Cotangents
-    that are symbolically zero (outputs the loss does not use) cost nothing.
+    The gradient (``_lstm_scan_bwd``), step by step from ``t = T``, with ``dh`` and ``dc`` the
+    loss's gradients at ``h_t`` and ``c_t`` (``dc`` starting from what flows back from
+    ``c_{t+1}``), in ``lstm_cell``'s letters (batch-major, gate blocks side by side; the code
+    holds each transposed, blocks stacked as rows)::
+
+        dc += dh * q_t,                  q_t = o * (1 - tanh(c_t)^2)
+        dz_t = p_t * [dc, dc, dc, dh],   p_t = [g i (1 - i), c_{t-1} f (1 - f), i (1 - g^2),
+                                                tanh(c_t) o (1 - o)]
+        [dW; dU] += [x_t, h_{t-1}]^T dz_t,   db += dz_t summed over the batch
+        dh_{t-1} = dz_t U^T,   dc_{t-1} = dc * f
+
+    The forward pass stores each step's ``p_t`` (``[4U, B]``), ``q_t`` and ``f`` (``[U, B]``)
+    as it computes the gates, so the backward scan recomputes no activation and holds no
+    cell state; it carries ``dh``, ``dc`` and the weight gradients (one ``[D+U, B] x [B, 4U]``
+    matmul per step, reading ``xh`` as the forward wrote it), so no step's ``dz`` is stored.
+    Cotangents that are symbolically zero (outputs the loss does not use) cost nothing.
     ``tests/test_recurrent.py`` holds it equal to autodiff and to ``lstm_cell``.
 
     Run per device (as ``lstm_jax.training`` does, with ``jax.shard_map``), the sum stays
@@ -329,25 +339,26 @@ def _lstm_forward(params, xs, h0, c0, unroll):
         [jnp.transpose(xs, (2, 0, 1)), _zeros(xs, (units, steps, batch))]
     )  # [D+U, T, B]
 
-    # cs[t] = c_{t-1}^T: c_0 is written in now, c_t by step t. The backward step t reads both
-    # c_t and c_{t-1} from it, so no shifted copy of the cell states is made.
-    cs = jnp.concatenate([c0.T[None], _zeros(c0, (steps, units, batch))])  # [T+1, U, B]
-
     def body(carry, t):
-        h, c, xh, cs = carry  # [U, B], [U, B], [D+U, T, B], [T+1, U, B]
+        h, c_prev, xh = carry  # [U, B], [U, B], [D+U, T, B]
         xh = jax.lax.dynamic_update_slice(xh, h[:, None], (input_dim, t, 0))
         xh_t = jax.lax.dynamic_index_in_dim(xh, t, axis=1, keepdims=False)  # [D+U, B]
-        z = kernels_t @ xh_t + bias  # [4U, B]
-        h, c = _lstm_update(z, c, gate_axis=0)
-        cs = jax.lax.dynamic_update_slice_in_dim(cs, c[None], t + 1, axis=0)
-        return (h, c, xh, cs), z
+        i, f, g, o = _lstm_gates(kernels_t @ xh_t + bias, gate_axis=0)  # [U, B] each
+        c = f * c_prev + i * g
+        tanh_c = jnp.tanh(c)
+        h = o * tanh_c
+        # What the backward step needs, see the docstring of _lstm_scan: p_t [4U, B], q_t, f.
+        p = jnp.concatenate(
+            [g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g), tanh_c * o * (1 - o)]
+        )
+        return (h, c, xh), (p, o * (1 - tanh_c * tanh_c), f)
 
-    (h, c, xh, cs), zs_t = jax.lax.scan(
-        body, (h0.T, c0.T, xh, cs), jnp.arange(steps), unroll=unroll
-    )  # zs_t: [T, 4U, B]
+    (h, c, xh), (ps, qs, fs) = jax.lax.scan(
+        body, (h0.T, c0.T, xh), jnp.arange(steps), unroll=unroll
+    )  # [T, 4U, B], [T, U, B], [T, U, B]
     hs_t = jnp.concatenate([xh[input_dim:, 1:], h[:, None]], axis=1)  # [U, T, B]
     outputs = (jnp.transpose(hs_t, (1, 2, 0)), h.T, c.T)  # [T, B, U], [B, U], [B, U]
-    return outputs, (params, xh, cs, zs_t)
+    return outputs, (params, xh, ps, qs, fs)
 
 
 def _lstm_scan_fwd(params, xs, h0, c0, unroll):
@@ -359,45 +370,37 @@ def _lstm_scan_fwd(params, xs, h0, c0, unroll):
 
 
 def _lstm_scan_bwd(unroll, residuals, cotangents):
-    params, xh, cs, zs = residuals  # [D+U, T, B], [T+1, U, B], [T, 4U, B]
+    params, xh, ps, qs, fs = residuals  # [D+U, T, B], [T, 4U, B], [T, U, B], [T, U, B]
     # [T, B, U], [B, U], [B, U]; a SymbolicZero for an output nothing depends on, e.g. the
     # per-step outputs when only the last is used: no [T, B, U] of zeros is made and read.
     d_hs, d_h, d_c = cotangents
-    units, steps, batch = cs.shape[1], zs.shape[0], zs.shape[2]
+    steps, units, batch = qs.shape
     input_dim = xh.shape[0] - units
-    d_h, d_c = (_zeros(zs, (batch, units)) if _is_zero(d) else d for d in (d_h, d_c))
+    d_h, d_c = (_zeros(ps, (batch, units)) if _is_zero(d) else d for d in (d_h, d_c))
+    # [dc; dc; dc; dh] is made by a select on the output gate's rows: XLA:CPU fuses a
+    # concatenate with its producers into a slow loop (a step 11% slower this way).
+    output_gate = (np.arange(4) == 3)[:, None, None]  # [4, 1, 1]: the blocks i, f, c, o
 
     def body(carry, step):
         dh_next, dc_next, d_kernels, d_bias = carry  # [U, B], [U, B], [D+U, 4U], [4U]
-        z, t = step["z"], step["t"]
-        c_prev = jax.lax.dynamic_index_in_dim(cs, t, keepdims=False)  # [U, B]
-        c = jax.lax.dynamic_index_in_dim(cs, t + 1, keepdims=False)  # [U, B]
-        # The forward's gates, recomputed from z (elementwise, fused with what follows).
-        i, f, g, o = _lstm_gates(z, gate_axis=0)
-        tanh_c = jnp.tanh(c)
         dh = dh_next + step["dh_out"] if "dh_out" in step else dh_next
-        dc = dc_next + dh * o * (1 - tanh_c * tanh_c)
-        gates = (  # through sigmoid, sigmoid, tanh, sigmoid
-            dc * g * i * (1 - i),
-            dc * c_prev * f * (1 - f),
-            dc * i * (1 - g * g),
-            dh * tanh_c * o * (1 - o),
-        )
-        # dz = concatenate(gates): written block by block, since XLA:CPU fuses a
-        # concatenate with its producers into one slow, unvectorised loop (8x slower here).
-        dz = jnp.empty_like(z)  # [4U, B]
-        for k, block in enumerate(gates):
-            dz = jax.lax.dynamic_update_slice_in_dim(dz, block, k * units, axis=0)
-        xh_t = jax.lax.dynamic_index_in_dim(xh, t, axis=1, keepdims=False)  # [D+U, B]
+        dc = dc_next + dh * step["q"]
+        dz = step["p"] * jnp.where(output_gate, dh[None], dc[None]).reshape(4 * units, batch)
+        xh_t = jax.lax.dynamic_index_in_dim(xh, step["t"], axis=1, keepdims=False)  # [D+U, B]
         d_kernels += jax.lax.dot_general(xh_t, dz, (((1,), (1,)), ((), ())))
         d_x = params["kernel"] @ dz  # [D, B]; XLA drops it when nothing needs d_xs
-        carry = (params["recurrent_kernel"] @ dz, dc * f, d_kernels, d_bias + dz.sum(axis=1))
+        carry = (
+            params["recurrent_kernel"] @ dz,
+            dc * step["f"],
+            d_kernels,
+            d_bias + dz.sum(axis=1),
+        )
         return carry, d_x
 
-    steps_in = {"z": zs, "t": jnp.arange(steps)}
+    steps_in = {"p": ps, "q": qs, "f": fs, "t": jnp.arange(steps)}
     if not _is_zero(d_hs):
         steps_in.update(dh_out=jnp.swapaxes(d_hs, 1, 2))  # [T, U, B]
-    sums = (_zeros(zs, (input_dim + units, 4 * units)), _zeros(zs, (4 * units,)))
+    sums = (_zeros(ps, (input_dim + units, 4 * units)), _zeros(ps, (4 * units,)))
     (dh0, dc0, d_kernels, d_bias), d_xs = jax.lax.scan(
         body, (d_h.T, d_c.T, *sums), steps_in, reverse=True, unroll=unroll
     )
