@@ -288,16 +288,17 @@ def _lstm_scan(params: Params, xs: Array, h0: Array, c0: Array, unroll=1):
     The same equations as ``lstm_cell``, computed transposed, with features leading and
     the batch last (written ``^T``: ``h^T`` is ``[U, B]``)::
 
-        z^T = [W; U]^T [x_t; h_{t-1}]^T + b          [4U, B], gate blocks i, f, c, o as rows
+        z^T = [W; U; b]^T [x_t; h_{t-1}; 1]^T        [4U, B], gate blocks i, f, c, o as rows
         i, f, g, o = sigmoid, sigmoid, tanh, sigmoid of the four row blocks of z^T
         c_t^T = f * c_{t-1}^T + i * g,   h_t^T = o * tanh(c_t^T)
 
-    Why transposed: the step's matmuls become ``[4U, D+U] @ [D+U, B]`` (and
+    Why transposed: the step's matmuls become ``[4U, D+U+1] @ [D+U+1, B]`` (and
     ``[U, 4U] @ [4U, B]`` backwards), whose wide, batch-sized output suits XLA:CPU's kernels
     far better than ``[B, U] @ [U, 4U]`` and ``[B, 4U] @ [4U, U]``, and each gate is a
-    contiguous block of rows. Each step writes ``h_{t-1}^T`` next to ``x_t^T`` in one
-    ``[D+U, T, B]`` buffer, ``xh``, so that one matmul serves both kernels. Measured on a
-    2-core CPU in ``benchmarks/NOTES.md``.
+    contiguous block of rows. Each step writes ``h_{t-1}^T`` between ``x_t^T`` and a row of
+    ones in one ``[D+U+1, T, B]`` buffer, ``xh``, so that one matmul serves both kernels and
+    the bias, forwards and in the weight gradient. Measured on a 2-core CPU in
+    ``benchmarks/NOTES.md``.
 
     The gradient (``_lstm_scan_bwd``), step by step from ``t = T``, with ``dh`` and ``dc`` the
     loss's gradients at ``h_t`` and ``c_t`` (``dc`` starting from what flows back from
@@ -307,12 +308,12 @@ def _lstm_scan(params: Params, xs: Array, h0: Array, c0: Array, unroll=1):
         dc += dh * q_t,                  q_t = o * (1 - tanh(c_t)^2)
         dz_t = p_t * [dc, dc, dc, dh],   p_t = [g i (1 - i), c_{t-1} f (1 - f), i (1 - g^2),
                                                 tanh(c_t) o (1 - o)]
-        [dW; dU] += [x_t, h_{t-1}]^T dz_t,   db += dz_t summed over the batch
+        [dW; dU; db] += [x_t, h_{t-1}, 1]^T dz_t
         dh_{t-1} = dz_t U^T,   dc_{t-1} = dc * f
 
     The forward pass stores each step's ``p_t`` (``[4U, B]``), ``q_t`` and ``f`` (``[U, B]``)
     as it computes the gates, so the backward scan recomputes no activation and holds no
-    cell state; it carries ``dh``, ``dc`` and the weight gradients (one ``[D+U, B] x [B, 4U]``
+    cell state; it carries ``dh``, ``dc`` and the weight gradients (one ``[D+U+1, B] x [B, 4U]``
     matmul per step, reading ``xh`` as the forward wrote it), so no step's ``dz`` is stored.
     Cotangents that are symbolically zero (outputs the loss does not use) cost nothing.
     ``tests/test_recurrent.py`` holds it equal to autodiff and to ``lstm_cell``.
@@ -329,21 +330,25 @@ def _lstm_forward(params, xs, h0, c0, unroll):
     """The forward scan: ``(hs, h_T, c_T)`` and the residuals the gradient needs."""
     steps, batch, input_dim = xs.shape
     units = h0.shape[1]
-    kernels_t = jnp.concatenate([params["kernel"], params["recurrent_kernel"]]).T  # [4U, D+U]
-    bias = params["bias"][:, None]  # [4U, 1]
-    # xh[:, t] = [x_t; h_{t-1}]^T: the inputs are written in now, h_{t-1} by step t. Step t
+    kernels = [params["kernel"], params["recurrent_kernel"], params["bias"][None]]
+    kernels_t = jnp.concatenate(kernels).T  # [4U, D+U+1]
+    # xh[:, t] = [x_t; h_{t-1}; 1]^T: x and the ones are written in now, h_{t-1} by step t. Step t
     # reads its block into the matmul only, never into the gate math: XLA:CPU emits slow code
     # for a dynamic slice fused into elementwise work (with D = 1 a step's gate fusion took
     # 148 instead of 22 us when it read x_t that way).
     xh = jnp.concatenate(
-        [jnp.transpose(xs, (2, 0, 1)), _zeros(xs, (units, steps, batch))]
-    )  # [D+U, T, B]
+        [
+            jnp.transpose(xs, (2, 0, 1)),
+            _zeros(xs, (units, steps, batch)),
+            jax.lax.full_like(xs, 1, shape=(1, steps, batch)),
+        ]
+    )  # [D+U+1, T, B]
 
     def body(carry, t):
-        h, c_prev, xh = carry  # [U, B], [U, B], [D+U, T, B]
+        h, c_prev, xh = carry  # [U, B], [U, B], [D+U+1, T, B]
         xh = jax.lax.dynamic_update_slice(xh, h[:, None], (input_dim, t, 0))
-        xh_t = jax.lax.dynamic_index_in_dim(xh, t, axis=1, keepdims=False)  # [D+U, B]
-        i, f, g, o = _lstm_gates(kernels_t @ xh_t + bias, gate_axis=0)  # [U, B] each
+        xh_t = jax.lax.dynamic_index_in_dim(xh, t, axis=1, keepdims=False)  # [D+U+1, B]
+        i, f, g, o = _lstm_gates(kernels_t @ xh_t, gate_axis=0)  # [U, B] each
         c = f * c_prev + i * g
         tanh_c = jnp.tanh(c)
         h = o * tanh_c
@@ -356,7 +361,7 @@ def _lstm_forward(params, xs, h0, c0, unroll):
     (h, c, xh), (ps, qs, fs) = jax.lax.scan(
         body, (h0.T, c0.T, xh), jnp.arange(steps), unroll=unroll
     )  # [T, 4U, B], [T, U, B], [T, U, B]
-    hs_t = jnp.concatenate([xh[input_dim:, 1:], h[:, None]], axis=1)  # [U, T, B]
+    hs_t = jnp.concatenate([xh[input_dim:-1, 1:], h[:, None]], axis=1)  # [U, T, B]
     outputs = (jnp.transpose(hs_t, (1, 2, 0)), h.T, c.T)  # [T, B, U], [B, U], [B, U]
     return outputs, (params, xh, ps, qs, fs)
 
@@ -370,44 +375,38 @@ def _lstm_scan_fwd(params, xs, h0, c0, unroll):
 
 
 def _lstm_scan_bwd(unroll, residuals, cotangents):
-    params, xh, ps, qs, fs = residuals  # [D+U, T, B], [T, 4U, B], [T, U, B], [T, U, B]
+    params, xh, ps, qs, fs = residuals  # [D+U+1, T, B], [T, 4U, B], [T, U, B], [T, U, B]
     # [T, B, U], [B, U], [B, U]; a SymbolicZero for an output nothing depends on, e.g. the
     # per-step outputs when only the last is used: no [T, B, U] of zeros is made and read.
     d_hs, d_h, d_c = cotangents
     steps, units, batch = qs.shape
-    input_dim = xh.shape[0] - units
+    input_dim = xh.shape[0] - units - 1
     d_h, d_c = (_zeros(ps, (batch, units)) if _is_zero(d) else d for d in (d_h, d_c))
     # [dc; dc; dc; dh] is made by a select on the output gate's rows: XLA:CPU fuses a
     # concatenate with its producers into a slow loop (a step 11% slower this way).
     output_gate = (np.arange(4) == 3)[:, None, None]  # [4, 1, 1]: the blocks i, f, c, o
 
     def body(carry, step):
-        dh_next, dc_next, d_kernels, d_bias = carry  # [U, B], [U, B], [D+U, 4U], [4U]
+        dh_next, dc_next, d_kernels = carry  # [U, B], [U, B], [D+U+1, 4U]
         dh = dh_next + step["dh_out"] if "dh_out" in step else dh_next
         dc = dc_next + dh * step["q"]
         dz = step["p"] * jnp.where(output_gate, dh[None], dc[None]).reshape(4 * units, batch)
-        xh_t = jax.lax.dynamic_index_in_dim(xh, step["t"], axis=1, keepdims=False)  # [D+U, B]
+        xh_t = jax.lax.dynamic_index_in_dim(xh, step["t"], axis=1, keepdims=False)  # [D+U+1, B]
         d_kernels += jax.lax.dot_general(xh_t, dz, (((1,), (1,)), ((), ())))
         d_x = params["kernel"] @ dz  # [D, B]; XLA drops it when nothing needs d_xs
-        carry = (
-            params["recurrent_kernel"] @ dz,
-            dc * step["f"],
-            d_kernels,
-            d_bias + dz.sum(axis=1),
-        )
-        return carry, d_x
+        return (params["recurrent_kernel"] @ dz, dc * step["f"], d_kernels), d_x
 
     steps_in = {"p": ps, "q": qs, "f": fs, "t": jnp.arange(steps)}
     if not _is_zero(d_hs):
         steps_in.update(dh_out=jnp.swapaxes(d_hs, 1, 2))  # [T, U, B]
-    sums = (_zeros(ps, (input_dim + units, 4 * units)), _zeros(ps, (4 * units,)))
-    (dh0, dc0, d_kernels, d_bias), d_xs = jax.lax.scan(
-        body, (d_h.T, d_c.T, *sums), steps_in, reverse=True, unroll=unroll
+    d_kernels = _zeros(ps, (input_dim + units + 1, 4 * units))
+    (dh0, dc0, d_kernels), d_xs = jax.lax.scan(
+        body, (d_h.T, d_c.T, d_kernels), steps_in, reverse=True, unroll=unroll
     )
     grads = {
         "kernel": d_kernels[:input_dim],
-        "recurrent_kernel": d_kernels[input_dim:],
-        "bias": d_bias,
+        "recurrent_kernel": d_kernels[input_dim:-1],
+        "bias": d_kernels[-1],
     }
     return {**params, **grads}, jnp.swapaxes(d_xs, 1, 2), dh0.T, dc0.T  # d_xs: [T, B, D]
 
