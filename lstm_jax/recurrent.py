@@ -157,12 +157,16 @@ def _lstm_gates(z: Array, gate_axis: int = -1) -> tuple[Array, Array, Array, Arr
     return (1 + ti) / 2, (1 + tf) / 2, g, (1 + to) / 2
 
 
-def _lstm_update(z: Array, c: Array, gate_axis: int = -1) -> tuple[Array, Array]:
-    """The LSTM's state update from ``z``, gate blocks along ``gate_axis``; see ``lstm_cell``."""
+def _lstm_update(z: Array, c_prev: Array, gate_axis: int = -1):
+    """The LSTM's state update from ``z``, gate blocks along ``gate_axis``; see ``lstm_cell``.
+
+    Returns ``h, c`` and ``(i, f, g, o, tanh(c))``, from which the custom-gradient scan's
+    forward computes what its backward needs.
+    """
     i, f, g, o = _lstm_gates(z, gate_axis)
-    c = f * c + i * g
-    h = o * jnp.tanh(c)
-    return h, c
+    c = f * c_prev + i * g
+    tanh_c = jnp.tanh(c)
+    return o * tanh_c, c, (i, f, g, o, tanh_c)
 
 
 def _lstm_preactivation(params: Params, h: Array, x_t: Array) -> Array:
@@ -208,7 +212,7 @@ def lstm_cell(params: Params, carry: tuple[Array, Array], x_t: Array):
     ((2, 5), (2, 5), True)
     """
     h, c = carry
-    h, c = _lstm_update(_lstm_preactivation(params, h, x_t), c)
+    h, c, _ = _lstm_update(_lstm_preactivation(params, h, x_t), c)
     return (h, c), h
 
 
@@ -348,10 +352,7 @@ def _lstm_forward(params, xs, h0, c0, unroll):
         h, c_prev, xh = carry  # [U, B], [U, B], [D+U+1, T, B]
         xh = jax.lax.dynamic_update_slice(xh, h[:, None], (input_dim, t, 0))
         xh_t = jax.lax.dynamic_index_in_dim(xh, t, axis=1, keepdims=False)  # [D+U+1, B]
-        i, f, g, o = _lstm_gates(kernels_t @ xh_t, gate_axis=0)  # [U, B] each
-        c = f * c_prev + i * g
-        tanh_c = jnp.tanh(c)
-        h = o * tanh_c
+        h, c, (i, f, g, o, tanh_c) = _lstm_update(kernels_t @ xh_t, c_prev, gate_axis=0)
         # What the backward step needs, see the docstring of _lstm_scan: p_t [4U, B], q_t, f.
         # (Here a concatenate is as fast as one expression over [4U, B]; not so backwards.)
         p = jnp.concatenate(
