@@ -43,6 +43,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
 
+from lstm_jax import _jax_compat
+
 Array = jax.Array
 Params = dict[str, Array]
 
@@ -430,14 +432,9 @@ def _varying_like(tree, like: Array):
     ``tree`` comes back as it was.
     """
 
-    def axes(x) -> frozenset:
-        aval = jax.typeof(x)
-        manual = getattr(aval, "manual_axis_type", None)  # jax 0.8 and later
-        return manual.varying if manual is not None else getattr(aval, "vma", frozenset())
-
     def cast(x):
-        missing = tuple(sorted(axes(like) - axes(x)))
-        return jax.lax.pcast(x, missing, to="varying") if missing else x
+        missing = tuple(sorted(_jax_compat.varying_axes(like) - _jax_compat.varying_axes(x)))
+        return _jax_compat.pvary(x, missing) if missing else x
 
     return jax.tree.map(cast, tree)
 

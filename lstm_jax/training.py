@@ -42,6 +42,7 @@ from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from lstm_jax import _jax_compat
 from lstm_jax import data as data_lib
 from lstm_jax import nn as lnn
 from lstm_jax import params as params_lib
@@ -219,7 +220,7 @@ def train_step(state, images, labels, weights, sequence: str, mesh: Mesh):
         x = data_lib.to_sequences(images, sequence)  # [B, T, F]
         # Each device's own gradient (shard_map would otherwise sum each parameter's
         # gradient across devices itself, one all-reduce operand per array).
-        params = jax.tree.map(lambda p: jax.lax.pcast(p, ("data",), to="varying"), params)
+        params = jax.tree.map(lambda p: _jax_compat.pvary(p, ("data",)), params)
 
         def loss_sum(params):
             logits = state.apply_fn({"params": params}, x)  # [B, classes]
@@ -441,7 +442,7 @@ class CompileCounter:
         return self
 
     def __exit__(self, *exc):
-        jax.monitoring.unregister_event_time_span_listener(self._listener)
+        _jax_compat.unregister_event_time_span_listener(self._listener)
 
 
 def _rates(sums) -> tuple[float, float]:

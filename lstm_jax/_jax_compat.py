@@ -1,0 +1,39 @@
+"""The one place where lstm_jax bridges JAX releases: from 0.7.2 (Google Colab's) to the newest.
+
+JAX renamed how ``jax.shard_map`` code marks a value as varying over mesh axes
+(``jax.lax.pvary`` became ``jax.lax.pcast(..., to="varying")``) and where an abstract value
+records those axes (``aval.vma`` became ``aval.manual_axis_type.varying``), and made the
+removal of a ``jax.monitoring`` listener public. Everything else lstm_jax uses is the same
+in both.
+"""
+
+from __future__ import annotations
+
+import jax
+
+
+def pvary(x: jax.Array, axes: tuple[str, ...]) -> jax.Array:
+    """``x`` marked as varying (per device) over the ``jax.shard_map`` mesh ``axes``."""
+    if hasattr(jax.lax, "pcast"):
+        return jax.lax.pcast(x, axes, to="varying")
+    return jax.lax.pvary(x, axes)
+
+
+def varying_axes(x: jax.Array) -> frozenset:
+    """The ``jax.shard_map`` mesh axes over which ``x`` varies (empty outside one)."""
+    aval = jax.typeof(x)
+    manual = getattr(aval, "manual_axis_type", None)
+    if manual is not None:
+        return frozenset(manual.varying)
+    return frozenset(getattr(aval, "vma", frozenset()))
+
+
+def unregister_event_time_span_listener(listener) -> None:
+    """Removes a listener added with ``jax.monitoring.register_event_time_span_listener``
+    (public from JAX 0.8; JAX 0.7 has only its private form)."""
+    unregister = getattr(jax.monitoring, "unregister_event_time_span_listener", None)
+    if unregister is None:
+        from jax._src import monitoring
+
+        unregister = monitoring._unregister_event_time_span_listener_by_callback
+    unregister(listener)
