@@ -16,11 +16,14 @@ Since the devices share them, ``load`` returns them read-only.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import math
 import os
 import socket
+import sys
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -121,9 +124,62 @@ def _aligned(array: np.ndarray) -> np.ndarray:
     return out
 
 
-def _load_split(name: str, split: str, data_dir: str | None, download: bool) -> Split:
-    import tensorflow_datasets as tfds  # heavy: imported only when data is loaded
+def _tfds():
+    """``tensorflow_datasets``, imported when data is first loaded (it is heavy), with its
+    TensorFlow kept off every GPU, as the flax examples do: TensorFlow would otherwise
+    reserve the GPU's memory that JAX needs.
 
+    Raises:
+      DataError: TFDS cannot be imported; says what failed.
+    """
+    try:
+        with _native_log_only_on_error():
+            import tensorflow as tf
+            import tensorflow_datasets as tfds
+            import tensorflow_datasets.core  # noqa: F401  (TFDS defers import errors to here)
+
+            try:
+                tf.config.set_visible_devices([], "GPU")
+            except RuntimeError:  # TensorFlow already started its devices in this process
+                pass
+    except Exception as e:  # VersionError, ImportError, ...: each a broken environment
+        hint = ""
+        if "tensorflow_metadata" in str(e):
+            hint = (
+                " The installed tensorflow-metadata was built for a newer protobuf than the "
+                "installed one (seen on Google Colab): `pip install 'tensorflow-metadata<1.21'`"
+                ", then restart the Python session."
+            )
+        raise DataError(
+            f"TensorFlow Datasets cannot be imported here: {type(e).__name__}: "
+            f"{str(e)[:300]}.{hint}"
+        ) from None
+    return tfds
+
+
+@contextlib.contextmanager
+def _native_log_only_on_error():
+    """Holds back what native code writes to standard error (file descriptor 2) meanwhile,
+    such as TensorFlow's start-up log (CUDA probing, CPU features), which
+    ``TF_CPP_MIN_LOG_LEVEL`` does not silence; shows it only if an exception leaves."""
+    with tempfile.TemporaryFile() as log:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(log.fileno(), 2)
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            if failed:
+                log.seek(0)
+                sys.stderr.write(log.read().decode(errors="replace"))
+
+
+def _load_split(name: str, split: str, data_dir: str | None, download: bool) -> Split:
+    tfds = _tfds()
     ds = tfds.load(name, split=split, data_dir=data_dir, as_supervised=True, download=download)
     images, labels = [], []
     for x, y in tfds.as_numpy(ds.batch(10_000)):
@@ -161,10 +217,10 @@ def load(
       download: let TFDS download and prepare the data when it is missing.
 
     Raises:
-      DataError: unknown data set, or data missing and no way to download it.
+      DataError: unknown data set, data missing and no way to download it, or TFDS not
+        importable.
     """
-    import tensorflow_datasets as tfds
-
+    tfds = _tfds()
     if not 0 <= validation_split < 1:
         raise ValueError(f"validation_split must be in [0, 1); got {validation_split}")
     try:

@@ -249,6 +249,34 @@ def test_no_data_and_no_network_says_where_it_looked(tmp_path, monkeypatch):
         training.train_and_evaluate(training.Config(data_dir=str(empty)), tmp_path / "run")
 
 
+def test_tfds_that_cannot_be_imported_is_one_clear_error(tmp_path, monkeypatch):
+    """As on a stack whose tensorflow-metadata needs a newer protobuf: TFDS's top level
+    imports, its ``core`` does not."""
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets.core", None)
+    with pytest.raises(data.DataError, match="TensorFlow Datasets cannot be imported here: Mod"):
+        data.load("mnist", data_dir=str(tmp_path))
+
+
+def test_tensorflow_is_kept_off_the_gpus(monkeypatch):
+    import tensorflow as tf
+
+    calls = []
+    monkeypatch.setattr(tf.config, "set_visible_devices", lambda *a: calls.append(a))
+    data._tfds()
+    assert calls == [([], "GPU")]
+
+
+def test_loading_tensorflow_prints_nothing():
+    """TensorFlow's native start-up log (CUDA probing and the like) stays out of the
+    output, also with no ``TF_CPP_MIN_LOG_LEVEL`` set, as in a user's notebook."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    script = "from lstm_jax import data; data._tfds(); print('loaded')"
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert (out.returncode, out.stdout, out.stderr) == (0, "loaded\n", "")
+
+
 def test_unwritable_workdir(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
