@@ -594,14 +594,16 @@ def train_and_evaluate(
 
 
 def plot_curves(history: list[dict[str, float]], path: str | os.PathLike) -> None:
-    """Loss and accuracy per epoch, training against validation, saved as a PNG."""
-    import matplotlib
+    """Loss and accuracy per epoch, training against validation, saved as a PNG.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Drawn on a ``matplotlib.figure.Figure`` of its own, not through ``pyplot``: pyplot's
+    backend, and the figures a notebook shows, are left as they were.
+    """
+    from matplotlib.figure import Figure
 
     epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    ax_loss, ax_acc = fig.subplots(1, 2)
     for ax, key, title in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", "accuracy")):
         ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train")
         ax.plot(epochs, [h[f"val_{key}"] for h in history], "s-", label="validation")
@@ -612,4 +614,3 @@ def plot_curves(history: list[dict[str, float]], path: str | os.PathLike) -> Non
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
