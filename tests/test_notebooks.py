@@ -1,5 +1,7 @@
-"""Every notebook runs top to bottom, in its QUICK setting, on the prepared data."""
+"""Every notebook runs top to bottom, in its QUICK setting, on the prepared data, and shows
+its plots on the notebook's own (inline) matplotlib backend."""
 
+import importlib.util
 import os
 import pathlib
 import re
@@ -9,7 +11,11 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-NOTEBOOKS = sorted((pathlib.Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+_spec = importlib.util.spec_from_file_location("colab", ROOT / "notebooks" / "colab.py")
+colab = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(colab)
 
 
 def test_there_are_three_notebooks():
@@ -23,27 +29,58 @@ def test_there_are_three_notebooks():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_is_stored_clean_with_badge_and_install_cell(path):
     nb = nbformat.read(path, as_version=4)
-    assert "colab-badge.svg" in nb.cells[0].source and path.name in nb.cells[0].source
-    assert '"google.colab" in sys.modules' in nb.cells[1].source
+    assert nb.cells[0].source.startswith(colab.badge(path.name) + "\n")
+    assert nb.cells[1].source == colab.install_cell()
     for cell in nb.cells:
         if cell.cell_type == "code":
             assert cell.outputs == [] and cell.execution_count is None, "store without outputs"
     assert any("QUICK = False  # @param" in c.source for c in nb.cells)
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_executes(path, tmp_path, report, monkeypatch):
-    if not os.environ.get("TFDS_DATA_DIR") and os.environ.get("CI"):
-        pytest.fail("CI runs the notebooks on the prepared data: set TFDS_DATA_DIR")
+def test_colab_headers_come_from_the_repository_address():
+    assert colab.stale() == []
+    assert colab.repository().startswith("https://github.com/")
+    assert f'!pip install -q "lstm_jax @ git+{colab.repository()}"' in colab.install_cell()
+
+
+def test_readme_links_every_notebook_with_its_badge():
+    readme = (ROOT / "README.md").read_text()
+    for path in NOTEBOOKS:
+        assert colab.badge(path.name) in readme, path.name
+
+
+def execute(path: pathlib.Path, workdir: pathlib.Path) -> nbformat.NotebookNode:
+    """Runs the notebook in QUICK mode in a fresh kernel, in ``workdir``."""
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:  # the one switch between the lesson and the small CI setting
         cell.source = cell.source.replace("QUICK = False  # @param", "QUICK = True  # @param")
-    monkeypatch.setenv("MPLBACKEND", "Agg")  # plots render without a display
-    start = time.perf_counter()
     NotebookClient(
-        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}
     ).execute()
+    return nb
+
+
+def cells_missing_a_plot(nb: nbformat.NotebookNode) -> list[int]:
+    """The indices of cells that call ``plt.show()`` yet output no ``image/png``."""
+    return [
+        n
+        for n, cell in enumerate(nb.cells)
+        if cell.cell_type == "code"
+        and "plt.show()" in cell.source
+        and not any("image/png" in out.get("data", {}) for out in cell.outputs)
+    ]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_executes_and_shows_every_plot(path, tmp_path, report, monkeypatch):
+    if not os.environ.get("TFDS_DATA_DIR") and os.environ.get("CI"):
+        pytest.fail("CI runs the notebooks on the prepared data: set TFDS_DATA_DIR")
+    # As in a user's notebook: no MPLBACKEND, so the kernel draws with its inline backend.
+    monkeypatch.delenv("MPLBACKEND", raising=False)
+    start = time.perf_counter()
+    nb = execute(path, tmp_path)
     seconds = time.perf_counter() - start
+    assert cells_missing_a_plot(nb) == [], "a plt.show() that showed nothing"
     text = "\n".join(
         out.get("text", "") for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs
     )
