@@ -56,24 +56,23 @@ class Checkpointer:
         """
         epoch = self.latest_epoch()
         if epoch is None:
-            raise CheckpointError(f"--resume: no checkpoint in {self.directory}")
+            raise CheckpointError(f"no checkpoint to resume from in {self.directory}")
         # Compare shapes from the metadata first: a restore into the wrong shapes fails deep
         # inside orbax and leaves its asyncio reads pending.
         try:
             saved = _signature(self._manager.item_metadata(epoch)["state"].tree)
         except Exception as e:
             raise CheckpointError(
-                f"--resume: cannot restore the checkpoint of epoch {epoch} in "
+                f"cannot restore the checkpoint of epoch {epoch} in "
                 f"{self.directory / str(epoch)}: it is corrupt. No checkpoint was changed. "
                 f"Details: {type(e).__name__}: {str(e)[:400]}"
             ) from None
         if saved != _signature(abstract_state):
             raise CheckpointError(
-                f"--resume: the checkpoint of epoch {epoch} in {self.directory / str(epoch)} "
-                "holds parameters of other shapes than this model's: it was written with other "
-                "--cell, --units, --bidirectional, --optimizer or data set flags (resume with "
-                "those), or by an earlier lstm_jax, which kept the optimizer's state per "
-                "parameter array. No checkpoint was changed."
+                f"the checkpoint of epoch {epoch} in {self.directory / str(epoch)} "
+                "holds parameters of other shapes than this model's: it was written with another "
+                "cell, units, bidirectional, optimizer or data set (resume with those). No "
+                "checkpoint was changed."
             )
         try:
             restored = self._manager.restore(
@@ -84,9 +83,9 @@ class Checkpointer:
             )
         except Exception as e:  # orbax raises many types for unreadable or mismatched data
             raise CheckpointError(
-                f"--resume: cannot restore the checkpoint of epoch {epoch} in "
+                f"cannot restore the checkpoint of epoch {epoch} in "
                 f"{self.directory / str(epoch)}: it is corrupt or was written by a different "
-                f"model or optimizer (same --cell, --units, --bidirectional, --optimizer and "
+                f"model or optimizer (the same cell, units, bidirectional, optimizer and "
                 f"data set are needed). No checkpoint was changed. Details: "
                 f"{type(e).__name__}: {str(e)[:400]}"
             ) from None

@@ -19,8 +19,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import logging
 import math
 import os
+import re
 import socket
 import sys
 import tempfile
@@ -178,9 +180,37 @@ def _native_log_only_on_error():
                 sys.stderr.write(log.read().decode(errors="replace"))
 
 
+# A TFDS name: lowercase words joined by underscores, and optionally ":" and a version.
+_NAME = re.compile(r"[a-z][a-z0-9_]*(:\d+\.\d+\.\d+)?")
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        guess = re.sub(r"[^a-z0-9_:.]", "_", str(name).strip().lower())
+        raise DataError(
+            f"{name!r} is not a TFDS data set name, which is lowercase letters, digits and "
+            f"underscores, optionally with :VERSION (e.g. fashion_mnist, mnist:3.0.1). Did you "
+            f"mean {guess!r}?"
+        )
+
+
+@contextlib.contextmanager
+def _absl_warnings_held():
+    """TFDS's absl warnings held back meanwhile (e.g. "Variant folder ... has no
+    dataset_info.json" before the data is found missing, which ``load`` then explains)."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _load_split(name: str, split: str, data_dir: str | None, download: bool) -> Split:
     tfds = _tfds()
-    ds = tfds.load(name, split=split, data_dir=data_dir, as_supervised=True, download=download)
+    with _absl_warnings_held():
+        ds = tfds.load(name, split=split, data_dir=data_dir, as_supervised=True, download=download)
     images, labels = [], []
     for x, y in tfds.as_numpy(ds.batch(10_000)):
         images.append(x)
@@ -220,16 +250,21 @@ def load(
       DataError: unknown data set, data missing and no way to download it, or TFDS not
         importable.
     """
-    tfds = _tfds()
     if not 0 <= validation_split < 1:
         raise ValueError(f"validation_split must be in [0, 1); got {validation_split}")
+    _check_name(name)
+    tfds = _tfds()
     try:
-        builder = tfds.builder(name, data_dir=data_dir)
+        with _absl_warnings_held():
+            builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
         known = tfds.list_builders()
         close = difflib.get_close_matches(name, known, n=5)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise DataError(f"TFDS does not know a data set called {name!r}.{hint}") from None
+    except (AssertionError, ValueError) as e:  # e.g. a version TFDS does not have
+        reason = str(e).rsplit('": ', 1)[-1].splitlines()[0]  # after TFDS's preamble
+        raise DataError(f"TFDS cannot open {name!r}: {reason}") from None
     features = builder.info.features
     if "image" not in features or "label" not in features or len(features["image"].shape) != 3:
         raise DataError(
@@ -242,7 +277,7 @@ def load(
         where = _where(data_dir)
         if not download or not _network_reachable():
             why = (
-                "downloading is off (--no-download)"
+                "downloading is off (download=False, --no-download)"
                 if not download
                 else "the network is unreachable"
             )
@@ -250,7 +285,7 @@ def load(
                 f"{name} is not prepared in {where} (where TFDS looked), and {why}. Prepare it "
                 f"on a machine with network access (`tfds build {name}`, or one run of train.py "
                 "there), copy that tensorflow_datasets directory here, and point at it with "
-                "--data-dir DIR or TFDS_DATA_DIR=DIR."
+                "data_dir=DIR (train.py --data-dir DIR) or TFDS_DATA_DIR=DIR."
             ) from None
         train, test = (_load_split(name, s, data_dir, download=True) for s in ("train", "test"))
 

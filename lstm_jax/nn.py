@@ -170,7 +170,7 @@ class Bidirectional(nn.Module):
         return out
 
 
-_CELLS = {"lstm": LSTM, "gru": GRU, "simple_rnn": SimpleRNN}
+CELLS = {"lstm": LSTM, "gru": GRU, "simple_rnn": SimpleRNN}
 
 
 class Classifier(nn.Module):
@@ -192,12 +192,12 @@ class Classifier(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         """``x: [batch, time, features]`` -> logits ``[batch, num_classes]``."""
-        if self.cell not in _CELLS:
-            raise ValueError(f"cell must be one of {sorted(_CELLS)}; got {self.cell!r}")
+        if self.cell not in CELLS:
+            raise ValueError(f"cell must be one of {sorted(CELLS)}; got {self.cell!r}")
         if self.dtype is not None:
             x = x.astype(self.dtype)
         for n, units in enumerate(self.units):
-            layer = _CELLS[self.cell](
+            layer = CELLS[self.cell](
                 units,
                 return_sequences=n < len(self.units) - 1,
                 dtype=self.dtype,

@@ -48,13 +48,25 @@ from lstm_jax import nn as lnn
 from lstm_jax import params as params_lib
 from lstm_jax.checkpoints import Checkpointer, CheckpointError
 
-CELLS = ("lstm", "gru", "simple_rnn")
+CELLS = tuple(lnn.CELLS)
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "adamw")
 PRECISIONS = ("float32", "bfloat16")
 
 
 class ConfigError(ValueError):
-    """A setting is out of range; the message names it and what is allowed."""
+    """A setting is out of range; the message starts with its name (``setting``) and says
+    what is allowed."""
+
+    def __init__(self, setting: str, message: str):
+        self.setting = setting
+        super().__init__(message)
+
+    def with_flag(self) -> str:
+        """The message with the setting named as ``train.py``'s flag (``--batch-size``)."""
+        text = str(self)
+        if text.startswith(self.setting):
+            text = "--" + self.setting.replace("_", "-") + text[len(self.setting) :]
+        return text
 
 
 class TrainingDiverged(RuntimeError):
@@ -64,7 +76,7 @@ class TrainingDiverged(RuntimeError):
         self.step, self.epoch = step, epoch
         super().__init__(
             f"the loss became NaN at step {step} (epoch {epoch}); training stopped. The "
-            "checkpoints of earlier epochs are intact; try a lower --learning-rate."
+            "checkpoints of earlier epochs are intact; try a lower learning_rate."
         )
 
 
@@ -100,40 +112,37 @@ class Config:
         object.__setattr__(self, "units", tuple(self.units))
 
     def validate(self) -> None:
-        def need(ok: bool, message: str):
+        def need(ok: bool, setting: str, allowed: str):
             if not ok:
-                raise ConfigError(message)
+                value = getattr(self, setting)
+                value = list(value) if isinstance(value, tuple) else value
+                raise ConfigError(setting, f"{setting} must be {allowed}; got {value!r}")
 
-        need(self.cell in CELLS, f"--cell must be one of {', '.join(CELLS)}; got {self.cell!r}")
+        def one_of(options) -> str:
+            return "one of " + ", ".join(options)
+
+        need(self.cell in CELLS, "cell", one_of(CELLS))
         need(
             len(self.units) > 0 and all(isinstance(u, int) and u > 0 for u in self.units),
-            f"--units must be positive ints (e.g. 50 or 128,64); got {list(self.units)}",
+            "units",
+            "positive ints (e.g. 50 or 128,64)",
         )
-        need(self.epochs > 0, f"--epochs must be a positive int; got {self.epochs}")
-        need(self.batch_size > 0, f"--batch-size must be a positive int; got {self.batch_size}")
+        need(self.epochs > 0, "epochs", "a positive int")
+        need(self.batch_size > 0, "batch_size", "a positive int")
         need(
             math.isfinite(self.learning_rate) and self.learning_rate > 0,
-            f"--learning-rate must be positive; got {self.learning_rate}",
+            "learning_rate",
+            "positive",
         )
-        need(
-            self.optimizer in OPTIMIZERS,
-            f"--optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}",
-        )
-        need(
-            self.sequence in data_lib.SEQUENCES,
-            f"--sequence must be one of {', '.join(data_lib.SEQUENCES)}; got {self.sequence!r}",
-        )
-        need(
-            0 < self.validation_split < 1,
-            f"--validation-split must be strictly between 0 and 1; got {self.validation_split}",
-        )
-        need(
-            self.precision in PRECISIONS,
-            f"--precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}",
-        )
+        need(self.optimizer in OPTIMIZERS, "optimizer", one_of(OPTIMIZERS))
+        need(0 <= self.seed < 2**32, "seed", "an int from 0 to 2**32 - 1")
+        need(self.sequence in data_lib.SEQUENCES, "sequence", one_of(data_lib.SEQUENCES))
+        need(0 < self.validation_split < 1, "validation_split", "strictly between 0 and 1")
+        need(self.precision in PRECISIONS, "precision", one_of(PRECISIONS))
         need(
             self.max_train_examples is None or self.max_train_examples > 0,
-            f"max_train_examples must be positive; got {self.max_train_examples}",
+            "max_train_examples",
+            "positive",
         )
 
 
@@ -382,16 +391,28 @@ def make_epoch_fns(
 # --------------------------------------------------------------------------------------
 
 
-def _prepare_workdir(workdir: str | os.PathLike) -> pathlib.Path:
+def _check_workdir(workdir: str | os.PathLike) -> pathlib.Path:
+    """The absolute ``workdir``, if it is (or can be made) a writable directory; creates
+    nothing, so that a run refused before training leaves nothing behind."""
     path = pathlib.Path(workdir).expanduser().resolve()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError("workdir", f"workdir {workdir} cannot be made: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError("workdir", f"workdir {workdir} cannot be written: {existing} is not")
+    return path
+
+
+def _make_workdir(path: pathlib.Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write_test"
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
-        raise ConfigError(f"--workdir {workdir} cannot be written: {e.strerror or e}") from None
-    return path
+        raise ConfigError(
+            "workdir", f"workdir {path} cannot be written: {e.strerror or e}"
+        ) from None
 
 
 def _on_mesh(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
@@ -465,20 +486,25 @@ def train_and_evaluate(
     config.validate()
     if config.distributed:
         jax.distributed.initialize()
-    workdir = _prepare_workdir(workdir)
-    checkpointer = Checkpointer(workdir / "checkpoints")
-    if not config.resume and checkpointer.latest_epoch() is not None:
-        raise ConfigError(
-            f"{workdir} already holds checkpoints (epoch {checkpointer.latest_epoch()}): pass "
-            "--resume to continue that run, or choose another --workdir."
-        )
+    workdir = _check_workdir(workdir)
+    if not config.resume and (workdir / "checkpoints").is_dir():
+        checkpointer = Checkpointer(workdir / "checkpoints")
+        latest = checkpointer.latest_epoch()
+        checkpointer.close()
+        if latest is not None:
+            raise ConfigError(
+                "workdir",
+                f"workdir {workdir} already holds checkpoints (epoch {latest}): resume that "
+                "run, or choose another workdir.",
+            )
 
     devices = jax.devices()
     mesh = Mesh(np.array(devices), ("data",))
     if config.batch_size % mesh.size:
         raise ConfigError(
-            f"--batch-size {config.batch_size} must be a multiple of the {mesh.size} devices "
-            "the batch is split across."
+            "batch_size",
+            f"batch_size {config.batch_size} must be a multiple of the {mesh.size} devices "
+            "the batch is split across.",
         )
     ds = data_lib.load(
         config.dataset,
@@ -493,7 +519,8 @@ def train_and_evaluate(
         )
     if config.batch_size > len(train):
         raise ConfigError(
-            f"--batch-size {config.batch_size} is larger than the {len(train)} training examples"
+            "batch_size",
+            f"batch_size {config.batch_size} is larger than the {len(train)} training examples",
         )
     kinds = sorted({d.device_kind for d in devices})
     print_fn(
@@ -509,6 +536,8 @@ def train_and_evaluate(
     input_shape = data_lib.sequence_shape(train.images.shape[1:], config.sequence)
     params_lib.summary(model, (None, *input_shape), print_fn=print_fn)
 
+    _make_workdir(workdir)
+    checkpointer = Checkpointer(workdir / "checkpoints")
     replicated = NamedSharding(mesh, P())
     state = jax.device_put(create_train_state(config, model, input_shape), replicated)
     history: list[dict[str, float]] = []
@@ -589,12 +618,25 @@ def train_and_evaluate(
     }
     if jax.process_index() == 0:
         (workdir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        plot_curves(history, workdir / "curves.png")
+        title = f"{describe(config, ds.num_classes)} on {ds.name}: test accuracy {test_acc:.2%}"
+        plot_curves(history, workdir / "curves.png", title)
     return {**metrics, "state": state}
 
 
-def plot_curves(history: list[dict[str, float]], path: str | os.PathLike) -> None:
-    """Loss and accuracy per epoch, training against validation, saved as a PNG.
+def describe(config: Config, num_classes: int) -> str:
+    """The model in Keras's words, e.g. ``LSTM(50) -> Dense(10)``."""
+    name = lnn.CELLS[config.cell].__name__
+    layers = [f"{name}({u})" for u in config.units]
+    if config.bidirectional:
+        layers = [f"Bidirectional({layer})" for layer in layers]
+    return " -> ".join([*layers, f"Dense({num_classes})"])
+
+
+def plot_curves(
+    history: list[dict[str, float]], path: str | os.PathLike, title: str | None = None
+) -> None:
+    """Loss and accuracy (in percent) per epoch, training against validation, saved as a
+    PNG under ``title``.
 
     Drawn on a ``matplotlib.figure.Figure`` of its own, not through ``pyplot``: pyplot's
     backend, and the figures a notebook shows, are left as they were.

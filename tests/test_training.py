@@ -224,11 +224,11 @@ def test_lesson_recipe_on_real_mnist_reaches_95_percent(tmp_path, report):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"units": (0,)}, "--units must be positive"),
+        ({"units": (0,)}, "^units must be positive"),
         ({"validation_split": 1.0}, "strictly between 0 and 1"),
         ({"validation_split": 0.0}, "strictly between 0 and 1"),
-        ({"cell": "lstmm"}, "--cell must be one of"),
-        ({"learning_rate": -1.0}, "--learning-rate must be positive"),
+        ({"cell": "lstmm"}, "^cell must be one of"),
+        ({"learning_rate": -1.0}, "^learning_rate must be positive"),
         ({"batch_size": 1000}, "larger than the 409 training examples"),
     ],
 )
@@ -280,13 +280,13 @@ def test_loading_tensorflow_prints_nothing():
 def test_unwritable_workdir(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    with pytest.raises(training.ConfigError, match="cannot be written"):
+    with pytest.raises(training.ConfigError, match="cannot be made: .* is a file"):
         training.train_and_evaluate(training.Config(), blocker / "run")
 
 
 def test_existing_run_needs_resume(tmp_path):
     run_fake(tmp_path, epochs=1)
-    with pytest.raises(training.ConfigError, match="already holds checkpoints.*--resume"):
+    with pytest.raises(training.ConfigError, match="already holds checkpoints.*resume that run"):
         run_fake(tmp_path, epochs=1)
 
 
@@ -362,7 +362,7 @@ def _cli(*args, env=None):
 @pytest.mark.parametrize(
     "args, code, message",
     [
-        (["--units", "0"], 2, "units must be positive"),
+        (["--units", "0"], 2, "error: --units must be positive"),
         (["--units", "50,x"], 2, "comma list"),
         (["--validation-split", "1.5"], 2, "strictly between 0 and 1"),
         (["--optimizer", "adagrad"], 2, "invalid choice"),
@@ -381,9 +381,84 @@ def test_cli_runtime_errors_are_one_line(tmp_path):
     out = _cli(
         "--data-dir", str(tmp_path / "empty"), "--no-download", "--workdir", str(tmp_path / "b")
     )
-    assert out.returncode == 1 and "--data-dir DIR or TFDS_DATA_DIR" in out.stderr
+    assert out.returncode == 1 and "--data-dir DIR) or TFDS_DATA_DIR" in out.stderr
     for o in (out,):
         assert "Traceback" not in o.stderr
+
+
+BAD_INPUTS = {
+    "units zero": ["--units", "0"],
+    "units not ints": ["--units", "50,x"],
+    "epochs not an int": ["--epochs", "x"],
+    "epochs zero": ["--epochs", "0"],
+    "batch size negative": ["--batch-size", "-1"],
+    "learning rate nan": ["--learning-rate", "nan"],
+    "validation split over 1": ["--validation-split", "1.5"],
+    "unknown optimizer": ["--optimizer", "adagrad"],
+    "seed negative": ["--seed", "-1"],
+    "seed too large": ["--seed", "9223372036854775808"],
+    "cpu devices negative": ["--cpu-devices", "-1"],
+    "resume without workdir": ["--resume"],
+    "data set with a hyphen": ["--dataset", "fashion-mnist"],
+    "data set in capitals": ["--dataset", "MNIST"],
+    "data set at a missing version": ["--dataset", "mnist:9.9.9"],
+    "unknown data set": ["--dataset", "no_such_set"],
+    "not an image data set": ["--dataset", "glue"],
+    "data dir without the data": ["--data-dir", "{tmp}/empty", "--no-download"],
+    "workdir is a file": ["--workdir", "{tmp}/a_file"],
+    "workdir inside a file": ["--workdir", "{tmp}/a_file/run"],
+}
+
+
+def _tree(root: pathlib.Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() if p.is_file() else b"" for p in root.rglob("*")
+    }
+
+
+@pytest.mark.parametrize("args", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
+def test_cli_bad_input_is_one_error_line_and_leaves_nothing(args, tmp_path):
+    (tmp_path / "a_file").write_text("not a directory")
+    args = [a.format(tmp=tmp_path) for a in args]
+    if "--workdir" not in args and args != ["--resume"]:
+        args += ["--workdir", str(tmp_path / "runs" / "new")]
+    before = _tree(tmp_path)
+    out = _cli(*args, "--no-progress")
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode != 0 and out.stdout == "", out.stdout
+    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+    assert _tree(tmp_path) == before  # no workdir, no checkpoints/ left behind
+
+
+def test_cli_first_line_is_the_projects_own(tmp_path):
+    """No TensorFlow or absl start-up noise: the first line is train.py's own."""
+    data_dir = _real_data_dir()
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    out = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "--epochs",
+            "1",
+            "--units",
+            "4",
+            "--batch-size",
+            "1024",
+            "--data-dir",
+            data_dir,
+            "--workdir",
+            str(tmp_path / "run"),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stdout
+    assert out.stdout.splitlines()[0].startswith("devices: "), out.stdout[:2000]
+    assert "WARNING" not in out.stdout and "I0000" not in out.stdout, out.stdout[:2000]
 
 
 def test_cpu_device_count_divides_the_batch():
