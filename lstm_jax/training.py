@@ -646,13 +646,16 @@ def plot_curves(
     epochs = [h["epoch"] for h in history]
     fig = Figure(figsize=(10, 4))
     ax_loss, ax_acc = fig.subplots(1, 2)
-    for ax, key, title in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", "accuracy")):
-        ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train")
-        ax.plot(epochs, [h[f"val_{key}"] for h in history], "s-", label="validation")
+    for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", "accuracy (%)")):
+        scale = 100 if key == "accuracy" else 1
+        ax.plot(epochs, [scale * h[f"train_{key}"] for h in history], "o-", label="train")
+        ax.plot(epochs, [scale * h[f"val_{key}"] for h in history], "s-", label="validation")
         ax.set_xlabel("epoch")
         ax.set_xticks(epochs)
-        ax.set_title(title)
+        ax.set_title(label)
         ax.legend()
         ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
