@@ -326,7 +326,7 @@ def test_corrupt_checkpoint_is_reported_and_earlier_ones_stay(tmp_path):
             f.write_bytes(b"\x00garbage" * 10)
     out = _resume_cli_on_fake_data(tmp_path, "--units", "16", "--epochs", "3")
     assert out.returncode == 1, out.stderr[-2000:]
-    assert "error: --resume: cannot restore the checkpoint of epoch 2" in out.stderr
+    assert "error: cannot restore the checkpoint of epoch 2" in out.stderr
     assert "Traceback" not in out.stderr
     assert _digests(ckpts / "1") == before
 
