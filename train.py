@@ -12,6 +12,8 @@ import datetime
 import os
 import sys
 
+from lstm_jax import cpu, data, training  # JAX is imported, none of its backends started
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TFDS's TensorFlow: errors only
 
 
@@ -43,9 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     model = p.add_argument_group("model")
-    model.add_argument(
-        "--cell", choices=["lstm", "gru", "simple_rnn"], default="lstm", help="the recurrent layer"
-    )
+    model.add_argument("--cell", choices=training.CELLS, default="lstm", help="the recurrent layer")
     model.add_argument(
         "--units",
         type=_units,
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--learning-rate", type=float, default=1e-3, help="the step size")
     recipe.add_argument(
         "--optimizer",
-        choices=["adam", "sgd", "rmsprop", "adamw"],
+        choices=training.OPTIMIZERS,
         default="adam",
         help="with Keras's default settings",
     )
@@ -73,35 +73,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     recipe.add_argument(
         "--precision",
-        choices=["float32", "bfloat16"],
+        choices=training.PRECISIONS,
         default="float32",
         help="bfloat16: compute in bfloat16, parameters in float32 (for accelerators)",
     )
-    data = p.add_argument_group("data")
-    data.add_argument(
+    data_flags = p.add_argument_group("data")
+    data_flags.add_argument(
         "--dataset",
         default="mnist",
         help="a TFDS image classification data set: mnist, fashion_mnist, ...",
     )
-    data.add_argument(
+    data_flags.add_argument(
         "--sequence",
-        choices=["rows", "pixels", "permuted"],
+        choices=data.SEQUENCES,
         default="rows",
         help="rows: 28 steps of 28 pixels; pixels: 784 steps of 1; permuted: "
         "pixels in one fixed random order",
     )
-    data.add_argument(
+    data_flags.add_argument(
         "--validation-split",
         type=float,
         default=0.2,
         help="the fraction at the end of the training set held out, as Keras's",
     )
-    data.add_argument(
+    data_flags.add_argument(
         "--data-dir",
         default=None,
         help="a TFDS data directory (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)",
     )
-    data.add_argument(
+    data_flags.add_argument(
         "--no-download",
         dest="download",
         action="store_false",
@@ -125,8 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         metavar="N",
         help="on a CPU host, N XLA devices of one core each, the batch split "
-        "across them (0: one per core, as many as divide the batch; 1: XLA's "
-        "default, one device on every core)",
+        "across them (0: one per core up to 2, the setting measured, as many as divide "
+        "the batch, so 2 on a bigger host too; 1: XLA's defaults, one device on every core)",
     )
     run.add_argument(
         "--distributed",
@@ -165,13 +165,13 @@ def main(argv=None) -> int:
         parser.error(f"--cpu-devices must be 0 (one per core) or more; got {args.cpu_devices}")
     cpu_devices = args.cpu_devices
     del args.workdir, args.cpu_devices
-    from lstm_jax import cpu, training  # import JAX but start no backend
 
     config = training.Config(**vars(args))
     try:
         config.validate()  # the one place settings are checked, for flags and library alike
     except training.ConfigError as e:
         parser.error(e.with_flag())
+    cpu.limit_malloc_arenas()
     cpu.use_host_cores(cpu_devices or cpu.host_device_count(config.batch_size))
     try:
         training.train_and_evaluate(config, workdir)

@@ -335,6 +335,17 @@ def worker_torch(args, images, labels, test_images, test_labels):
     return times, compiles, accuracy, {"threads": torch.get_num_threads()}
 
 
+WORKERS = {
+    "lstm_jax": worker_lstm_jax,
+    "lstm_jax_1dev": worker_lstm_jax_1dev,
+    "keras_jax": worker_keras_jax,
+    "flax_linen": worker_flax_linen,
+    "plain_scan": worker_plain_scan,
+    "torch": worker_torch,
+}
+assert tuple(WORKERS) == SYSTEMS
+
+
 def run_worker(args) -> None:
     # Before load_data: TFDS imports TensorFlow, which imports Keras, and Keras picks its
     # backend once, at import (left to itself, TensorFlow).
@@ -342,9 +353,10 @@ def run_worker(args) -> None:
     if args.worker == "lstm_jax":  # what train.py does before JAX starts
         from lstm_jax import cpu
 
+        cpu.limit_malloc_arenas()
         cpu.use_host_cores(cpu.host_device_count(args.batch_size))
     images, labels, test_images, test_labels, source = load_data(args)
-    times, compiles, accuracy, extra = globals()[f"worker_{args.worker}"](
+    times, compiles, accuracy, extra = WORKERS[args.worker](
         args, images, labels, test_images, test_labels
     )
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -403,8 +415,14 @@ def main(argv=None) -> int:
         run_worker(args)
         return 0
 
-    systems = [s for s in args.systems.split(",") if available(s)]
-    skipped = [s for s in args.systems.split(",") if s not in systems]
+    asked = args.systems.split(",")
+    unknown = [s for s in asked if s not in SYSTEMS]
+    if unknown:
+        p.error(f"--systems: unknown {', '.join(unknown)}; choose from {', '.join(SYSTEMS)}")
+    if "lstm_jax" not in asked:
+        p.error("--systems must include lstm_jax: every time is given relative to it")
+    systems = [s for s in asked if available(s)]
+    skipped = [s for s in asked if s not in systems]
     forwarded = [a for a in (argv if argv is not None else sys.argv[1:])]
     results: dict[str, list[dict]] = {s: [] for s in systems}
     for round_ in range(args.rounds):

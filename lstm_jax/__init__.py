@@ -4,6 +4,8 @@ The functional core lives in ``lstm_jax.recurrent``, the Flax layers in ``lstm_j
 parameter accounting in ``lstm_jax.params``.
 """
 
+import importlib.metadata
+
 from lstm_jax import nn as nn
 from lstm_jax.params import count_params as count_params
 from lstm_jax.params import gru_param_count as gru_param_count
@@ -20,4 +22,7 @@ from lstm_jax.recurrent import lstm_cell as lstm_cell
 from lstm_jax.recurrent import simple_rnn as simple_rnn
 from lstm_jax.recurrent import simple_rnn_cell as simple_rnn_cell
 
-__version__ = "0.1.0"
+try:
+    __version__ = importlib.metadata.version("lstm_jax")  # pyproject.toml's, as installed
+except importlib.metadata.PackageNotFoundError:  # run from a checkout, not installed
+    __version__ = "unknown"

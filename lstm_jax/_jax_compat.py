@@ -3,11 +3,14 @@
 JAX renamed how ``jax.shard_map`` code marks a value as varying over mesh axes
 (``jax.lax.pvary`` became ``jax.lax.pcast(..., to="varying")``) and where an abstract value
 records those axes (``aval.vma`` became ``aval.manual_axis_type.varying``), and made the
-removal of a ``jax.monitoring`` listener public. Everything else lstm_jax uses is the same
-in both.
+removal of a ``jax.monitoring`` listener public; and the one internal lstm_jax reads,
+whether the backends have started, lives here too. Everything else lstm_jax uses is public
+and the same in both.
 """
 
 from __future__ import annotations
+
+import sys
 
 import jax
 
@@ -37,3 +40,13 @@ def unregister_event_time_span_listener(listener) -> None:
 
         unregister = monitoring._unregister_event_time_span_listener_by_callback
     unregister(listener)
+
+
+def backends_started() -> bool:
+    """Whether JAX has started its backends (after which XLA_FLAGS are read no more).
+    JAX has no public form of this; ``jax._src.xla_bridge`` has had it since before 0.7."""
+    if "jax" not in sys.modules:
+        return False
+    from jax._src import xla_bridge
+
+    return xla_bridge.backends_are_initialized()

@@ -20,28 +20,36 @@ _LARGEST: dict[str, float] = {}
 _LINES: list[str] = []
 
 
-def _run_python(script: str, xla_flags: str) -> str:
+SCRIPTS = ROOT / "tests" / "scripts"
+
+
+def _run_script(name: str, *args: str, xla_flags: str = "") -> str:
     env = {**os.environ, "XLA_FLAGS": xla_flags}
     out = subprocess.run(
-        [sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True
+        [sys.executable, str(SCRIPTS / name), *map(str, args)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert out.returncode == 0, out.stderr
     return out.stdout
 
 
 @pytest.fixture
-def fresh_python():
-    """``fresh_python(script, xla_flags)`` runs ``script`` in a fresh Python whose XLA starts
-    with ``xla_flags`` (the device count and other flags are fixed when JAX starts) and
-    returns what it printed."""
-    return _run_python
+def run_script():
+    """``run_script(name, *args, xla_flags="")`` runs ``tests/scripts/<name>`` in a fresh
+    Python whose XLA starts with ``xla_flags`` (the device count and other flags are fixed
+    when JAX starts) and returns what it printed."""
+    return _run_script
 
 
 @pytest.fixture
 def on_two_cpu_devices():
-    """``on_two_cpu_devices(script)`` runs ``script`` in a fresh Python with two XLA CPU
-    devices and returns its printed words."""
-    return lambda script: _run_python(script, "--xla_force_host_platform_device_count=2").split()
+    """``on_two_cpu_devices(name, *args)`` runs ``tests/scripts/<name>`` in a fresh Python
+    with two XLA CPU devices and returns its printed words."""
+    flags = "--xla_force_host_platform_device_count=2"
+    return lambda name, *args: _run_script(name, *args, xla_flags=flags).split()
 
 
 @pytest.fixture

@@ -67,7 +67,16 @@ def run(cell, params, x, *, initial_state=None, go_backwards=False, mask=None):
             new = [simple_rnn_step(params, states[0], x[:, t])]
         if mask is not None:
             m = np.asarray(mask)[:, t][:, None]
-            new = [np.where(m, n, s) for n, s in zip(new, states)]
+            new = [np.where(m, n, s) for n, s in zip(new, states, strict=True)]
         states = new
         outputs.append(states[0])
     return np.stack(outputs, axis=1), tuple(states)
+
+
+def assert_trees_close(got, want, *, atol=0.0, rtol=0.0):
+    """Same tree structure, and every leaf within ``atol + rtol * |want|``."""
+    import jax
+
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(g, w, atol=atol, rtol=rtol)

@@ -7,6 +7,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 JAX_SYSTEMS = ("lstm_jax", "keras_jax", "flax_linen", "plain_scan")
@@ -36,3 +38,13 @@ def test_benchmark_trains_each_jax_system_and_writes_its_table(tmp_path):
     table = (tmp_path / "t.md").read_text()
     assert "| Keras 3 LSTM, JAX backend (model.fit) |" in table
     assert "of which JAX compiling (s)" in table
+
+
+@pytest.mark.parametrize(
+    "systems, message",
+    [("torch", "must include lstm_jax"), ("lstm_jax,tensorflow", "unknown tensorflow")],
+)
+def test_systems_that_cannot_be_compared_are_refused(systems, message):
+    command = [sys.executable, "benchmarks/run.py", "--systems", systems]
+    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2 and message in out.stderr, out.stderr

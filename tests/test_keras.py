@@ -71,7 +71,7 @@ def test_layer_matches_keras(name, go_backwards, masked, return_sequences, recor
         {"params": weights}, jnp.asarray(x), mask=jnp.asarray(mask) if masked else None
     )
     assert len(got) == len(expected)
-    for g, e in zip(got, expected):
+    for g, e in zip(got, expected, strict=True):
         assert g.shape == tuple(e.shape)
         diff = float(np.max(np.abs(np.asarray(g) - np.asarray(e))))
         record_largest("abs difference against Keras 3", diff)
@@ -126,8 +126,8 @@ def test_lesson_model_matches_keras_and_counts_the_same():
     lstm_w, dense_w = model.layers[0].get_weights(), model.layers[1].get_weights()
     variables = {
         "params": {
-            "LSTM_0": dict(zip(["kernel", "recurrent_kernel", "bias"], lstm_w)),
-            "Dense_0": dict(zip(["kernel", "bias"], dense_w)),
+            "LSTM_0": dict(zip(["kernel", "recurrent_kernel", "bias"], lstm_w, strict=True)),
+            "Dense_0": dict(zip(["kernel", "bias"], dense_w, strict=True)),
         }
     }
     logits = lnn.Classifier().apply(variables, jnp.asarray(x))

@@ -34,7 +34,9 @@ def test_notebook_is_stored_clean_with_badge_and_install_cell(path):
     for cell in nb.cells:
         if cell.cell_type == "code":
             assert cell.outputs == [] and cell.execution_count is None, "store without outputs"
-    assert any("QUICK = False  # @param" in c.source for c in nb.cells)
+    uses_quick = any("QUICK" in c.source and "@param" not in c.source for c in nb.cells)
+    defines_quick = any("QUICK = False  # @param" in c.source for c in nb.cells)
+    assert uses_quick == defines_quick, "QUICK is defined where it is used, and only there"
 
 
 def test_colab_headers_come_from_the_repository_address():

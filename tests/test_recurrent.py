@@ -67,7 +67,7 @@ def test_lstm_gates_stay_within_float32_rounding_of_exact(gate_axis):
     blocks = np.split(z, 4, axis=-1)
     exact = [1 / (1 + np.exp(-blocks[0])), 1 / (1 + np.exp(-blocks[1])), np.tanh(blocks[2])]
     exact.append(1 / (1 + np.exp(-blocks[3])))
-    for got, want in zip(gates, exact):
+    for got, want in zip(gates, exact, strict=True):
         got = np.asarray(got, np.float64)
         np.testing.assert_allclose(got if gate_axis == -1 else got.T, want, rtol=0, atol=2.5e-7)
 
@@ -78,7 +78,7 @@ def test_one_step_matches_numpy(name):
     carry, y = CELLS[name][1](params, as_carry(name, states), x)
     _, ref_states = reference.run(name, params, np.asarray(x)[:, None], initial_state=states)
     got = carry if name == "lstm" else (carry,)
-    for g, r in zip(got, ref_states):
+    for g, r in zip(got, ref_states, strict=True):
         np.testing.assert_allclose(g, r, atol=ATOL, rtol=RTOL)
     np.testing.assert_array_equal(y, got[0])
 
@@ -97,7 +97,7 @@ def test_sequence_matches_numpy(name, go_backwards, with_state, record_largest):
         "abs difference against the float64 NumPy reference", np.abs(outs - ref_outs).max()
     )
     np.testing.assert_allclose(outs, ref_outs, atol=ATOL, rtol=RTOL)
-    for g, r in zip(final, ref_final):
+    for g, r in zip(final, ref_final, strict=True):
         np.testing.assert_allclose(g, r, atol=ATOL, rtol=RTOL)
 
 
@@ -123,10 +123,10 @@ def test_masked_sequence_matches_numpy(name, go_backwards, record_largest):
         "abs difference against the float64 NumPy reference", np.abs(outs - ref_outs).max()
     )
     np.testing.assert_allclose(outs, ref_outs, atol=ATOL, rtol=RTOL)
-    for g, r in zip(final, ref_final):
+    for g, r in zip(final, ref_final, strict=True):
         np.testing.assert_allclose(g, r, atol=ATOL, rtol=RTOL)
     # The all-masked row returns its initial state, exactly.
-    for g, s in zip(final, states):
+    for g, s in zip(final, states, strict=True):
         np.testing.assert_array_equal(g[2], s[2])
 
 
@@ -220,18 +220,15 @@ def test_lstm_custom_gradient_matches_autodiff():
 
     custom = jax.grad(loss, argnums=(0, 1, 2))(params, x, states, None)
     autodiff = jax.grad(loss, argnums=(0, 1, 2))(params, x, states, jnp.ones((B, T), bool))
-    for g, r in zip(jax.tree.leaves(custom), jax.tree.leaves(autodiff)):
-        np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-5)
+    reference.assert_trees_close(custom, autodiff, atol=1e-5, rtol=1e-5)
     # and for reversed sequences, under jit, with unroll
     fn = jax.jit(
         jax.grad(
             lambda p, m: jnp.sum(lstm_jax.lstm(p, x, go_backwards=True, mask=m, unroll=3) ** 2)
         )
     )
-    for g, r in zip(
-        jax.tree.leaves(fn(params, None)), jax.tree.leaves(fn(params, jnp.ones((B, T), bool)))
-    ):
-        np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-5)
+    mask = jnp.ones((B, T), bool)
+    reference.assert_trees_close(fn(params, None), fn(params, mask), atol=1e-5, rtol=1e-5)
     # and when the loss uses only some outputs (the others' cotangents are symbolic zeros)
     for used in (0, 1, 2):
 
@@ -243,39 +240,14 @@ def test_lstm_custom_gradient_matches_autodiff():
 
         custom = jax.grad(partial_loss)(params, None)
         autodiff = jax.grad(partial_loss)(params, jnp.ones((B, T), bool))
-        for g, r in zip(jax.tree.leaves(custom), jax.tree.leaves(autodiff)):
-            np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-5)
+        reference.assert_trees_close(custom, autodiff, atol=1e-5, rtol=1e-5)
 
 
 def test_gradients_per_device_under_shard_map_match_the_whole_batch(on_two_cpu_devices):
     """Inside ``jax.shard_map`` (its default ``check_vma``), as ``lstm_jax.training`` runs
     them: on two devices, each sequence function's gradient, per device and summed by
     shard_map, equals the whole batch's, with and without a mask and initial states."""
-    script = """
-import jax, jax.numpy as jnp, numpy as np
-from jax.sharding import Mesh, PartitionSpec as P
-import lstm_jax
-mesh = Mesh(np.array(jax.devices()), ("data",))
-rng = np.random.default_rng(0)
-x = jnp.asarray(rng.normal(size=(4, 6, 3)), jnp.float32)
-mask = jnp.asarray(rng.random((4, 6)) < 0.8)
-for fn, init, n in [(lstm_jax.lstm, lstm_jax.init_lstm, 2), (lstm_jax.gru, lstm_jax.init_gru, 1),
-                    (lstm_jax.simple_rnn, lstm_jax.init_simple_rnn, 1)]:
-    params = init(jax.random.key(0), 3, 5)
-    states = tuple(jnp.asarray(rng.normal(size=(4, 5)), jnp.float32) for _ in range(n))
-    for m, s in [(None, None), (mask, None), (None, states)]:
-        def loss(params, x, m, s):
-            out = fn(params, x, return_sequences=True, mask=m, initial_state=s)
-            return jnp.sum(jnp.sin(out))
-        batch = P("data")
-        per_device = jax.shard_map(jax.grad(loss), mesh=mesh, out_specs=P(),
-                                   in_specs=(P(), batch, batch, batch))(params, x, m, s)
-        whole = jax.grad(loss)(params, x, m, s)
-        diff = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(per_device),
-                                                                  jax.tree.leaves(whole)))
-        print(diff < 1e-5)
-"""
-    assert on_two_cpu_devices(script) == ["True"] * 9
+    assert on_two_cpu_devices("shard_map_gradients.py") == ["True"] * 9
 
 
 @pytest.mark.parametrize(
@@ -300,7 +272,9 @@ def test_lstm_mixed_dtypes_match_autodiff_path(x_dtype, p_dtype):
     )
     tol = 1e-5 if x_dtype == p_dtype == jnp.float32 else 3e-2
     np.testing.assert_allclose(custom_loss, ref_loss, rtol=tol)
-    for g, r, a in zip(jax.tree.leaves(custom), jax.tree.leaves(ref), jax.tree.leaves((params, x))):
+    assert jax.tree.structure(custom) == jax.tree.structure(ref)
+    leaves = (jax.tree.leaves(custom), jax.tree.leaves(ref), jax.tree.leaves((params, x)))
+    for g, r, a in zip(*leaves, strict=True):
         assert g.dtype == r.dtype == a.dtype
         scale = float(jnp.abs(r.astype(jnp.float32)).max())
         np.testing.assert_allclose(

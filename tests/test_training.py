@@ -13,8 +13,10 @@ import pytest
 import tensorflow_datasets as tfds
 
 from lstm_jax import data, training
+from tests import reference
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "tests" / "scripts"
 # Small runs on fake data: 512 random images, batch 64, LSTM(16).
 FAKE = dict(units=(16,), batch_size=64, epochs=2, progress=False)
 LESSON_TARGET = 0.95  # the lesson reports 95.50% after 3 epochs; we require 95.0%
@@ -28,11 +30,6 @@ def run_fake(workdir, *, num_examples=512, **overrides):
 
 def params_of(result):
     return jax.tree.map(np.asarray, jax.device_get(result["state"].params))
-
-
-def assert_trees_equal(a, b, atol=0.0):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        np.testing.assert_allclose(x, y, atol=atol, rtol=0)
 
 
 # ---------------------------------------------------------------- end to end, fake data
@@ -81,12 +78,12 @@ def test_compile_counter_counts_overlapping_spans_once():
 def test_same_seed_same_result_and_resume_matches_uninterrupted(tmp_path):
     straight = run_fake(tmp_path / "a", epochs=3)
     again = run_fake(tmp_path / "b", epochs=3)
-    assert_trees_equal(params_of(straight), params_of(again))
+    reference.assert_trees_close(params_of(straight), params_of(again))
 
     run_fake(tmp_path / "c", epochs=2)
     resumed = run_fake(tmp_path / "c", epochs=3, resume=True)
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
-    assert_trees_equal(params_of(resumed), params_of(straight))
+    reference.assert_trees_close(params_of(resumed), params_of(straight))
     assert resumed["test_accuracy"] == straight["test_accuracy"]
 
 
@@ -115,24 +112,15 @@ def test_other_cells_sequences_and_precision(tmp_path, cell, bidirectional, sequ
     assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(result["state"].params))
 
 
-def test_several_devices_match_one(tmp_path, fresh_python):
-    """Four CPU devices (a data-parallel mesh) give one device's result, within float noise."""
+def test_several_devices_match_one(tmp_path, run_script):
+    """Four CPU devices with train.py's CPU tuning (``cpu.use_host_cores``) give the result
+    of one device at XLA's defaults, within float noise."""
     one = run_fake(tmp_path / "one")
-    script = (
-        "import sys, json, pathlib, numpy as np, jax, tensorflow_datasets as tfds\n"
-        "from lstm_jax import training\n"
-        "assert jax.device_count() == 4, jax.devices()\n"
-        f"config = training.Config(**{FAKE!r}, data_dir={str(tmp_path / 'tfds4')!r})\n"
-        "with tfds.testing.mock_data(num_examples=512):\n"
-        f"    r = training.train_and_evaluate(config, {str(tmp_path / 'four')!r},\n"
-        "                                    print_fn=lambda s: None)\n"
-        "params = jax.device_get(r['state'].params)\n"
-        "leaves = [np.asarray(x).tolist() for x in jax.tree.leaves(params)]\n"
-        f"pathlib.Path({str(tmp_path / 'four.json')!r}).write_text(json.dumps(leaves))\n"
-    )
-    fresh_python(script, "--xla_force_host_platform_device_count=4")
+    settings = json.dumps({**FAKE, "units": list(FAKE["units"])})
+    args = (settings, tmp_path / "tfds4", tmp_path / "four", tmp_path / "four.json")
+    run_script("train_on_four_devices.py", *args)
     four = [np.asarray(x) for x in json.loads((tmp_path / "four.json").read_text())]
-    assert_trees_equal(jax.tree.leaves(params_of(one)), four, atol=1e-4)
+    reference.assert_trees_close(jax.tree.leaves(params_of(one)), four, atol=1e-4)
     metrics = json.loads((tmp_path / "four" / "metrics.json").read_text())
     assert len(metrics["devices"]) == 4
     assert abs(metrics["history"][-1]["train_loss"] - one["history"][-1]["train_loss"]) < 1e-4
@@ -143,21 +131,8 @@ def test_data_set_is_held_once_on_a_cpu_mesh(tmp_path, on_two_cpu_devices):
     place instead of holding its own copy (with 503 examples the validation split starts
     off alignment in the loaded array and must be realigned), and read-only, since the
     devices share it."""
-    script = (
-        "import jax, numpy as np, tensorflow_datasets as tfds\n"
-        "from jax.sharding import Mesh, NamedSharding, PartitionSpec as P\n"
-        "from lstm_jax import data, training\n"
-        "replicated = NamedSharding(Mesh(np.array(jax.devices()), ('data',)), P())\n"
-        "with tfds.testing.mock_data(num_examples=503):\n"
-        f"    ds = data.load('mnist', data_dir={str(tmp_path / 'tfds')!r})\n"
-        "for split in (ds.train, ds.validation, ds.test):\n"
-        "    for host in (split.images, split.labels):\n"
-        "        placed = training._on_mesh(host, replicated)\n"
-        "        pointers = {s.data.unsafe_buffer_pointer() for s in placed.addressable_shards}\n"
-        "        shared = pointers == {host.ctypes.data}\n"
-        "        print(len(placed.addressable_shards), shared, host.flags.writeable)\n"
-    )
-    assert on_two_cpu_devices(script) == ["2", "True", "False"] * 6
+    printed = on_two_cpu_devices("data_held_once.py", tmp_path / "tfds")
+    assert printed == ["2", "True", "False"] * 6
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
@@ -168,22 +143,7 @@ def test_data_parallel_epoch_never_gathers_the_batch(bidirectional, on_two_cpu_d
     that merged time with the sharded batch axis once made XLA all-gather every step's
     activations; left to XLA's partitioner, the LSTM's in-loop weight-gradient sum would be
     all-reduced at every time step."""
-    script = (
-        "import re, jax, numpy as np\n"
-        "from jax.sharding import Mesh\n"
-        "from lstm_jax import training\n"
-        f"config = training.Config(units=(16,), batch_size=64, bidirectional={bidirectional})\n"
-        "mesh = Mesh(np.array(jax.devices()), ('data',))\n"
-        "model = training.make_model(config, 10)\n"
-        "state = training.create_train_state(config, model, (28, 28))\n"
-        "train_epoch, _ = training.make_epoch_fns(config, model, mesh, 256)\n"
-        "x = np.zeros((256, 28, 28, 1), np.uint8); y = np.zeros((256,), np.int32)\n"
-        "order = np.arange(256, dtype=np.int32)\n"
-        "hlo = train_epoch.lower(state, x, y, order).compile().as_text()\n"
-        "one_vector = re.search(r'= f32\\[\\d+\\]\\{0\\} all-reduce\\(', hlo) is not None\n"
-        "print(hlo.count('all-reduce('), 'all-gather' in hlo, one_vector)\n"
-    )
-    assert on_two_cpu_devices(script) == ["1", "False", "True"]
+    assert on_two_cpu_devices("epoch_collectives.py", bidirectional) == ["1", "False", "True"]
 
 
 # ---------------------------------------------------------------- the lesson, real MNIST
@@ -270,9 +230,8 @@ def test_loading_tensorflow_prints_nothing():
     """TensorFlow's native start-up log (CUDA probing and the like) stays out of the
     output, also with no ``TF_CPP_MIN_LOG_LEVEL`` set, as in a user's notebook."""
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    script = "from lstm_jax import data; data._tfds(); print('loaded')"
     out = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True
+        [sys.executable, SCRIPTS / "load_tfds.py"], env=env, capture_output=True, text=True
     )
     assert (out.returncode, out.stdout, out.stderr) == (0, "loaded\n", "")
 
@@ -301,15 +260,10 @@ def _digests(directory):
 def _resume_cli_on_fake_data(tmp_path, *flags):
     """``train.py --resume`` on the same fake data as ``run_fake``, in its own process: a
     restore that fails leaves orbax's asyncio reads pending, and they end with the process."""
-    script = (
-        "import sys, tensorflow_datasets as tfds, train\n"
-        "with tfds.testing.mock_data(num_examples=512):\n"
-        "    sys.exit(train.main(sys.argv[1:]))\n"
-    )
     args = ["--batch-size", "64", "--no-progress", "--cpu-devices", "1", "--resume"]
     args += ["--data-dir", str(tmp_path / "tfds"), "--workdir", str(tmp_path / "run"), *flags]
     return subprocess.run(
-        [sys.executable, "-c", script, *args],
+        [sys.executable, SCRIPTS / "train_on_fake_data.py", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -382,8 +336,7 @@ def test_cli_runtime_errors_are_one_line(tmp_path):
         "--data-dir", str(tmp_path / "empty"), "--no-download", "--workdir", str(tmp_path / "b")
     )
     assert out.returncode == 1 and "--data-dir DIR) or TFDS_DATA_DIR" in out.stderr
-    for o in (out,):
-        assert "Traceback" not in o.stderr
+    assert "Traceback" not in out.stderr
 
 
 BAD_INPUTS = {
@@ -461,12 +414,13 @@ def test_cli_first_line_is_the_projects_own(tmp_path):
     assert "WARNING" not in out.stdout and "I0000" not in out.stdout, out.stdout[:2000]
 
 
-def test_cpu_device_count_divides_the_batch():
+def test_cpu_device_count_divides_the_batch_and_stays_at_what_was_measured():
     from lstm_jax import cpu
 
     assert cpu.host_device_count(128, cores=2) == 2
-    assert cpu.host_device_count(128, cores=6) == 4
+    assert cpu.host_device_count(128, cores=16) == cpu.MAX_DEFAULT_DEVICES == 2
     assert cpu.host_device_count(7, cores=2) == 1
+    assert cpu.host_device_count(128, cores=1) == 1
     jax.devices()  # backends are running in this process: too late to set flags
     assert cpu.use_host_cores(2) is False
 
@@ -486,39 +440,17 @@ def test_cpu_device_count_divides_the_batch():
         ),
     ],
 )
-def test_cpu_flags_set_before_jax_starts(user_flags, expected, fresh_python):
+def test_cpu_flags_set_before_jax_starts(user_flags, expected, run_script):
     """The flags ``train.py`` sets on a CPU host, in a Python where JAX has not started."""
-    script = (
-        "import os; from lstm_jax import cpu\n"
-        "print(cpu.use_host_cores(2)); print(os.environ['XLA_FLAGS'])\n"
-    )
-    assert fresh_python(script, user_flags).splitlines() == ["True", expected]
+    assert run_script("cpu_flags.py", xla_flags=user_flags).splitlines() == ["True", expected]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc arenas")
-@pytest.mark.parametrize("use_host_cores", [True, False])
-def test_cpu_setup_caps_malloc_arenas(use_host_cores, fresh_python, monkeypatch):
-    """After ``use_host_cores``, threads share two malloc arenas (eight threads allocating
-    at once would otherwise take one each), so memory freed by one is reused by the next."""
+@pytest.mark.parametrize("limited", [True, False])
+def test_cpu_setup_caps_malloc_arenas(limited, run_script, monkeypatch):
+    """After ``limit_malloc_arenas``, threads share two malloc arenas (eight threads
+    allocating at once would otherwise take one each), so memory freed by one is reused by
+    the next."""
     monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
-    script = (
-        "import ctypes, tempfile, threading\n"
-        "from lstm_jax import cpu\n"
-        f"if {use_host_cores}: cpu.use_host_cores(2)\n"
-        "libc = ctypes.CDLL(None)\n"
-        "libc.malloc.restype = libc.fopen.restype = ctypes.c_void_p\n"
-        "libc.free.argtypes = libc.fclose.argtypes = [ctypes.c_void_p]\n"
-        "libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]\n"
-        "together = threading.Barrier(8)\n"
-        "def allocate():\n"
-        "    together.wait()\n"
-        "    for block in [libc.malloc(1024) for _ in range(2000)]: libc.free(block)\n"
-        "threads = [threading.Thread(target=allocate) for _ in range(8)]\n"
-        "for t in threads: t.start()\n"
-        "for t in threads: t.join()\n"
-        "with tempfile.NamedTemporaryFile('r') as f:\n"
-        "    fp = libc.fopen(f.name.encode(), b'w'); libc.malloc_info(0, fp); libc.fclose(fp)\n"
-        "    print(f.read().count('<heap nr='))\n"
-    )
-    heaps = int(fresh_python(script, ""))
-    assert heaps <= 2 if use_host_cores else heaps > 2, heaps
+    heaps = int(run_script("malloc_arenas.py", limited))
+    assert heaps <= 2 if limited else heaps > 2, heaps

@@ -1,0 +1,6 @@
+"""Imports TFDS the way ``lstm_jax.data`` does, then prints one line."""
+
+from lstm_jax import data
+
+data._tfds()
+print("loaded")
