@@ -273,7 +273,9 @@ def load(
         )
     try:
         train, test = (_load_split(name, s, data_dir, download=False) for s in ("train", "test"))
-    except AssertionError:  # TFDS's "could not find data in ..."
+    except AssertionError as e:
+        if "could not find data" not in str(e):  # only TFDS's "not prepared here"
+            raise
         where = _where(data_dir)
         if not download or not _network_reachable():
             why = (

@@ -11,7 +11,7 @@ pair it with ``optax.softmax_cross_entropy``, which is the same loss, computed s
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -33,10 +33,10 @@ class _Recurrent(nn.Module):
     dtype: Any = None  # compute dtype, e.g. jnp.bfloat16; None: that of inputs and params
     param_dtype: Any = jnp.float32
 
-    _name = ""  # the recurrent.py function: "lstm", "gru" or "simple_rnn"
+    cell: ClassVar[recurrent.Cell]  # the registry's entry (``recurrent.CELLS``)
 
     def _init_params(self, key: Array, input_dim: int) -> dict[str, Array]:
-        raise NotImplementedError
+        return self.cell.init(key, input_dim, self.units, dtype=self.param_dtype)
 
     @nn.compact
     def __call__(
@@ -61,8 +61,8 @@ class _Recurrent(nn.Module):
         if self.dtype is not None:
             inputs = inputs.astype(self.dtype)
             params = {k: v.astype(self.dtype) for k, v in params.items()}
-        fn = getattr(recurrent, self._name)
-        return fn(
+        return recurrent.run_cell(
+            self.cell,
             params,
             inputs,
             return_sequences=self.return_sequences,
@@ -87,7 +87,7 @@ class LSTM(_Recurrent):
     """
 
     unit_forget_bias: bool = True
-    _name = "lstm"
+    cell = recurrent.CELLS["lstm"]
 
     def _init_params(self, key, input_dim):
         return recurrent.init_lstm(
@@ -102,19 +102,13 @@ class LSTM(_Recurrent):
 class GRU(_Recurrent):
     """Keras-style GRU layer (``reset_after=True``); see ``recurrent.gru``."""
 
-    _name = "gru"
-
-    def _init_params(self, key, input_dim):
-        return recurrent.init_gru(key, input_dim, self.units, dtype=self.param_dtype)
+    cell = recurrent.CELLS["gru"]
 
 
 class SimpleRNN(_Recurrent):
     """Keras-style SimpleRNN layer (tanh); see ``recurrent.simple_rnn``."""
 
-    _name = "simple_rnn"
-
-    def _init_params(self, key, input_dim):
-        return recurrent.init_simple_rnn(key, input_dim, self.units, dtype=self.param_dtype)
+    cell = recurrent.CELLS["simple_rnn"]
 
 
 _MERGES = {
@@ -170,7 +164,9 @@ class Bidirectional(nn.Module):
         return out
 
 
-CELLS = {"lstm": LSTM, "gru": GRU, "simple_rnn": SimpleRNN}
+# The layer of each registered cell (``recurrent.CELLS``), by its name.
+LAYERS = {layer.cell.name: layer for layer in (LSTM, GRU, SimpleRNN)}
+assert LAYERS.keys() == recurrent.CELLS.keys(), "each registered cell needs its layer"
 
 
 class Classifier(nn.Module):
@@ -192,12 +188,12 @@ class Classifier(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         """``x: [batch, time, features]`` -> logits ``[batch, num_classes]``."""
-        if self.cell not in CELLS:
-            raise ValueError(f"cell must be one of {sorted(CELLS)}; got {self.cell!r}")
+        if self.cell not in LAYERS:
+            raise ValueError(f"cell must be one of {sorted(LAYERS)}; got {self.cell!r}")
         if self.dtype is not None:
             x = x.astype(self.dtype)
         for n, units in enumerate(self.units):
-            layer = CELLS[self.cell](
+            layer = LAYERS[self.cell](
                 units,
                 return_sequences=n < len(self.units) - 1,
                 dtype=self.dtype,

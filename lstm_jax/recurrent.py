@@ -20,10 +20,9 @@ y_t)``, and holds its equations, in its docstring and its code. The sequence fun
 LSTM runs ``_lstm_scan``: the same equations, computed transposed for speed, with a
 hand-written gradient; tests hold it equal to ``lstm_cell`` and to autodiff.
 
-Measured on a 2-core CPU: computing the input projection ``x W + b`` for all steps before
-the scan made the forward scan about 1.8x *slower* than projecting inside each step (XLA:CPU
-fuses each step's slice of the precomputed projection into the gate math, where a dynamic
-slice runs slowly), so the cells project per step.
+The cells project each step's input inside the step rather than computing ``x W + b`` for
+all steps before the scan: XLA:CPU would fuse each step's slice of a precomputed projection
+into the gate math, where a dynamic slice runs slowly (``benchmarks/NOTES.md``).
 
 A note for readers of the Keras lesson this project grew from: its sketch of the gate
 equations reuses the input gate's weights for every gate and a sigmoid for the candidate.
@@ -34,7 +33,9 @@ and the candidate ``g`` uses tanh.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -133,7 +134,7 @@ def _project(x: Array, kernel: Array, bias: Array) -> Array:
 
 
 # --------------------------------------------------------------------------------------
-# The LSTM's step, shared by ``lstm_cell`` and the custom-gradient scan
+# The LSTM's step as the custom-gradient scan computes it
 # --------------------------------------------------------------------------------------
 
 
@@ -146,9 +147,9 @@ def _lstm_gates(z: Array, gate_axis: int = -1) -> tuple[Array, Array, Array, Arr
     The sigmoids are computed as ``sigmoid(x) = (1 + tanh(x / 2)) / 2``, an identity, so
     that one ``tanh`` over all four blocks (the candidate's at scale 1) gives every gate:
     XLA:CPU then runs one elementwise loop instead of three ``exp``/divide ones and a
-    ``tanh`` (``benchmarks/NOTES.md``: a training step ~5% faster). In float32 the sigmoids
-    stay within 1.6e-7 of the exact values (``jax.nn.sigmoid``: 8.9e-8) and every gate within
-    XLA's own ``tanh`` error (2.4e-7), over [-30, 30] against float64 (tested).
+    ``tanh`` (``benchmarks/NOTES.md``). In float32 the sigmoids stay within 1.6e-7 of the
+    exact values (``jax.nn.sigmoid``: 8.9e-8) and every gate within XLA's own ``tanh`` error
+    (2.4e-7), over [-30, 30] against float64 (tested).
     """
     units = z.shape[gate_axis] // 4
     shape = [1] * z.ndim
@@ -171,11 +172,6 @@ def _lstm_update(z: Array, c_prev: Array, gate_axis: int = -1):
     return o * tanh_c, c, (i, f, g, o, tanh_c)
 
 
-def _lstm_preactivation(params: Params, h: Array, x_t: Array) -> Array:
-    """``z = x_t W + h_{t-1} U + b``, ``[B, 4U]``, gate blocks i, f, c, o."""
-    return _project(x_t, params["kernel"], params["bias"]) + h @ params["recurrent_kernel"]
-
-
 # --------------------------------------------------------------------------------------
 # Cells: cell(params, carry, x_t) -> (carry, y_t)
 # --------------------------------------------------------------------------------------
@@ -195,8 +191,8 @@ def lstm_cell(params: Params, carry: tuple[Array, Array], x_t: Array):
         h_t = o * tanh(c_t)
 
     No constant is added to the forget gate here: Keras's ``unit_forget_bias`` lives in the
-    initial value of ``b_f`` (see ``init_lstm``). The sigmoids are evaluated through the
-    identity ``sigmoid(x) = (1 + tanh(x / 2)) / 2``, for speed (see ``_lstm_gates``).
+    initial value of ``b_f`` (see ``init_lstm``). ``lstm`` without a mask computes the same
+    equations in ``_lstm_scan``, arranged for speed; tests hold the two equal.
 
     Args:
       params: ``{"kernel": [D, 4U], "recurrent_kernel": [U, 4U], "bias": [4U]}``.
@@ -214,7 +210,12 @@ def lstm_cell(params: Params, carry: tuple[Array, Array], x_t: Array):
     ((2, 5), (2, 5), True)
     """
     h, c = carry
-    h, c, _ = _lstm_update(_lstm_preactivation(params, h, x_t), c)
+    W, U, b = params["kernel"], params["recurrent_kernel"], params["bias"]
+    z_i, z_f, z_c, z_o = jnp.split(_project(x_t, W, b) + h @ U, 4, axis=-1)  # [B, U] each
+    i, f, o = jax.nn.sigmoid(z_i), jax.nn.sigmoid(z_f), jax.nn.sigmoid(z_o)
+    g = jnp.tanh(z_c)
+    c = f * c + i * g
+    h = o * jnp.tanh(c)
     return (h, c), h
 
 
@@ -262,13 +263,8 @@ def simple_rnn_cell(params: Params, carry: Array, x_t: Array):
 
         h_t = tanh(x_t W + h_{t-1} U + b)
 
-    Args:
-      params: ``{"kernel": [D, U], "recurrent_kernel": [U, U], "bias": [U]}``.
-      carry: ``h``, ``[B, U]``.
-      x_t: ``[B, D]``.
-
-    Returns:
-      ``(h_t, h_t)``, each ``[B, U]``.
+    with ``params`` ``{"kernel": [D, U], "recurrent_kernel": [U, U], "bias": [U]}``, the
+    carry ``h`` ``[B, U]`` and ``x_t`` ``[B, D]``; returns ``(h_t, h_t)``, each ``[B, U]``.
 
     >>> import jax, jax.numpy as jnp
     >>> p = init_simple_rnn(jax.random.key(0), input_dim=3, units=5)
@@ -303,8 +299,7 @@ def _lstm_scan(params: Params, xs: Array, h0: Array, c0: Array, unroll=1):
     far better than ``[B, U] @ [U, 4U]`` and ``[B, 4U] @ [4U, U]``, and each gate is a
     contiguous block of rows. Each step writes ``h_{t-1}^T`` between ``x_t^T`` and a row of
     ones in one ``[D+U+1, T, B]`` buffer, ``xh``, so that one matmul serves both kernels and
-    the bias, forwards and in the weight gradient. Measured on a 2-core CPU in
-    ``benchmarks/NOTES.md``.
+    the bias, forwards and in the weight gradient (``benchmarks/NOTES.md``).
 
     The gradient (``_lstm_scan_bwd``), step by step from ``t = T``, with ``dh`` and ``dc`` the
     loss's gradients at ``h_t`` and ``c_t`` (``dc`` starting from what flows back from
@@ -340,8 +335,7 @@ def _lstm_forward(params, xs, h0, c0, unroll):
     kernels_t = jnp.concatenate(kernels).T  # [4U, D+U+1]
     # xh[:, t] = [x_t; h_{t-1}; 1]^T: x and the ones are written in now, h_{t-1} by step t. Step t
     # reads its block into the matmul only, never into the gate math: XLA:CPU emits slow code
-    # for a dynamic slice fused into elementwise work (with D = 1 a step's gate fusion took
-    # 148 instead of 22 us when it read x_t that way).
+    # for a dynamic slice fused into elementwise work.
     xh = jnp.concatenate(
         [
             jnp.transpose(xs, (2, 0, 1)),
@@ -387,7 +381,7 @@ def _lstm_scan_bwd(unroll, residuals, cotangents):
     input_dim = xh.shape[0] - units - 1
     d_h, d_c = (_zeros(ps, (batch, units)) if _is_zero(d) else d for d in (d_h, d_c))
     # [dc; dc; dc; dh] is made by a select on the output gate's rows: XLA:CPU fuses a
-    # concatenate with its producers into a slow loop (a step 11% slower this way).
+    # concatenate with its producers into a slow loop.
     output_gate = (np.arange(4) == 3)[:, None, None]  # [4, 1, 1]: the blocks i, f, c, o
 
     def body(carry, step):
@@ -447,28 +441,84 @@ _lstm_scan.defvjp(_lstm_scan_fwd, _lstm_scan_bwd, symbolic_zeros=True)
 
 
 # --------------------------------------------------------------------------------------
+# The registry of cells
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """A recurrent cell, as the sequence functions, the Flax layers, the trainer and
+    ``train.py`` know it: adding a cell means adding its step and initialiser and one entry
+    in ``CELLS``.
+
+    Attributes:
+      name: how ``train.py --cell`` and ``nn.Classifier(cell=...)`` name it, e.g. ``"lstm"``.
+      layer: Keras's (and ``lstm_jax.nn``'s) layer name, e.g. ``"LSTM"``.
+      step: ``step(params, carry, x_t) -> (carry, y_t)``, the signature ``jax.lax.scan`` wants.
+      init: ``init(key, input_dim, units, *, dtype)``, Keras's initialisers.
+      gates: gate blocks in each kernel (``kernel [D, gates * U]``).
+      state: the names of the carry's arrays, ``("h", "c")`` or ``("h",)``; ``h`` first.
+      biases: bias rows (2 for Keras's GRU with ``reset_after``: ``bias [2, 3U]``).
+      unmasked_scan: ``(params, xs, carry, unroll) -> (hs, carry)``, a faster scan with the
+        same results for inputs without a mask, or ``None``.
+    """
+
+    name: str
+    layer: str
+    step: Callable
+    init: Callable
+    gates: int
+    state: tuple[str, ...]
+    biases: int = 1
+    unmasked_scan: Callable | None = None
+
+    def bias_shape(self, units: int) -> tuple[int, ...]:
+        size = self.gates * units
+        return (size,) if self.biases == 1 else (self.biases, size)
+
+
+def _lstm_unmasked_scan(params: Params, xs: Array, carry: tuple, unroll):
+    # One dtype inside the custom-gradient scan: the carry's, the inputs' and the parameters'
+    # promoted (bfloat16 inputs with float32 weights run in float32). The casts sit outside
+    # it, so autodiff returns each gradient in its own dtype.
+    dtype = carry[0].dtype
+    cast = _varying_like({k: v.astype(dtype) for k, v in params.items()}, xs)
+    hs, h, c = _lstm_scan(cast, xs.astype(dtype), *carry, unroll)
+    return hs, (h, c)
+
+
+CELLS: dict[str, Cell] = {
+    cell.name: cell
+    for cell in (
+        Cell("lstm", "LSTM", lstm_cell, init_lstm, 4, ("h", "c"), 1, _lstm_unmasked_scan),
+        Cell("gru", "GRU", gru_cell, init_gru, 3, ("h",), biases=2),
+        Cell("simple_rnn", "SimpleRNN", simple_rnn_cell, init_simple_rnn, 1, ("h",)),
+    )
+}
+
+
+# --------------------------------------------------------------------------------------
 # Checking what callers pass
 # --------------------------------------------------------------------------------------
 
-_GATES = {"lstm": 4, "gru": 3, "simple_rnn": 1}
 
-
-def _check_params(name: str, params: Params) -> int:
+def _check_params(cell: Cell, params: Params) -> int:
     """Validates the parameter dict's keys and shapes; returns ``U``."""
+    name = cell.name
     if not isinstance(params, dict) or not {"kernel", "recurrent_kernel", "bias"} <= set(params):
         got = sorted(params) if isinstance(params, dict) else type(params).__name__
         raise ValueError(
             f"{name}: params must be a dict with 'kernel', 'recurrent_kernel' and 'bias' "
             f"(as returned by init_{name}); got {got}"
         )
-    gates = _GATES[name]
+    gates = cell.gates
     kernel, recurrent = jnp.shape(params["kernel"]), jnp.shape(params["recurrent_kernel"])
     if len(recurrent) != 2 or recurrent[1] != gates * recurrent[0]:
         raise ValueError(
             f"{name}: recurrent_kernel must be [units, {gates} * units]; got {recurrent}"
         )
     units = recurrent[0]
-    bias_shape = (2, gates * units) if name == "gru" else (gates * units,)
+    bias_shape = cell.bias_shape(units)
     if len(kernel) != 2 or kernel[1] != gates * units:
         raise ValueError(f"{name}: kernel must be [input_dim, {gates * units}]; got {kernel}")
     if jnp.shape(params["bias"]) != bias_shape:
@@ -505,69 +555,66 @@ def _check_inputs(name: str, params: Params, inputs: Array, mask: Array | None) 
         )
 
 
-def _initial_carry(name: str, initial_state, batch: int, units: int, dtype) -> tuple:
-    expected = 2 if name == "lstm" else 1
+def _initial_carry(cell: Cell, initial_state, batch: int, units: int, dtype) -> tuple:
+    expected = len(cell.state)
     if initial_state is None:
         zeros = jnp.zeros((batch, units), dtype)
         return (zeros,) * expected
     states = tuple(initial_state) if isinstance(initial_state, (tuple, list)) else (initial_state,)
     if len(states) != expected:
-        what = "(h, c)" if name == "lstm" else "h"
-        raise ValueError(f"{name}: initial_state must be {what}; got {len(states)} arrays")
+        what = f"({', '.join(cell.state)})" if expected > 1 else cell.state[0]
+        raise ValueError(f"{cell.name}: initial_state must be {what}; got {len(states)} arrays")
     for s in states:
         if jnp.shape(s) != (batch, units):
             raise ValueError(
-                f"{name}: each initial state must be [batch, units] = {[batch, units]}; "
+                f"{cell.name}: each initial state must be [batch, units] = {[batch, units]}; "
                 f"got {jnp.shape(s)}"
             )
     return tuple(jnp.asarray(s, dtype) for s in states)
 
 
 # --------------------------------------------------------------------------------------
-# Sequence functions
-# --------------------------------------------------------------------------------------
 
 
-def _run(
-    name: str,
+def run_cell(
+    cell: Cell,
     params: Params,
     inputs: Array,
-    cell: Callable,
     *,
-    return_sequences: bool,
-    return_state: bool,
-    initial_state,
-    go_backwards: bool,
-    mask: Array | None,
-    unroll: int | bool,
-    unmasked_scan: Callable | None = None,
+    return_sequences: bool = False,
+    return_state: bool = False,
+    initial_state=None,
+    go_backwards: bool = False,
+    mask: Array | None = None,
+    unroll: int | bool = 1,
 ):
-    """Shared driver: checks, the (masked) scan of ``cell`` over time, Keras's outputs.
+    """Runs ``cell.step`` over ``[batch, time, features]`` with ``jax.lax.scan``, as Keras's
+    recurrent layers do; ``lstm``, ``gru`` and ``simple_rnn`` are this for their cell.
 
     The carry is handled here as a tuple whose first element is ``h``, the step's output.
-    ``unmasked_scan(xs, carry, unroll) -> (hs, carry)``, when given, replaces the scan when
-    there is no mask (the LSTM's custom-gradient scan).
+    Without a mask, ``cell.unmasked_scan`` (where the cell has one) replaces the scan.
     """
-    units = _check_params(name, params)
-    _check_inputs(name, params, inputs, mask)
+    units = _check_params(cell, params)
+    _check_inputs(cell.name, params, inputs, mask)
     batch = jnp.shape(inputs)[0]
     dtype = jnp.result_type(inputs, params["kernel"])
-    carry = _initial_carry(name, initial_state, batch, units, dtype)
-    # The cells' own carry: (h, c) for the LSTM, h for the others.
-    wrap = (lambda carry: carry) if name == "lstm" else (lambda carry: carry[0])
-    unwrap = (lambda carry: carry) if name == "lstm" else (lambda h: (h,))
+    carry = _initial_carry(cell, initial_state, batch, units, dtype)
+    if len(cell.state) > 1:  # the step's own carry: (h, c) for the LSTM, h for the others
+        wrap, unwrap = (lambda carry: carry), (lambda carry: carry)
+    else:
+        wrap, unwrap = (lambda carry: carry[0]), (lambda h: (h,))
 
     xs = jnp.swapaxes(inputs, 0, 1)  # [T, B, D]: scan runs over the leading axis
     if go_backwards:
         xs = xs[::-1]
     carry = _varying_like(carry, xs)  # inside shard_map, the scan's carry varies as xs does
 
-    if mask is None and unmasked_scan is not None:
-        hs, carry = unmasked_scan(xs, carry, unroll)
+    if mask is None and cell.unmasked_scan is not None:
+        hs, carry = cell.unmasked_scan(params, xs, carry, unroll)
     elif mask is None:
 
         def body(carry, x_t):
-            carry, h = cell(params, wrap(carry), x_t)
+            carry, h = cell.step(params, wrap(carry), x_t)
             return unwrap(carry), h
 
         carry, hs = jax.lax.scan(body, carry, xs, unroll=unroll)  # hs: [T, B, U]
@@ -578,9 +625,9 @@ def _run(
 
         def body(carry, step):
             x_t, m_t = step
-            new = unwrap(cell(params, wrap(carry), x_t)[0])
+            new = unwrap(cell.step(params, wrap(carry), x_t)[0])
             # A masked step keeps the previous state; its output repeats h_{t-1}.
-            carry = tuple(jnp.where(m_t, n, o) for n, o in zip(new, carry))
+            carry = tuple(jnp.where(m_t, n, o) for n, o in zip(new, carry, strict=True))
             return carry, carry[0]
 
         carry, hs = jax.lax.scan(body, carry, (xs, m), unroll=unroll)
@@ -589,16 +636,6 @@ def _run(
     if return_state:
         return (outputs, *carry)
     return outputs
-
-
-def _documented(name: str, state: str):
-    """Appends the Args/Returns shared by the three sequence functions to a docstring."""
-
-    def add(fn):
-        fn.__doc__ = fn.__doc__.rstrip() + "\n" + _SEQUENCE_DOC.format(name=name, state=state)
-        return fn
-
-    return add
 
 
 _SEQUENCE_DOC = """
@@ -626,18 +663,22 @@ _SEQUENCE_DOC = """
     """
 
 
-@_documented("lstm", "h, c")
-def lstm(
-    params: Params,
-    inputs: Array,
-    *,
-    return_sequences: bool = False,
-    return_state: bool = False,
-    initial_state: tuple[Array, Array] | None = None,
-    go_backwards: bool = False,
-    mask: Array | None = None,
-    unroll: int | bool = 1,
-):
+def _sequence_function(cell: Cell, doc: str) -> Callable:
+    """``run_cell`` for one cell, named and documented as a function of this module."""
+
+    def run(params: Params, inputs: Array, **options):
+        return run_cell(cell, params, inputs, **options)
+
+    # The signature shown by help() and editors: run_cell's, less the cell.
+    signature = inspect.signature(run_cell)
+    run.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])
+    run.__name__ = run.__qualname__ = cell.name
+    run.__doc__ = doc.rstrip() + _SEQUENCE_DOC.format(name=cell.name, state=", ".join(cell.state))
+    return run
+
+
+lstm = _sequence_function(
+    CELLS["lstm"],
     """Runs ``lstm_cell`` over ``[batch, time, features]`` with ``jax.lax.scan``, as Keras's
     ``LSTM`` layer does.
 
@@ -653,44 +694,11 @@ def lstm(
     >>> out, h, c = lstm(p, x, return_state=True)
     >>> bool((out == h).all())
     True
-    """
+    """,
+)
 
-    def unmasked_scan(xs, carry, unroll):
-        # One dtype inside the custom-gradient scan: the carry's, the inputs' and the
-        # parameters' promoted (bfloat16 inputs with float32 weights run in float32). The
-        # casts sit outside it, so autodiff returns each gradient in its own dtype.
-        dtype = carry[0].dtype
-        cast = _varying_like({k: v.astype(dtype) for k, v in params.items()}, xs)
-        hs, h, c = _lstm_scan(cast, xs.astype(dtype), *carry, unroll)
-        return hs, (h, c)
-
-    return _run(
-        "lstm",
-        params,
-        inputs,
-        lstm_cell,
-        return_sequences=return_sequences,
-        return_state=return_state,
-        initial_state=initial_state,
-        go_backwards=go_backwards,
-        mask=mask,
-        unroll=unroll,
-        unmasked_scan=unmasked_scan,
-    )
-
-
-@_documented("gru", "h")
-def gru(
-    params: Params,
-    inputs: Array,
-    *,
-    return_sequences: bool = False,
-    return_state: bool = False,
-    initial_state: Array | None = None,
-    go_backwards: bool = False,
-    mask: Array | None = None,
-    unroll: int | bool = 1,
-):
+gru = _sequence_function(
+    CELLS["gru"],
     """Runs ``gru_cell`` over ``[batch, time, features]`` with ``jax.lax.scan``, as Keras's
     ``GRU`` layer (``reset_after=True``) does.
 
@@ -698,34 +706,11 @@ def gru(
     >>> p = init_gru(jax.random.key(0), input_dim=28, units=50)
     >>> gru(p, jnp.ones((4, 28, 28))).shape
     (4, 50)
-    """
+    """,
+)
 
-    return _run(
-        "gru",
-        params,
-        inputs,
-        gru_cell,
-        return_sequences=return_sequences,
-        return_state=return_state,
-        initial_state=initial_state,
-        go_backwards=go_backwards,
-        mask=mask,
-        unroll=unroll,
-    )
-
-
-@_documented("simple_rnn", "h")
-def simple_rnn(
-    params: Params,
-    inputs: Array,
-    *,
-    return_sequences: bool = False,
-    return_state: bool = False,
-    initial_state: Array | None = None,
-    go_backwards: bool = False,
-    mask: Array | None = None,
-    unroll: int | bool = 1,
-):
+simple_rnn = _sequence_function(
+    CELLS["simple_rnn"],
     """Runs ``simple_rnn_cell`` over ``[batch, time, features]`` with ``jax.lax.scan``, as
     Keras's ``SimpleRNN`` layer does.
 
@@ -733,17 +718,5 @@ def simple_rnn(
     >>> p = init_simple_rnn(jax.random.key(0), input_dim=28, units=50)
     >>> simple_rnn(p, jnp.ones((4, 28, 28)), return_sequences=True).shape
     (4, 28, 50)
-    """
-
-    return _run(
-        "simple_rnn",
-        params,
-        inputs,
-        simple_rnn_cell,
-        return_sequences=return_sequences,
-        return_state=return_state,
-        initial_state=initial_state,
-        go_backwards=go_backwards,
-        mask=mask,
-        unroll=unroll,
-    )
+    """,
+)

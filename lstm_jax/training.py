@@ -8,9 +8,8 @@ How it runs:
 
 * The data set is loaded once and kept on the device(s) as ``uint8``. Each epoch's order is
   drawn on the host by NumPy from the run's seed and the epoch number (``epoch_order``), as
-  Keras shuffles, and the batches are gathered on the device. (On a CPU, ``jax.random``'s
-  sort-based permutation cost ~40 ms per epoch and ~0.3 s of compilation; NumPy's shuffle
-  ~1 ms.)
+  Keras shuffles, and the batches are gathered on the device. (``jax.random``'s
+  permutation sorts, which is slow to run and to compile on a CPU.)
 * A whole epoch is one jitted call (``train_epoch``): a ``lax.scan`` over batches, with the
   training state donated, compiled once per run.
 * Data parallel over every device JAX sees: a one-axis mesh ``("data",)``, each batch split
@@ -18,6 +17,10 @@ How it runs:
   of its slice (``jax.shard_map``), and the gradients are summed across devices. The same code
   serves one device, several, and several hosts (``Config.distributed``).
 * An orbax checkpoint at every epoch end; ``Config.resume`` continues from the newest one.
+
+The parts, each usable alone: ``train_step`` (one optimizer step), ``make_epoch_fns`` (the
+jitted ``train_epoch`` and ``evaluate``), ``train_and_evaluate`` (the run: data, model,
+epochs, checkpoints, metrics.json, curves.png).
 """
 
 from __future__ import annotations
@@ -42,13 +45,13 @@ from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lstm_jax import _jax_compat
+from lstm_jax import _jax_compat, recurrent
 from lstm_jax import data as data_lib
 from lstm_jax import nn as lnn
 from lstm_jax import params as params_lib
 from lstm_jax.checkpoints import Checkpointer, CheckpointError
 
-CELLS = tuple(lnn.CELLS)
+CELLS = tuple(recurrent.CELLS)
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "adamw")
 PRECISIONS = ("float32", "bfloat16")
 
@@ -167,8 +170,8 @@ def make_optimizer(config: Config) -> optax.GradientTransformation:
 
     The optimizer runs on all parameters as one flat vector (``optax.flatten``; its state,
     e.g. Adam's moments, is flat too): the same elementwise update, but XLA compiles a few
-    kernels for it instead of a few per parameter array, which cut the epoch's compilation
-    by ~0.25 s on a CPU (``benchmarks/NOTES.md``).
+    kernels for it instead of a few per parameter array, so the epoch compiles faster
+    (``benchmarks/NOTES.md``).
     """
     lr = config.learning_rate
     optimizer = {
@@ -185,8 +188,8 @@ def create_train_state(
 ) -> train_state.TrainState:
     """Initialises parameters from ``config.seed`` (as Keras would) and the optimizer."""
     key = jax.random.fold_in(jax.random.key(config.seed), 0)
-    # Jitted: one XLA compilation, not one per operation run eagerly (their executables
-    # stay cached: ~60 MB more peak memory on a CPU). The values are the same.
+    # Jitted: one XLA compilation, not one per operation run eagerly (whose executables
+    # stay cached, in memory). The values are the same.
     params = jax.jit(model.init)(key, jnp.zeros((1, *input_shape), jnp.float32))["params"]
     return train_state.TrainState.create(
         apply_fn=model.apply, params=params, tx=make_optimizer(config)
@@ -212,8 +215,12 @@ def _loss_and_metrics(logits: jax.Array, labels: jax.Array, weights: jax.Array):
     return jnp.stack([jnp.sum(losses * weights), jnp.sum(correct * weights), jnp.sum(weights)])
 
 
-def train_step(state, images, labels, weights, sequence: str, mesh: Mesh):
-    """One optimizer step on a batch of ``uint8`` images; returns ``(state, sums, loss)``.
+def train_step(state, batch: dict[str, jax.Array], *, mesh: Mesh, sequence: str = "rows"):
+    """One optimizer step on ``batch``; returns ``(state, sums, loss)``.
+
+    ``batch`` holds ``image`` (``uint8 [B, H, W, C]``, read as ``sequence``), ``label``
+    (``[B]``) and ``weight`` (``[B]``, 0 for padding); ``sums`` is ``[loss_sum, correct,
+    count]`` over the weighted examples.
 
     The loss is the mean over the batch's real examples, as Keras averages a smaller
     final batch over its own examples.
@@ -242,10 +249,10 @@ def train_step(state, images, labels, weights, sequence: str, mesh: Mesh):
         flat, unflatten = jax.flatten_util.ravel_pytree((grads, sums))
         return unflatten(jax.lax.psum(flat, "data"))
 
-    batch = P("data")
+    split = P("data")
     grads, sums = jax.shard_map(
-        grads_and_sums, mesh=mesh, in_specs=(P(), batch, batch, batch), out_specs=P()
-    )(state.params, images, labels, weights)
+        grads_and_sums, mesh=mesh, in_specs=(P(), split, split, split), out_specs=P()
+    )(state.params, batch["image"], batch["label"], batch["weight"])
     count = jnp.maximum(sums[2], 1)
     grads = jax.tree.map(lambda g: g / count, grads)
     return state.apply_gradients(grads=grads), sums, sums[0] / count
@@ -322,9 +329,17 @@ class _Progress:
 
 
 def make_epoch_fns(
-    config: Config, model: nn.Module, mesh: Mesh, n_train: int, progress: _Progress | None = None
+    config: Config,
+    model: nn.Module,
+    mesh: Mesh,
+    n_train: int,
+    on_step: Callable[[int, float, float], None] | None = None,
 ):
     """Builds the jitted ``train_epoch`` and ``evaluate`` for one run.
+
+    ``on_step(step, loss_sum, count)``, if given, is called from inside the jitted epoch
+    (``jax.debug.callback``) about 50 times an epoch and after its last step, e.g. to draw a
+    progress bar.
 
     ``train_epoch(state, images, labels, order) -> (state, sums, bad_step)`` runs a whole
     epoch as one ``lax.scan`` over batches, visiting the examples in ``order`` (``int32
@@ -347,17 +362,18 @@ def make_epoch_fns(
         def body(carry, xs):
             state, sums, bad_step = carry
             i, idx_b, w_b = xs
+            batch = {"image": images[idx_b], "label": labels[idx_b], "weight": w_b}
             new_state, batch_sums, loss = train_step(
-                state, images[idx_b], labels[idx_b], w_b, config.sequence, mesh
+                state, batch, mesh=mesh, sequence=config.sequence
             )
             ok = jnp.isfinite(loss) & (bad_step < 0)
             state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_state, state)
             bad_step = jnp.where((bad_step < 0) & ~jnp.isfinite(loss), state.step, bad_step)
             sums = sums + jnp.where(ok, batch_sums, 0)
-            if progress is not None and progress.enabled:
+            if on_step is not None:
                 jax.lax.cond(
                     (i % report_every == 0) | (i == idx.shape[0] - 1),
-                    lambda: jax.debug.callback(progress.update, i, sums[0], sums[2]),
+                    lambda: jax.debug.callback(on_step, i, sums[0], sums[2]),
                     lambda: None,
                 )
             return (state, sums, bad_step), None
@@ -487,132 +503,39 @@ def train_and_evaluate(
     if config.distributed:
         jax.distributed.initialize()
     workdir = _check_workdir(workdir)
-    if not config.resume and (workdir / "checkpoints").is_dir():
-        checkpointer = Checkpointer(workdir / "checkpoints")
-        latest = checkpointer.latest_epoch()
-        checkpointer.close()
-        if latest is not None:
-            raise ConfigError(
-                "workdir",
-                f"workdir {workdir} already holds checkpoints (epoch {latest}): resume that "
-                "run, or choose another workdir.",
-            )
-
-    devices = jax.devices()
-    mesh = Mesh(np.array(devices), ("data",))
-    if config.batch_size % mesh.size:
-        raise ConfigError(
-            "batch_size",
-            f"batch_size {config.batch_size} must be a multiple of the {mesh.size} devices "
-            "the batch is split across.",
-        )
-    ds = data_lib.load(
-        config.dataset,
-        data_dir=config.data_dir,
-        validation_split=config.validation_split,
-        download=config.download,
-    )
-    train = ds.train
-    if config.max_train_examples is not None:
-        train = data_lib.Split(
-            train.images[: config.max_train_examples], train.labels[: config.max_train_examples]
-        )
-    if config.batch_size > len(train):
-        raise ConfigError(
-            "batch_size",
-            f"batch_size {config.batch_size} is larger than the {len(train)} training examples",
-        )
-    kinds = sorted({d.device_kind for d in devices})
-    print_fn(
-        f"devices: {len(devices)} x {', '.join(kinds)} ({jax.default_backend()}), "
-        f"{jax.process_count()} process(es)"
-    )
-    print_fn(
-        f"data: {ds.name}: {len(train):,} train, {len(ds.validation):,} validation, "
-        f"{len(ds.test):,} test; each image read as {config.sequence}"
-    )
-
+    if not config.resume:
+        _refuse_finished_run(workdir)
+    mesh = _data_mesh(config)
+    ds, train = _load_data(config)
     model = make_model(config, ds.num_classes)
     input_shape = data_lib.sequence_shape(train.images.shape[1:], config.sequence)
-    params_lib.summary(model, (None, *input_shape), print_fn=print_fn)
+    _print_setup(config, ds, train, model, input_shape, print_fn)
 
     _make_workdir(workdir)
     checkpointer = Checkpointer(workdir / "checkpoints")
-    replicated = NamedSharding(mesh, P())
-    state = jax.device_put(create_train_state(config, model, input_shape), replicated)
-    history: list[dict[str, float]] = []
-    first_epoch = 1
-    if config.resume and checkpointer.latest_epoch() is not None:
-        abstract = jax.tree.map(
-            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), state
-        )
-        epoch, state, meta = checkpointer.restore_latest(abstract)
-        history = list(meta["history"])[:epoch]
-        first_epoch = epoch + 1
-        print_fn(f"resumed from the checkpoint of epoch {epoch} in {checkpointer.directory}")
-
-    arrays = {
-        name: (_on_mesh(split.images, replicated), _on_mesh(split.labels, replicated))
-        for name, split in (("train", train), ("validation", ds.validation), ("test", ds.test))
-    }
-    progress = _Progress(config.progress and jax.process_index() == 0)
-    train_epoch, evaluate = make_epoch_fns(config, model, mesh, len(train), progress)
-    steps = -(-len(train) // config.batch_size)
-    compile_seconds = 0.0
-
     try:
-        for epoch in range(first_epoch, config.epochs + 1):
-            with CompileCounter() as compiles:
-                progress.open(epoch, config.epochs, steps, config.batch_size)
-                start = time.perf_counter()
-                order = _on_mesh(epoch_order(config.seed, epoch, len(train)), replicated)
-                state, sums, bad_step = train_epoch(state, *arrays["train"], order)
-                sums, bad_step = jax.device_get((sums, bad_step))
-                train_seconds = time.perf_counter() - start
-                progress.close()
-                if bad_step >= 0:
-                    raise TrainingDiverged(int(bad_step), epoch)
-                val_sums = jax.device_get(evaluate(state.params, *arrays["validation"]))
-                epoch_seconds = time.perf_counter() - start
-            compile_seconds += compiles.seconds
-            (loss, acc), (val_loss, val_acc) = _rates(sums), _rates(val_sums)
-            history.append(
-                dict(
-                    epoch=epoch,
-                    train_loss=loss,
-                    train_accuracy=acc,
-                    val_loss=val_loss,
-                    val_accuracy=val_acc,
-                    epoch_seconds=epoch_seconds,
-                    train_seconds=train_seconds,
-                    samples_per_second=len(train) / train_seconds,
-                    compilations=compiles.count,
-                    compile_seconds=compiles.seconds,
-                )
-            )
-            print_fn(
-                f"epoch {epoch}/{config.epochs}: loss {loss:.4f}, accuracy {acc:.2%} | "
-                f"val_loss {val_loss:.4f}, val_accuracy {val_acc:.2%} | {epoch_seconds:.1f} s "
-                f"({len(train) / train_seconds:,.0f} samples/s"
-                + (f", {compiles.seconds:.1f} s compiling)" if compiles.count else ")")
-            )
-            checkpointer.save(
-                epoch, state, {"history": history, "config": dataclasses.asdict(config)}
-            )
-        test_loss, test_acc = _rates(jax.device_get(evaluate(state.params, *arrays["test"])))
+        state = create_train_state(config, model, input_shape)
+        state, history = _restore(config, checkpointer, mesh, state, print_fn)
+        splits = {"train": train, "validation": ds.validation, "test": ds.test}
+        arrays = {name: _split_on_mesh(split, mesh) for name, split in splits.items()}
+        progress = _Progress(config.progress and jax.process_index() == 0)
+        on_step = progress.update if progress.enabled else None
+        epoch_fns = make_epoch_fns(config, model, mesh, len(train), on_step)
+        state = _train(config, epoch_fns, arrays, state, history, checkpointer, progress, print_fn)
+        test_sums = epoch_fns[1](state.params, *arrays["test"])
+        test_loss, test_acc = _rates(jax.device_get(test_sums))
     finally:
-        progress.close()
         checkpointer.close()
 
     print_fn(f"test accuracy: {test_acc:.2%}")
     metrics = {
         "config": dataclasses.asdict(config),
-        "devices": [str(d) for d in devices],
+        "devices": [str(d) for d in mesh.devices.flat],
         "backend": jax.default_backend(),
-        "data": {"train": len(train), "validation": len(ds.validation), "test": len(ds.test)},
+        "data": {name: len(split) for name, split in splits.items()},
         "params": params_lib.count_params(state.params),
         "history": history,
-        "compile_seconds": compile_seconds,
+        "compile_seconds": sum(h.get("compile_seconds", 0.0) for h in history),
         "test_loss": test_loss,
         "test_accuracy": test_acc,
     }
@@ -623,9 +546,146 @@ def train_and_evaluate(
     return {**metrics, "state": state}
 
 
+def _refuse_finished_run(workdir: pathlib.Path) -> None:
+    """A workdir that holds checkpoints belongs to a run: it is resumed, not overwritten."""
+    if not (workdir / "checkpoints").is_dir():
+        return
+    checkpointer = Checkpointer(workdir / "checkpoints")
+    latest = checkpointer.latest_epoch()
+    checkpointer.close()
+    if latest is not None:
+        raise ConfigError(
+            "workdir",
+            f"workdir {workdir} already holds checkpoints (epoch {latest}): resume that "
+            "run, or choose another workdir.",
+        )
+
+
+def _data_mesh(config: Config) -> Mesh:
+    """A one-axis mesh, ``("data",)``, over every device JAX sees."""
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    if config.batch_size % mesh.size:
+        raise ConfigError(
+            "batch_size",
+            f"batch_size {config.batch_size} must be a multiple of the {mesh.size} devices "
+            "the batch is split across.",
+        )
+    return mesh
+
+
+def _load_data(config: Config) -> tuple[data_lib.Dataset, data_lib.Split]:
+    """The data set, and its training split cut to ``max_train_examples``."""
+    ds = data_lib.load(
+        config.dataset,
+        data_dir=config.data_dir,
+        validation_split=config.validation_split,
+        download=config.download,
+    )
+    train = ds.train
+    if config.max_train_examples is not None:
+        n = config.max_train_examples
+        train = data_lib.Split(train.images[:n], train.labels[:n])
+    if config.batch_size > len(train):
+        raise ConfigError(
+            "batch_size",
+            f"batch_size {config.batch_size} is larger than the {len(train)} training examples",
+        )
+    return ds, train
+
+
+def _print_setup(config, ds, train, model, input_shape, print_fn) -> None:
+    devices = jax.devices()
+    kinds = sorted({d.device_kind for d in devices})
+    print_fn(
+        f"devices: {len(devices)} x {', '.join(kinds)} ({jax.default_backend()}), "
+        f"{jax.process_count()} process(es)"
+    )
+    print_fn(
+        f"data: {ds.name}: {len(train):,} train, {len(ds.validation):,} validation, "
+        f"{len(ds.test):,} test; each image read as {config.sequence}"
+    )
+    params_lib.summary(model, (None, *input_shape), print_fn=print_fn)
+
+
+def _restore(config, checkpointer, mesh, state, print_fn):
+    """``state`` replicated on the mesh, and the history so far: from the newest checkpoint
+    when resuming, else as initialised."""
+    replicated = NamedSharding(mesh, P())
+    state = jax.device_put(state, replicated)
+    if not config.resume or checkpointer.latest_epoch() is None:
+        return state, []
+    abstract = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), state
+    )
+    epoch, state, meta = checkpointer.restore_latest(abstract)
+    print_fn(f"resumed from the checkpoint of epoch {epoch} in {checkpointer.directory}")
+    return state, list(meta["history"])[:epoch]
+
+
+def _split_on_mesh(split: data_lib.Split, mesh: Mesh) -> tuple[jax.Array, jax.Array]:
+    replicated = NamedSharding(mesh, P())
+    return _on_mesh(split.images, replicated), _on_mesh(split.labels, replicated)
+
+
+def _train(config, epoch_fns, arrays, state, history, checkpointer, progress, print_fn):
+    """The epochs after ``history``'s last, to ``config.epochs``: each trained, validated,
+    reported, added to ``history`` and checkpointed. Returns the final state."""
+    train_epoch, evaluate = epoch_fns
+    n_train = arrays["train"][1].shape[0]
+    steps = -(-n_train // config.batch_size)
+    replicated = arrays["train"][1].sharding
+    try:
+        for epoch in range(len(history) + 1, config.epochs + 1):
+            with CompileCounter() as compiles:
+                progress.open(epoch, config.epochs, steps, config.batch_size)
+                start = time.perf_counter()
+                order = _on_mesh(epoch_order(config.seed, epoch, n_train), replicated)
+                state, sums, bad_step = train_epoch(state, *arrays["train"], order)
+                sums, bad_step = jax.device_get((sums, bad_step))
+                train_seconds = time.perf_counter() - start
+                progress.close()
+                if bad_step >= 0:
+                    raise TrainingDiverged(int(bad_step), epoch)
+                val_sums = jax.device_get(evaluate(state.params, *arrays["validation"]))
+                epoch_seconds = time.perf_counter() - start
+            record = _epoch_record(epoch, sums, val_sums, n_train, train_seconds, epoch_seconds)
+            record.update(compilations=compiles.count, compile_seconds=compiles.seconds)
+            history.append(record)
+            print_fn(_epoch_line(record, config.epochs))
+            meta = {"history": history, "config": dataclasses.asdict(config)}
+            checkpointer.save(epoch, state, meta)
+    finally:
+        progress.close()
+    return state
+
+
+def _epoch_record(epoch, sums, val_sums, n_train, train_seconds, epoch_seconds) -> dict:
+    (loss, acc), (val_loss, val_acc) = _rates(sums), _rates(val_sums)
+    return {
+        "epoch": epoch,
+        "train_loss": loss,
+        "train_accuracy": acc,
+        "val_loss": val_loss,
+        "val_accuracy": val_acc,
+        "epoch_seconds": epoch_seconds,
+        "train_seconds": train_seconds,
+        "samples_per_second": n_train / train_seconds,
+    }
+
+
+def _epoch_line(h: dict, epochs: int) -> str:
+    compiling = f", {h['compile_seconds']:.1f} s compiling" if h["compilations"] else ""
+    return (
+        f"epoch {h['epoch']}/{epochs}: loss {h['train_loss']:.4f}, accuracy "
+        f"{h['train_accuracy']:.2%} | val_loss {h['val_loss']:.4f}, val_accuracy "
+        f"{h['val_accuracy']:.2%} | {h['epoch_seconds']:.1f} s "
+        f"({h['samples_per_second']:,.0f} samples/s{compiling})"
+    )
+
+
 def describe(config: Config, num_classes: int) -> str:
     """The model in Keras's words, e.g. ``LSTM(50) -> Dense(10)``."""
-    name = lnn.CELLS[config.cell].__name__
+    name = recurrent.CELLS[config.cell].layer
     layers = [f"{name}({u})" for u in config.units]
     if config.bidirectional:
         layers = [f"Bidirectional({layer})" for layer in layers]
