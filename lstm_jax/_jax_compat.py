@@ -10,8 +10,6 @@ and the same in both.
 
 from __future__ import annotations
 
-import sys
-
 import jax
 
 
@@ -44,9 +42,7 @@ def unregister_event_time_span_listener(listener) -> None:
 
 def backends_started() -> bool:
     """Whether JAX has started its backends (after which XLA_FLAGS are read no more).
-    JAX has no public form of this; ``jax._src.xla_bridge`` has had it since before 0.7."""
-    if "jax" not in sys.modules:
-        return False
+    Importing JAX starts none. JAX has no public form of this, only ``jax._src``'s."""
     from jax._src import xla_bridge
 
     return xla_bridge.backends_are_initialized()
