@@ -6,11 +6,15 @@ features]``, the output ``[batch, 50]`` (or ``[batch, time, 50]`` with
 and ``bias`` in Keras's layout (see ``lstm_jax.recurrent``), so weights move between the two
 by name. Unlike Keras's ``Dense(10, activation="softmax")``, ``Classifier`` returns logits:
 pair it with ``optax.softmax_cross_entropy``, which is the same loss, computed stably.
+
+``Sequential``, ``Dense`` and ``Masking`` complete Keras's vocabulary for stacking layers:
+``Sequential`` carries a mask from ``Masking`` (or its ``mask=`` argument) to each recurrent
+layer, as Keras does, and ``lstm_jax.from_keras`` builds one from a Keras model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -32,6 +36,8 @@ class _Recurrent(nn.Module):
     unroll: int = 1
     dtype: Any = None  # compute dtype, e.g. jnp.bfloat16; None: that of inputs and params
     param_dtype: Any = jnp.float32
+    # With a mask and return_sequences: zeros at masked steps, not the previous output.
+    zero_output_for_mask: bool = False
 
     cell: ClassVar[recurrent.Cell]  # the registry's entry (``recurrent.CELLS``)
 
@@ -61,7 +67,7 @@ class _Recurrent(nn.Module):
         if self.dtype is not None:
             inputs = inputs.astype(self.dtype)
             params = {k: v.astype(self.dtype) for k, v in params.items()}
-        return recurrent.run_cell(
+        out = recurrent.run_cell(
             self.cell,
             params,
             inputs,
@@ -72,11 +78,18 @@ class _Recurrent(nn.Module):
             mask=mask,
             unroll=self.unroll,
         )
+        if not (self.zero_output_for_mask and self.return_sequences and mask is not None):
+            return out
+        steps = jnp.flip(mask, axis=1) if self.go_backwards else mask  # the outputs' order
+        if self.return_state:
+            return (jnp.where(steps[..., None], out[0], 0), *out[1:])
+        return jnp.where(steps[..., None], out, 0)
 
 
 class LSTM(_Recurrent):
     """Keras-style LSTM layer: ``LSTM(units, return_sequences=..., return_state=...,
-    go_backwards=..., unroll=..., unit_forget_bias=True)``; see ``recurrent.lstm``.
+    go_backwards=..., unroll=..., zero_output_for_mask=False, unit_forget_bias=True)``;
+    see ``recurrent.lstm``.
 
     >>> import jax, jax.numpy as jnp
     >>> layer = LSTM(50)
@@ -124,7 +137,8 @@ class Bidirectional(nn.Module):
 
     The copy reads the sequence from the end; with ``return_sequences`` its outputs are
     flipped back into time order before merging, so step ``t`` of both halves refers to the
-    same input step. ``merge_mode`` is one of ``concat`` (default), ``sum``, ``mul``,
+    same input step; as in Keras, both halves then output zeros at masked steps
+    (``zero_output_for_mask``). ``merge_mode`` is one of ``concat`` (default), ``sum``, ``mul``,
     ``ave``, or ``None`` for the pair ``(forward, backward)``. With ``return_state`` on the
     wrapped layer the result is ``(output, *forward_states, *backward_states)``. The halves'
     parameters live under ``forward`` and ``backward``.
@@ -144,9 +158,13 @@ class Bidirectional(nn.Module):
             raise ValueError(
                 f"merge_mode must be one of {sorted(_MERGES)} or None; got {self.merge_mode!r}"
             )
-        self.forward = self.layer.clone(parent=self, name="forward")
+        zero = self.layer.return_sequences  # as Keras's Bidirectional sets it
+        self.forward = self.layer.clone(parent=self, name="forward", zero_output_for_mask=zero)
         self.backward = self.layer.clone(
-            parent=self, name="backward", go_backwards=not self.layer.go_backwards
+            parent=self,
+            name="backward",
+            go_backwards=not self.layer.go_backwards,
+            zero_output_for_mask=zero,
         )
 
     def __call__(self, inputs: Array, *, mask: Array | None = None):
@@ -207,3 +225,100 @@ class Classifier(nn.Module):
             self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.glorot_uniform()
         )
         return dense(x).astype(jnp.float32)
+
+
+# Keras's activations by name, for ``Dense``.
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "linear": lambda x: x,
+    "relu": jax.nn.relu,
+    "sigmoid": jax.nn.sigmoid,
+    "tanh": jnp.tanh,
+    "softmax": jax.nn.softmax,
+    "log_softmax": jax.nn.log_softmax,
+    "softplus": jax.nn.softplus,
+    "elu": jax.nn.elu,
+    "selu": jax.nn.selu,
+    "silu": jax.nn.silu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # Keras's default
+}
+
+
+class Dense(nn.Module):
+    """Keras's ``Dense(units, activation=None, use_bias=True)``: ``y = activation(x W + b)``
+    on the last axis, ``kernel [features, units]`` initialised glorot-uniform as Keras does,
+    ``bias [units]`` zeros. ``activation`` is a name from ``ACTIVATIONS`` or None (linear)."""
+
+    units: int
+    activation: str | None = None
+    use_bias: bool = True
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        if self.activation is not None and self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"Dense: activation must be one of {sorted(ACTIVATIONS)} or None; "
+                f"got {self.activation!r}"
+            )
+        kernel = self.param(
+            "kernel", nn.initializers.glorot_uniform(), (jnp.shape(x)[-1], self.units)
+        )
+        if self.dtype is not None:
+            x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        y = x @ kernel
+        if self.use_bias:
+            bias = self.param("bias", nn.initializers.zeros_init(), (self.units,))
+            y = y + jnp.broadcast_to(bias.astype(y.dtype), y.shape)
+        return ACTIVATIONS[self.activation or "linear"](y)
+
+
+class Masking(nn.Module):
+    """Keras's ``Masking(mask_value=0.0)``: a step whose features all equal ``mask_value``
+    is masked for the recurrent layers that follow in a ``Sequential``; its features are
+    zeroed, as Keras does. Alone, ``Masking()(x)`` returns ``x`` with the masked steps zeroed;
+    ``compute_mask(x)`` gives the mask, bool ``[batch, time]``."""
+
+    mask_value: float = 0.0
+
+    def compute_mask(self, x: Array) -> Array:
+        return jnp.any(x != self.mask_value, axis=-1)
+
+    def __call__(self, x: Array) -> Array:
+        return x * self.compute_mask(x)[..., None].astype(x.dtype)
+
+
+class Sequential(nn.Module):
+    """Layers applied in turn, as Keras's ``Sequential``: ``[batch, time, features]`` in.
+
+    The mask (bool ``[batch, time]``, from the ``mask=`` argument or a ``Masking`` layer)
+    goes to every recurrent layer and ``Bidirectional``; a layer returning sequences passes
+    it on, one returning its last output ends it, as in Keras. Any other Flax module is
+    called on the output alone.
+
+    >>> import jax, jax.numpy as jnp
+    >>> model = Sequential([Masking(), LSTM(8, return_sequences=True), GRU(4), Dense(3)])
+    >>> x = jnp.ones((2, 5, 3))
+    >>> model.apply(model.init(jax.random.key(0), x), x).shape
+    (2, 3)
+    """
+
+    layers: Sequence[nn.Module]
+
+    def __post_init__(self):
+        object.__setattr__(self, "layers", tuple(self.layers))  # hashable, for jax.jit
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: Array, *, mask: Array | None = None) -> Array:
+        for layer in self.layers:
+            if isinstance(layer, Masking):
+                mask = layer.compute_mask(x)
+                x = layer(x)
+            elif isinstance(layer, _Recurrent | Bidirectional):
+                recurrent_layer = layer.layer if isinstance(layer, Bidirectional) else layer
+                x = layer(x, mask=mask)
+                if not recurrent_layer.return_sequences:
+                    mask = None
+            else:
+                x = layer(x)
+        return x
