@@ -1,0 +1,284 @@
+"""Keras 3 models in and out: ``from_keras(keras_model)`` and ``to_keras(module, variables)``.
+
+A Keras model made of ``Input``, ``Masking``, ``LSTM``, ``GRU``, ``SimpleRNN``,
+``Bidirectional`` and ``Dense`` (Sequential, or functional with its layers in a chain)
+becomes an ``lstm_jax.nn.Sequential`` and its variables, with the same weights in the same
+layout, so that ``module.apply(variables, x)`` returns what ``keras_model(x)`` returns, and
+back. What this project does not implement (dropout, stateful layers, other activations,
+regularizers, ...) is refused, naming the layer and the option; nothing is dropped quietly.
+
+Keras is imported by these functions, not by ``import lstm_jax``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import numpy as np
+
+from lstm_jax import nn as lnn
+
+SUPPORTED = ("InputLayer", "Masking", "LSTM", "GRU", "SimpleRNN", "Bidirectional", "Dense")
+
+# What each recurrent layer's config must say, beyond the options lstm_jax.nn implements.
+_RECURRENT_DEFAULTS = {
+    "activation": "tanh",
+    "recurrent_activation": "sigmoid",  # not SimpleRNN's
+    "use_bias": True,
+    "dropout": 0.0,
+    "recurrent_dropout": 0.0,
+    "stateful": False,
+    "return_state": False,
+    "reset_after": True,  # GRU's
+}
+_NOT_SET = (
+    "kernel_regularizer",
+    "recurrent_regularizer",
+    "bias_regularizer",
+    "activity_regularizer",
+    "kernel_constraint",
+    "recurrent_constraint",
+    "bias_constraint",
+    "quantization_config",
+)
+
+
+class UnsupportedError(ValueError):
+    """A Keras layer, or one of its options, that lstm_jax does not implement."""
+
+
+def _refuse(layer_name: str, class_name: str, what: str):
+    raise UnsupportedError(
+        f"Keras layer {layer_name!r} ({class_name}): {what} is not implemented by lstm_jax; "
+        "nothing was converted"
+    )
+
+
+def _check_options(name: str, cls: str, config: dict, expected: dict) -> None:
+    for option, value in expected.items():
+        if option in config and config[option] != value:
+            _refuse(name, cls, f"{option}={config[option]!r} (lstm_jax: {value!r})")
+    for option in _NOT_SET:
+        if config.get(option) is not None:
+            _refuse(name, cls, f"{option} (set)")
+    dtype = config.get("dtype")
+    policy = dtype.get("config", {}).get("name") if isinstance(dtype, dict) else dtype
+    if policy not in (None, "float32"):
+        _refuse(name, cls, f"dtype policy {policy!r} (lstm_jax converts float32 layers)")
+
+
+def _chain(keras_model) -> list:
+    """The model's layers in order, with ``InputLayer`` left out; a functional model must
+    have one input and one output, each layer fed by the one before."""
+    import keras
+
+    if isinstance(keras_model, keras.Sequential):
+        return list(keras_model.layers)
+    if not isinstance(keras_model, keras.Model):
+        raise UnsupportedError(
+            f"from_keras takes a keras.Model (Sequential or functional); got "
+            f"{type(keras_model).__name__}"
+        )
+    config = keras_model.get_config()
+    if "layers" not in config or len(keras_model.inputs) != 1 or len(keras_model.outputs) != 1:
+        raise UnsupportedError(
+            f"Keras model {keras_model.name!r}: from_keras converts Sequential models and "
+            "functional ones with one input, one output and the layers in a chain"
+        )
+    by_name = {layer.name: layer for layer in keras_model.layers}
+    layers, previous = [], None
+    for layer_config in config["layers"]:
+        name = layer_config["name"]
+        nodes = layer_config.get("inbound_nodes", [])
+        sources = [h[0] for h in _keras_histories(nodes)]
+        if layer_config["class_name"] == "InputLayer":
+            if previous is not None:
+                raise UnsupportedError(f"Keras model {keras_model.name!r} has two inputs")
+        elif len(nodes) != 1 or sources != [previous]:
+            raise UnsupportedError(
+                f"Keras layer {name!r} takes {sources or 'no'} as input, not only the layer "
+                f"before it ({previous!r}): from_keras converts layers in a chain"
+            )
+        else:
+            layers.append(by_name[name])
+        previous = name
+    return layers
+
+
+def _keras_histories(value) -> list:
+    """The ``keras_history`` of every Keras tensor in a config's ``inbound_nodes``."""
+    if isinstance(value, dict):
+        if value.get("class_name") == "__keras_tensor__":
+            return [value["config"]["keras_history"]]
+        return [h for v in value.values() for h in _keras_histories(v)]
+    if isinstance(value, list | tuple):
+        return [h for v in value for h in _keras_histories(v)]
+    return []
+
+
+def _recurrent(layer) -> tuple[nn.Module, dict]:
+    cls = type(layer).__name__
+    config = layer.get_config()
+    expected = dict(_RECURRENT_DEFAULTS)
+    if cls == "SimpleRNN":
+        del expected["recurrent_activation"]
+    module = lnn.LAYERS[{"LSTM": "lstm", "GRU": "gru", "SimpleRNN": "simple_rnn"}[cls]](
+        config["units"],
+        return_sequences=config["return_sequences"],
+        go_backwards=config["go_backwards"],
+        zero_output_for_mask=config["zero_output_for_mask"],
+    )
+    _check_options(layer.name, cls, config, expected)
+    cell = layer.cell
+    params = {
+        "kernel": np.asarray(cell.kernel),
+        "recurrent_kernel": np.asarray(cell.recurrent_kernel),
+        "bias": np.asarray(cell.bias),
+    }
+    return module, params
+
+
+def _layer(layer) -> tuple[nn.Module, dict | None]:
+    cls = type(layer).__name__
+    if cls not in SUPPORTED:
+        raise UnsupportedError(
+            f"Keras layer {layer.name!r} ({cls}) is not supported: from_keras converts "
+            f"{', '.join(SUPPORTED)}"
+        )
+    if cls == "Masking":
+        return lnn.Masking(float(layer.mask_value)), None
+    if cls in ("LSTM", "GRU", "SimpleRNN"):
+        return _recurrent(layer)
+    if cls == "Bidirectional":
+        fwd, bwd = layer.forward_layer, layer.backward_layer
+        if type(fwd).__name__ not in ("LSTM", "GRU", "SimpleRNN"):
+            _refuse(layer.name, cls, f"wrapping a {type(fwd).__name__}")
+        forward, forward_params = _recurrent(fwd)
+        backward, backward_params = _recurrent(bwd)
+
+        def signature(m, backwards):
+            return type(m), m.units, m.return_sequences, m.go_backwards != backwards
+
+        forward = forward.clone(zero_output_for_mask=False)  # Bidirectional sets it
+        if signature(backward, True) != signature(forward, False):
+            _refuse(layer.name, cls, "a backward_layer other than the forward one reversed")
+        module = lnn.Bidirectional(forward, merge_mode=layer.merge_mode)
+        return module, {"forward": forward_params, "backward": backward_params}
+    if cls == "Dense":
+        config = layer.get_config()
+        _check_options(layer.name, cls, config, {})
+        activation = config["activation"]
+        if not isinstance(activation, str) or activation not in lnn.ACTIVATIONS:
+            _refuse(layer.name, cls, f"activation={activation!r}")
+        module = lnn.Dense(
+            config["units"],
+            activation=None if activation == "linear" else activation,
+            use_bias=config["use_bias"],
+        )
+        params = {"kernel": np.asarray(layer.kernel)}
+        if config["use_bias"]:
+            params["bias"] = np.asarray(layer.bias)
+        return module, params
+    raise AssertionError(cls)  # InputLayer never reaches here (``_chain`` leaves it out)
+
+
+def from_keras(keras_model) -> tuple[lnn.Sequential, dict]:
+    """``(module, variables)`` computing what ``keras_model`` computes.
+
+    ``module`` is an ``lstm_jax.nn.Sequential`` of the model's layers; ``variables`` is
+    ``{"params": ...}`` holding copies of its weights. ``module.apply(variables, x)`` equals
+    ``keras_model(x)`` (``mask=`` works as in Keras), and ``lstm_jax.training`` can train it
+    (with a final ``Dense`` that returns logits).
+
+    Raises:
+      UnsupportedError: a layer, or a layer's option, that lstm_jax does not implement;
+        the message names the layer and the option.
+    """
+    layers, params = [], {}
+    for layer in _chain(keras_model):
+        module, layer_params = _layer(layer)
+        if layer_params is not None:
+            params[f"layers_{len(layers)}"] = layer_params
+        layers.append(module)
+    return lnn.Sequential(tuple(layers)), {"params": params}
+
+
+# --------------------------------------------------------------------------------------
+# lstm_jax -> Keras
+# --------------------------------------------------------------------------------------
+
+
+def _as_layers(module: nn.Module, params: dict) -> list[tuple[nn.Module, Any]]:
+    """``module`` as a chain of lstm_jax layers and their parameters."""
+    if isinstance(module, lnn.Sequential):
+        return [(layer, params.get(f"layers_{i}")) for i, layer in enumerate(module.layers)]
+    if isinstance(module, lnn.Classifier):
+        if module.dtype is not None:
+            raise UnsupportedError(f"to_keras: Classifier(dtype={module.dtype}) (use None)")
+        chain = []
+        for n, units in enumerate(module.units):
+            layer = lnn.LAYERS[module.cell](units, return_sequences=n < len(module.units) - 1)
+            prefix = "Bidirectional" if module.bidirectional else type(layer).__name__
+            if module.bidirectional:
+                layer = lnn.Bidirectional(layer)
+            chain.append((layer, params[f"{prefix}_{n}"]))
+        return [*chain, (lnn.Dense(module.num_classes), params["Dense_0"])]
+    return [(module, params)]
+
+
+def _keras_layer(keras, module: nn.Module, params):
+    """A Keras layer equal to ``module``, and its weights in ``set_weights`` order."""
+    if isinstance(module, lnn.Masking):
+        return keras.layers.Masking(module.mask_value), []
+    if isinstance(module, lnn._Recurrent):
+        if module.return_state or module.dtype is not None:
+            what = "return_state=True" if module.return_state else f"dtype={module.dtype}"
+            raise UnsupportedError(f"to_keras: {type(module).__name__}({what})")
+        cls = getattr(keras.layers, type(module).__name__)
+        layer = cls(
+            module.units,
+            return_sequences=module.return_sequences,
+            go_backwards=module.go_backwards,
+            zero_output_for_mask=module.zero_output_for_mask,
+        )
+        weights = [params["kernel"], params["recurrent_kernel"], params["bias"]]
+        return layer, weights
+    if isinstance(module, lnn.Bidirectional):
+        inner, forward = _keras_layer(keras, module.layer, params["forward"])
+        _, backward = _keras_layer(keras, module.layer, params["backward"])
+        return keras.layers.Bidirectional(inner, merge_mode=module.merge_mode), forward + backward
+    if isinstance(module, lnn.Dense):
+        if module.dtype is not None:
+            raise UnsupportedError(f"to_keras: Dense(dtype={module.dtype})")
+        layer = keras.layers.Dense(
+            module.units, activation=module.activation or "linear", use_bias=module.use_bias
+        )
+        return layer, [params["kernel"], *([params["bias"]] if module.use_bias else [])]
+    raise UnsupportedError(
+        f"to_keras converts lstm_jax.nn's Sequential, Classifier, Masking, LSTM, GRU, "
+        f"SimpleRNN, Bidirectional and Dense; got {type(module).__name__}"
+    )
+
+
+def to_keras(module: nn.Module, variables: dict):
+    """A ``keras.Sequential`` computing what ``module.apply(variables, x)`` computes, for
+    inputs ``[batch, time, features]`` (any number of steps)."""
+    import keras
+
+    params = variables.get("params", variables)
+    chain = _as_layers(module, params)
+    layers, weights = [], []
+    for m, p in chain:
+        layer, w = _keras_layer(keras, m, p)
+        layers.append(layer)
+        weights.append(w)
+    features = next(
+        (np.shape(p["kernel"])[0] if "kernel" in p else np.shape(p["forward"]["kernel"])[0])
+        for m, p in chain
+        if p is not None
+    )
+    model = keras.Sequential([keras.Input((None, features)), *layers])
+    for layer, w in zip(layers, weights, strict=True):
+        layer.set_weights([np.asarray(a) for a in w])
+    return model
