@@ -33,6 +33,7 @@ examples:
   python train.py --units 128,64 --bidirectional    two stacked bidirectional LSTMs
   python train.py --dataset fashion_mnist --epochs 10
   python train.py --workdir runs/lesson --resume --epochs 6   continue a run
+  python train.py --workdir runs/lesson --evaluate  test a finished run again
 """
 
 
@@ -116,7 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in --workdir from its newest checkpoint",
+        help="continue the run in --workdir from its newest checkpoint, with its settings "
+        "(only --epochs, --learning-rate, --no-progress, --data-dir, --no-download may change)",
+    )
+    run.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="no training: test the newest checkpoint of the run in --workdir",
     )
     run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     run.add_argument(
@@ -153,27 +160,57 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
         return super()._get_help_string(action)
 
 
+# Flags that --resume and --evaluate take besides the run's own settings.
+_RUN_FLAGS = ("workdir", "resume", "evaluate", "cpu_devices")
+_EVALUATE_FLAGS = (*_RUN_FLAGS, "data_dir", "download", "progress")
+
+
+def _given(argv) -> dict:
+    """The flags on the command line, without defaults."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return vars(parser.parse_args(argv))
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.resume and args.workdir is None:
-        parser.error("--resume needs the --workdir of the run to continue")
+    for flag in ("resume", "evaluate"):
+        if getattr(args, flag) and args.workdir is None:
+            parser.error(f"--{flag} needs the --workdir of the run")
+    if args.resume and args.evaluate:
+        parser.error("--resume and --evaluate: give one")
+    if args.cpu_devices < 0:
+        parser.error(f"--cpu-devices must be 0 (one per core) or more; got {args.cpu_devices}")
+    given = _given(argv if argv is not None else sys.argv[1:])
     workdir = args.workdir or os.path.join(
         "runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     )
-    if args.cpu_devices < 0:
-        parser.error(f"--cpu-devices must be 0 (one per core) or more; got {args.cpu_devices}")
-    cpu_devices = args.cpu_devices
-    del args.workdir, args.cpu_devices
-
-    config = training.Config(**vars(args))
     try:
-        config.validate()  # the one place settings are checked, for flags and library alike
+        if args.evaluate:
+            extra = sorted(set(given) - set(_EVALUATE_FLAGS))
+            if extra:
+                flags = ", ".join("--" + f.replace("_", "-") for f in extra)
+                parser.error(f"--evaluate reads the model and settings from the run; drop {flags}")
+            config = training.resume_config(workdir)
+        elif args.resume:
+            changes = {k: v for k, v in given.items() if k not in _RUN_FLAGS}
+            config = training.resume_config(workdir, **changes)
+        else:
+            config = training.Config(**{k: v for k, v in vars(args).items() if k not in _RUN_FLAGS})
+            config.validate()  # the one place settings are checked, for flags and library alike
     except training.ConfigError as e:
         parser.error(e.with_flag())
+    except training.USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     cpu.limit_malloc_arenas()
-    cpu.use_host_cores(cpu_devices or cpu.host_device_count(config.batch_size))
+    cpu.use_host_cores(args.cpu_devices or cpu.host_device_count(config.batch_size))
     try:
+        if args.evaluate:
+            _evaluate(workdir, args)
+            return 0
         training.train_and_evaluate(config, workdir)
     except training.USER_ERRORS as e:
         message = e.with_flag() if isinstance(e, training.ConfigError) else str(e)
@@ -186,6 +223,18 @@ def main(argv=None) -> int:
         return 130
     print(f"run files: {os.path.abspath(workdir)}")
     return 0
+
+
+def _evaluate(workdir: str, args) -> None:
+    from lstm_jax import runs
+
+    run = runs.load_run(workdir)
+    print(f"run: {training.describe_model(run.model)}, checkpoint of epoch {run.epoch}")
+    result = run.evaluate("test", data_dir=args.data_dir, download=args.download)
+    print(
+        f"test accuracy: {result['accuracy']:.2%} (loss {result['loss']:.4f}, "
+        f"{result['examples']:,} examples)"
+    )
 
 
 if __name__ == "__main__":

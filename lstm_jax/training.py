@@ -45,7 +45,7 @@ from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lstm_jax import _jax_compat, recurrent
+from lstm_jax import _jax_compat, recurrent, runs
 from lstm_jax import data as data_lib
 from lstm_jax import nn as lnn
 from lstm_jax import params as params_lib
@@ -60,15 +60,18 @@ class ConfigError(ValueError):
     """A setting is out of range; the message starts with its name (``setting``) and says
     what is allowed."""
 
-    def __init__(self, setting: str, message: str):
-        self.setting = setting
+    def __init__(self, setting: str, message: str, *, others: tuple[str, ...] = ()):
+        self.setting, self.others = setting, others
         super().__init__(message)
 
     def with_flag(self) -> str:
-        """The message with the setting named as ``train.py``'s flag (``--batch-size``)."""
+        """The message with the setting named as ``train.py``'s flag (``--batch-size``), and
+        so ``others``, each named after a ``"; "``."""
         text = str(self)
         if text.startswith(self.setting):
             text = "--" + self.setting.replace("_", "-") + text[len(self.setting) :]
+        for name in self.others:
+            text = text.replace(f"; {name} ", f"; --{name.replace('_', '-')} ", 1)
         return text
 
 
@@ -147,6 +150,66 @@ class Config:
             "max_train_examples",
             "positive",
         )
+
+
+# Settings a resumed run may change; every other one stays as the run was started.
+RESUMABLE = ("epochs", "learning_rate", "progress", "data_dir", "download", "resume")
+
+
+def check_resume(saved: Config, config: Config, epochs_done: int) -> None:
+    """Refuses to resume a run saved with ``saved`` under ``config`` if any setting outside
+    ``RESUMABLE`` differs, or ``config.epochs`` is below the epochs already done.
+
+    Raises:
+      ConfigError: names every such setting, with the run's value.
+    """
+    changed = [
+        f.name
+        for f in dataclasses.fields(Config)
+        if f.name not in RESUMABLE and getattr(saved, f.name) != getattr(config, f.name)
+    ]
+    if changed:
+
+        def show(v):
+            return ",".join(map(str, v)) if isinstance(v, tuple) else v
+
+        pairs = "; ".join(
+            f"{n} {show(getattr(config, n))} (the run's: {show(getattr(saved, n))})"
+            for n in changed
+        )
+        raise ConfigError(
+            changed[0],
+            f"{pairs}: a resumed run keeps the settings it was started with; only "
+            f"{', '.join(n for n in RESUMABLE if n != 'resume')} may change. Start a new run "
+            "in another workdir for other settings.",
+            others=tuple(changed[1:]),
+        )
+    if config.epochs < epochs_done:
+        raise ConfigError(
+            "epochs",
+            f"epochs {config.epochs} is fewer than the {epochs_done} the run has finished; "
+            f"give at least {epochs_done} (equal: nothing to train, the run is only tested).",
+        )
+
+
+def resume_config(workdir: str | os.PathLike, **changes: Any) -> Config:
+    """The ``Config`` of the run in ``workdir``, with ``changes`` (settings in
+    ``RESUMABLE``; others are accepted when equal to the run's) and ``resume=True``.
+
+    Reads files only, so it can run before JAX starts its backends.
+
+    Raises:
+      CheckpointError: no run to resume there; ConfigError: a change not allowed.
+    """
+    _, epoch, meta = runs.read_meta(_check_workdir(workdir))
+    saved = Config(**meta["config"])
+    try:
+        config = dataclasses.replace(saved, **{**changes, "resume": True})
+    except TypeError as e:
+        raise ConfigError("resume", f"resume_config: {e}") from None
+    config.validate()
+    check_resume(saved, config, len(meta["history"][:epoch]))
+    return config
 
 
 # --------------------------------------------------------------------------------------
@@ -488,9 +551,18 @@ def _rates(sums) -> tuple[float, float]:
 
 
 def train_and_evaluate(
-    config: Config, workdir: str | os.PathLike, *, print_fn: Callable[[str], None] = print
+    config: Config,
+    workdir: str | os.PathLike,
+    *,
+    model: nn.Module | None = None,
+    print_fn: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Trains, validates each epoch, tests; writes metrics.json, curves.png, checkpoints.
+
+    ``model`` is any Flax module mapping ``[batch, time, features]`` to logits ``[batch,
+    num_classes]``; by default the ``Classifier`` that ``config`` describes (``make_model``).
+    When resuming, the run's own model is used unless one is given, and ``config`` must
+    match the run's settings except those in ``RESUMABLE`` (``resume_config`` reads them).
 
     Returns the metrics that ``metrics.json`` holds, plus ``"state"``: the final training
     state (parameters and optimizer state), for notebooks and tests.
@@ -503,13 +575,22 @@ def train_and_evaluate(
     if config.distributed:
         jax.distributed.initialize()
     workdir = _check_workdir(workdir)
+    saved = _check_resume(config, workdir) if config.resume else None
     if not config.resume:
         _refuse_finished_run(workdir)
     mesh = _data_mesh(config)
     ds, train = _load_data(config)
-    model = make_model(config, ds.num_classes)
     input_shape = data_lib.sequence_shape(train.images.shape[1:], config.sequence)
+    model = _the_model(config, model, saved, ds.num_classes, input_shape)
     _print_setup(config, ds, train, model, input_shape, print_fn)
+    meta = {
+        "format": runs.FORMAT,
+        "model": _model_spec(model),
+        "num_classes": ds.num_classes,
+        "image_shape": list(train.images.shape[1:]),
+        "input_shape": list(input_shape),
+        "config": dataclasses.asdict(config),
+    }
 
     _make_workdir(workdir)
     checkpointer = Checkpointer(workdir / "checkpoints")
@@ -521,7 +602,9 @@ def train_and_evaluate(
         progress = _Progress(config.progress and jax.process_index() == 0)
         on_step = progress.update if progress.enabled else None
         epoch_fns = make_epoch_fns(config, model, mesh, len(train), on_step)
-        state = _train(config, epoch_fns, arrays, state, history, checkpointer, progress, print_fn)
+        state = _train(
+            config, epoch_fns, arrays, state, history, checkpointer, progress, meta, print_fn
+        )
         test_sums = epoch_fns[1](state.params, *arrays["test"])
         test_loss, test_acc = _rates(jax.device_get(test_sums))
     finally:
@@ -530,6 +613,7 @@ def train_and_evaluate(
     print_fn(f"test accuracy: {test_acc:.2%}")
     metrics = {
         "config": dataclasses.asdict(config),
+        "model": describe_model(model),
         "devices": [str(d) for d in mesh.devices.flat],
         "backend": jax.default_backend(),
         "data": {name: len(split) for name, split in splits.items()},
@@ -541,9 +625,102 @@ def train_and_evaluate(
     }
     if jax.process_index() == 0:
         (workdir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        title = f"{describe(config, ds.num_classes)} on {ds.name}: test accuracy {test_acc:.2%}"
+        title = f"{describe_model(model)} on {ds.name}: test accuracy {test_acc:.2%}"
         plot_curves(history, workdir / "curves.png", title)
     return {**metrics, "state": state}
+
+
+def evaluate_params(
+    config: Config,
+    model: nn.Module,
+    params: Any,
+    split: str = "test",
+    *,
+    data_dir: str | None = None,
+    download: bool = True,
+) -> dict[str, Any]:
+    """Loss and accuracy of ``model`` with ``params`` on a split (``train``, ``validation``
+    or ``test``) of ``config``'s data set, read as ``config.sequence``, data parallel over
+    every device: ``{"split", "examples", "loss", "accuracy"}``. ``data_dir`` and
+    ``download`` override the config's."""
+    splits = ("train", "validation", "test")
+    if split not in splits:
+        raise ConfigError("split", f"split must be one of {', '.join(splits)}; got {split!r}")
+    config = dataclasses.replace(config, data_dir=data_dir or config.data_dir, download=download)
+    ds, train = _load_data(config)
+    images_labels = {"train": train, "validation": ds.validation, "test": ds.test}[split]
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    _, evaluate = make_epoch_fns(config, model, mesh, len(train))
+    params = jax.device_put(params, NamedSharding(mesh, P()))
+    sums = jax.device_get(evaluate(params, *_split_on_mesh(images_labels, mesh)))
+    loss, accuracy = _rates(sums)
+    return {"split": split, "examples": len(images_labels), "loss": loss, "accuracy": accuracy}
+
+
+def _check_resume(config: Config, workdir: pathlib.Path) -> dict:
+    """The meta of the run to resume in ``workdir``, after checking ``config`` against it."""
+    _, epoch, meta = runs.read_meta(workdir)
+    check_resume(Config(**meta["config"]), config, len(meta["history"][:epoch]))
+    return meta
+
+
+def _the_model(config, model, saved, num_classes, input_shape) -> nn.Module:
+    """The module to train: ``model``, the resumed run's, or the ``Classifier`` of
+    ``config``; checked to map ``[batch, *input_shape]`` to ``[batch, num_classes]``."""
+    if model is None and saved is not None:
+        try:
+            model = runs.module_from_spec(saved["model"])
+        except ValueError as e:
+            raise ConfigError("model", f"model: {e}") from None
+    elif saved is not None and _model_spec(model) != saved["model"]:
+        raise ConfigError(
+            "model", "model: this is not the model the run was started with; resume that one"
+        )
+    if model is None:
+        model = make_model(config, num_classes)
+    if not isinstance(model, nn.Module):
+        raise ConfigError("model", f"model must be a Flax linen Module; got {type(model).__name__}")
+    if saved is not None and saved["num_classes"] != num_classes:
+        raise ConfigError(
+            "dataset",
+            f"dataset {config.dataset} has {num_classes} classes; the run's model has "
+            f"{saved['num_classes']}",
+        )
+    x = jax.ShapeDtypeStruct((2, *input_shape), jnp.float32)
+    try:
+        out = jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x)[0], x)
+    except Exception as e:  # the module's own error, for inputs of the data set's shape
+        raise ConfigError(
+            "model",
+            f"model: {type(model).__name__} cannot read inputs [batch, {input_shape[0]}, "
+            f"{input_shape[1]}]: {type(e).__name__}: {str(e)[:300]}",
+        ) from None
+    if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != (2, num_classes):
+        shape = list(out.shape) if isinstance(out, jax.ShapeDtypeStruct) else type(out).__name__
+        raise ConfigError(
+            "model",
+            f"model must map [batch, time, features] to logits [batch, {num_classes}] (the "
+            f"data set's classes); {type(model).__name__} gives {shape}",
+        )
+    last = model.layers[-1] if isinstance(model, lnn.Sequential) and model.layers else None
+    if isinstance(last, lnn.Dense) and last.activation not in (None, "linear"):
+        raise ConfigError(
+            "model",
+            f"model: its last layer, Dense(activation={last.activation!r}), must return logits "
+            "(the loss is softmax cross-entropy on logits, as Keras's from_logits=True); use "
+            "Dense(..., activation=None)",
+        )
+    return model
+
+
+def _model_spec(model: nn.Module) -> dict:
+    """``runs.module_spec(model)``, or the reason it cannot be saved (``load_run`` then
+    needs the model passed in)."""
+    try:
+        return runs.module_spec(model)
+    except ValueError as e:
+        cls = type(model)
+        return {"class": f"{cls.__module__}.{cls.__qualname__}", "unsaved": str(e)}
 
 
 def _refuse_finished_run(workdir: pathlib.Path) -> None:
@@ -612,7 +789,7 @@ def _restore(config, checkpointer, mesh, state, print_fn):
     when resuming, else as initialised."""
     replicated = NamedSharding(mesh, P())
     state = jax.device_put(state, replicated)
-    if not config.resume or checkpointer.latest_epoch() is None:
+    if not config.resume:
         return state, []
     abstract = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), state
@@ -627,7 +804,7 @@ def _split_on_mesh(split: data_lib.Split, mesh: Mesh) -> tuple[jax.Array, jax.Ar
     return _on_mesh(split.images, replicated), _on_mesh(split.labels, replicated)
 
 
-def _train(config, epoch_fns, arrays, state, history, checkpointer, progress, print_fn):
+def _train(config, epoch_fns, arrays, state, history, checkpointer, progress, meta, print_fn):
     """The epochs after ``history``'s last, to ``config.epochs``: each trained, validated,
     reported, added to ``history`` and checkpointed. Returns the final state."""
     train_epoch, evaluate = epoch_fns
@@ -652,8 +829,7 @@ def _train(config, epoch_fns, arrays, state, history, checkpointer, progress, pr
             record.update(compilations=compiles.count, compile_seconds=compiles.seconds)
             history.append(record)
             print_fn(_epoch_line(record, config.epochs))
-            meta = {"history": history, "config": dataclasses.asdict(config)}
-            checkpointer.save(epoch, state, meta)
+            checkpointer.save(epoch, state, {**meta, "history": history})
     finally:
         progress.close()
     return state
@@ -683,13 +859,23 @@ def _epoch_line(h: dict, epochs: int) -> str:
     )
 
 
-def describe(config: Config, num_classes: int) -> str:
-    """The model in Keras's words, e.g. ``LSTM(50) -> Dense(10)``."""
-    name = recurrent.CELLS[config.cell].layer
-    layers = [f"{name}({u})" for u in config.units]
-    if config.bidirectional:
-        layers = [f"Bidirectional({layer})" for layer in layers]
-    return " -> ".join([*layers, f"Dense({num_classes})"])
+def describe_model(model: nn.Module) -> str:
+    """The model in Keras's words, e.g. ``LSTM(50) -> Dense(10)``; other modules by their
+    class name."""
+    if isinstance(model, lnn.Classifier):
+        layers = [lnn.LAYERS[model.cell](u) for u in model.units]
+        if model.bidirectional:
+            layers = [lnn.Bidirectional(layer) for layer in layers]
+        return " -> ".join([*map(describe_model, layers), f"Dense({model.num_classes})"])
+    if isinstance(model, lnn.Sequential):
+        return " -> ".join(describe_model(layer) for layer in model.layers)
+    if isinstance(model, lnn.Bidirectional):
+        return f"Bidirectional({describe_model(model.layer)})"
+    if isinstance(model, lnn._Recurrent):
+        return f"{model.cell.layer}({model.units})"
+    if isinstance(model, lnn.Dense | nn.Dense):
+        return f"Dense({model.units if isinstance(model, lnn.Dense) else model.features})"
+    return type(model).__name__
 
 
 def plot_curves(

@@ -1,0 +1,271 @@
+"""A finished (or interrupted) run, loaded for use: ``load_run(workdir)``.
+
+A run's directory holds ``checkpoints/<epoch>/`` (orbax: the training state, and ``meta``,
+JSON), ``metrics.json`` and ``curves.png``. Each checkpoint's ``meta`` holds all that is
+needed to use it without the code that trained it:
+
+* ``format``: ``FORMAT``, the version of this layout;
+* ``model``: the Flax module as data (``module_spec``), rebuilt by ``module_from_spec``;
+* ``config``: the ``training.Config`` of the run, ``history``: one record per epoch;
+* ``num_classes``, ``image_shape`` (``[H, W, C]``) and ``input_shape`` (``[T, F]``).
+
+Arrays are restored onto the loading process's own devices, whatever the run trained on.
+
+>>> run = load_run("runs/lesson")                      # doctest: +SKIP
+>>> run.predict(mnist.test.images[:8])                 # doctest: +SKIP
+array([7, 2, 1, 0, 4, 1, 4, 9])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import pathlib
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lstm_jax import data as data_lib
+from lstm_jax.checkpoints import Checkpointer, CheckpointError
+
+FORMAT = 1  # the version of what a checkpoint's meta holds; bumped when that changes
+
+
+# --------------------------------------------------------------------------------------
+# A Flax module as data
+# --------------------------------------------------------------------------------------
+
+
+def module_spec(module: nn.Module) -> dict:
+    """``module`` as JSON data: its class's import path and its fields, recursively.
+
+    Fields may be JSON scalars, dtypes, tuples or lists, and other modules.
+
+    Raises:
+      ValueError: a field holds something else (a function, an array); names it.
+    """
+    cls = type(module)
+    fields = {}
+    for f in dataclasses.fields(module):
+        if f.name in ("parent", "name") or not f.init:
+            continue
+        fields[f.name] = _to_data(getattr(module, f.name), f"{cls.__name__}.{f.name}")
+    return {"class": f"{cls.__module__}.{cls.__qualname__}", "fields": fields}
+
+
+def _to_data(value: Any, where: str) -> Any:
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, np.integer | np.floating):
+        return value.item()
+    if isinstance(value, nn.Module):
+        return {"module": module_spec(value)}
+    if isinstance(value, tuple | list):
+        return [_to_data(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    try:
+        return {"dtype": jnp.dtype(value).name}
+    except TypeError:
+        pass
+    raise ValueError(
+        f"{where} = {value!r} cannot be saved with the run (fields must be numbers, strings, "
+        "dtypes, tuples or modules)"
+    )
+
+
+def module_from_spec(spec: dict) -> nn.Module:
+    """The module ``module_spec`` described.
+
+    Raises:
+      ValueError: the class cannot be imported here (e.g. it was defined in a notebook).
+    """
+    path = spec["class"]
+    if "fields" not in spec:
+        raise ValueError(
+            f"the run's model, a {path}, was not saved with it ({spec.get('unsaved')}); pass "
+            "the model itself: load_run(workdir, model=...)"
+        )
+    module_name, _, qualname = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), qualname)
+    except (ImportError, AttributeError):
+        cls = None
+    if module_name == "__main__" or not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ValueError(
+            f"the run's model is a {path}, which cannot be imported here; pass the model "
+            "itself: load_run(workdir, model=...)"
+        )
+    return cls(**{k: _from_data(v) for k, v in spec["fields"].items()})
+
+
+def _from_data(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_from_data(v) for v in value)
+    if isinstance(value, dict) and "module" in value:
+        return module_from_spec(value["module"])
+    if isinstance(value, dict) and "dtype" in value:
+        return jnp.dtype(value["dtype"])
+    return value
+
+
+# --------------------------------------------------------------------------------------
+# Loading a run
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Run:
+    """A trained model with what it was trained on; ``load_run`` makes one.
+
+    ``params`` are on the loading process's default device. ``config`` is the run's
+    ``training.Config``, ``history`` its per-epoch records, ``epoch`` the checkpoint's.
+    """
+
+    workdir: pathlib.Path
+    model: nn.Module
+    params: Any
+    config: Any
+    history: list[dict]
+    epoch: int
+    num_classes: int
+    image_shape: tuple[int, int, int]
+    input_shape: tuple[int, int]
+
+    def __post_init__(self):
+        self._logits = jax.jit(lambda params, x: self.model.apply({"params": params}, x))
+
+    def sequences(self, inputs) -> jax.Array:
+        """``inputs`` as the model reads them, float32 ``[N, T, F]``: ``uint8`` images
+        ``[N, H, W]`` or ``[N, H, W, C]`` (as TFDS gives them) are scaled to ``[0, 1]`` and
+        read as the run's ``config.sequence``; floating-point ``[N, T, F]`` are taken as
+        already prepared."""
+        x = np.asarray(inputs)
+        h, w, c = self.image_shape
+        if x.dtype == np.uint8 and x.ndim in (3, 4) and x.shape[1:] in ((h, w), (h, w, c)):
+            return data_lib.to_sequences(x.reshape(-1, h, w, c), self.config.sequence)
+        if np.issubdtype(x.dtype, np.floating) and x.ndim == 3 and x.shape[1:] == self.input_shape:
+            return jnp.asarray(x, jnp.float32)
+        n = "N" if x.ndim == 0 else x.shape[0]
+        raise ValueError(
+            f"expected uint8 images [{n}, {h}, {w}] or [{n}, {h}, {w}, {c}], or float sequences "
+            f"[{n}, {', '.join(map(str, self.input_shape))}] in [0, 1]; got {x.dtype} "
+            f"{list(x.shape)}"
+        )
+
+    def logits(self, inputs, *, batch_size: int = 1024) -> np.ndarray:
+        """The model's output for ``inputs`` (see ``sequences``), ``[N, num_classes]``."""
+        x = self.sequences(inputs)
+        out = [
+            self._logits(self.params, x[i : i + batch_size]) for i in range(0, len(x), batch_size)
+        ]
+        return (
+            np.concatenate([np.asarray(o) for o in out])
+            if out
+            else np.zeros((0, self.num_classes), np.float32)
+        )
+
+    def predict_proba(self, inputs, *, batch_size: int = 1024) -> np.ndarray:
+        """Class probabilities ``[N, num_classes]`` (the softmax of ``logits``)."""
+        return np.asarray(jax.nn.softmax(self.logits(inputs, batch_size=batch_size), axis=-1))
+
+    def predict(self, inputs, *, batch_size: int = 1024) -> np.ndarray:
+        """Class ids ``[N]`` for ``inputs``: uint8 images or prepared sequences."""
+        return np.argmax(self.logits(inputs, batch_size=batch_size), axis=-1)
+
+    def evaluate(self, split: str = "test", *, data_dir: str | None = None, download: bool = True):
+        """Loss and accuracy on a split of the run's data set (``test``, ``validation`` or
+        ``train``): ``{"split", "examples", "loss", "accuracy"}``."""
+        from lstm_jax import training
+
+        return training.evaluate_params(
+            self.config, self.model, self.params, split, data_dir=data_dir, download=download
+        )
+
+
+def read_meta(workdir: str | os.PathLike) -> tuple[pathlib.Path, int, dict]:
+    """``(checkpoints directory, newest epoch, its meta)`` of the run in ``workdir``.
+
+    Reads files only (no orbax, no JAX backend started), so that ``train.py --resume`` can
+    read the run's settings before it sets up the devices.
+
+    Raises:
+      CheckpointError: no run there, none finished an epoch, or another checkpoint format.
+    """
+    workdir = pathlib.Path(workdir).expanduser().resolve()
+    directory = workdir / "checkpoints"
+    if not workdir.is_dir():
+        raise CheckpointError(f"no run in {workdir}: there is no such directory")
+    if not directory.is_dir():
+        raise CheckpointError(f"no run in {workdir}: it holds no checkpoints directory")
+    names = [p.name for p in directory.iterdir()]
+    epochs = sorted(int(n) for n in names if n.isdigit())
+    if not epochs:
+        unfinished = sorted(n for n in names if "tmp" in n)
+        raise CheckpointError(
+            f"the run in {workdir} has no finished checkpoint"
+            + (f" (only the unfinished {', '.join(unfinished)})" if unfinished else "")
+            + ": it stopped before its first epoch ended; start it again"
+        )
+    epoch = epochs[-1]
+    path = directory / str(epoch) / "meta" / "metadata"
+    try:
+        meta = json.loads(path.read_text())
+        version = meta.get("format", 0) if isinstance(meta, dict) else None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(
+            f"the checkpoint of epoch {epoch} in {directory / str(epoch)} is half-written or "
+            f"corrupt: {path.name} cannot be read ({type(e).__name__}: {e})"
+        ) from None
+    if version != FORMAT:
+        raise CheckpointError(
+            f"the run in {workdir} was saved in checkpoint format {version}; this lstm_jax "
+            f"reads format {FORMAT}. Load it with the lstm_jax that trained it, or train again."
+        )
+    return directory, epoch, meta
+
+
+def load_run(workdir: str | os.PathLike, *, model: nn.Module | None = None) -> Run:
+    """The newest checkpoint of the run in ``workdir``, ready to predict with.
+
+    ``model`` is needed only when the run's model class cannot be imported here (one
+    defined in a notebook or script); it must be the module the run trained.
+
+    Raises:
+      CheckpointError: no run, no finished checkpoint, another checkpoint format, or a
+        corrupt checkpoint; says which.
+    """
+    from lstm_jax import training
+
+    directory, epoch, meta = read_meta(workdir)
+    config = training.Config(**meta["config"])
+    if model is None:
+        try:
+            model = module_from_spec(meta["model"])
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
+    input_shape = tuple(meta["input_shape"])
+    abstract = jax.eval_shape(lambda: training.create_train_state(config, model, input_shape))
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract
+    )
+    checkpointer = Checkpointer(directory)
+    try:
+        epoch, state, meta = checkpointer.restore_latest(abstract)
+    finally:
+        checkpointer.close()
+    return Run(
+        workdir=directory.parent,
+        model=model,
+        params=state.params,
+        config=config,
+        history=list(meta["history"]),
+        epoch=epoch,
+        num_classes=int(meta["num_classes"]),
+        image_shape=tuple(meta["image_shape"]),
+        input_shape=input_shape,
+    )
