@@ -90,3 +90,10 @@ def test_notebook_executes_and_shows_every_plot(path, tmp_path, report, monkeypa
         r"Total params: [\d,]+|test accuracy: [\d.]+%|largest difference[^\n]*", text
     )
     report(f"notebook {path.name}: executed in {seconds:.1f} s; " + "; ".join(figures))
+
+
+def test_notebook_02_ends_by_loading_its_run_and_predicting():
+    nb = nbformat.read(ROOT / "notebooks" / "02_sequential_mnist.ipynb", as_version=4)
+    code = [cell.source for cell in nb.cells if cell.cell_type == "code"]
+    assert "training.train_and_evaluate(config, workdir)" in "\n".join(code)
+    assert "lstm_jax.load_run(workdir)" in code[-1] and "run.predict(" in code[-1]

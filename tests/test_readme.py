@@ -6,6 +6,8 @@ import shlex
 import subprocess
 import sys
 
+import jax
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
@@ -23,11 +25,13 @@ def test_readme_is_a_short_front_door():
 
 
 def test_readme_python_snippets_run_in_order(tmp_path, monkeypatch):
-    """Each ```python block, in one namespace, as a reader would paste them."""
+    """Each ```python block, in one namespace, as a reader would paste them: with JAX's
+    default rank promotion, which Keras's initialisers need (the suite otherwise raises)."""
     monkeypatch.chdir(tmp_path)  # the snippets write runs/ here
     namespace: dict = {}
-    for block in re.findall(r"```python\n(.*?)```", README, re.S):
-        exec(compile(block, "README.md", "exec"), namespace)
+    with jax.numpy_rank_promotion("allow"):
+        for block in re.findall(r"```python\n(.*?)```", README, re.S):
+            exec(compile(block, "README.md", "exec"), namespace)
 
 
 def test_readme_shell_snippets_run():
