@@ -12,7 +12,7 @@ import datetime
 import os
 import sys
 
-from lstm_jax import cpu, data, training  # JAX is imported, none of its backends started
+from lstm_jax import cpu, data, shutdown, training  # JAX imported, no backend started
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TFDS's TensorFlow: errors only
 
@@ -184,9 +184,7 @@ def main(argv=None) -> int:
     if args.cpu_devices < 0:
         parser.error(f"--cpu-devices must be 0 (one per core) or more; got {args.cpu_devices}")
     given = _given(argv if argv is not None else sys.argv[1:])
-    workdir = args.workdir or os.path.join(
-        "runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    )
+    workdir = args.workdir
     try:
         if args.evaluate:
             extra = sorted(set(given) - set(_EVALUATE_FLAGS))
@@ -205,24 +203,65 @@ def main(argv=None) -> int:
     except training.USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    workdir = workdir or _new_workdir()
     cpu.limit_malloc_arenas()
     cpu.use_host_cores(args.cpu_devices or cpu.host_device_count(config.batch_size))
     try:
-        if args.evaluate:
-            _evaluate(workdir, args)
-            return 0
-        training.train_and_evaluate(config, workdir)
+        with shutdown.exit_on_signal(lambda: _kept(workdir)):
+            if args.evaluate:
+                _evaluate(workdir, args)
+                return 0
+            training.train_and_evaluate(config, workdir)
     except training.USER_ERRORS as e:
         message = e.with_flag() if isinstance(e, training.ConfigError) else str(e)
         print(f"error: {message}", file=sys.stderr)
+        if isinstance(e, training.CheckpointError):
+            # A failed orbax read or write leaves asyncio tasks that print tracebacks as the
+            # interpreter shuts down: end here, the one line said.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)
         return 1
-    except KeyboardInterrupt:
-        print(
-            "interrupted; the checkpoints of finished epochs are kept (--resume)", file=sys.stderr
-        )
-        return 130
+    finally:
+        if args.workdir is None:
+            _remove_if_unused(workdir)
     print(f"run files: {os.path.abspath(workdir)}")
     return 0
+
+
+def _kept(workdir: str) -> str:
+    """What an interrupted run leaves, for the line ``train.py`` ends with."""
+    kept = training.kept_checkpoints(os.path.join(workdir, "checkpoints"))
+    if kept.startswith("No "):
+        return f"{kept} (no epoch had finished)"
+    return f"{kept} Continue with: python train.py --workdir {workdir} --resume"
+
+
+def _new_workdir() -> str:
+    """``runs/<date-time>``, made here so that no other run can take the same name (a
+    second run in the same second gets ``-2``, and so on)."""
+    base = os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    os.makedirs("runs", exist_ok=True)
+    for n in range(1, 1000):
+        path = base if n == 1 else f"{base}-{n}"
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"no free workdir name next to {base}")
+
+
+def _remove_if_unused(workdir: str) -> None:
+    """The default workdir, removed again if the run wrote nothing there (refused early)."""
+    try:
+        leftovers = set(os.listdir(workdir)) - {".lock"}
+        if not leftovers:
+            for name in os.listdir(workdir):
+                os.unlink(os.path.join(workdir, name))
+            os.rmdir(workdir)
+    except OSError:
+        pass
 
 
 def _evaluate(workdir: str, args) -> None:

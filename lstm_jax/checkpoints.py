@@ -7,7 +7,12 @@ newest complete one is what ``restore_latest`` finds.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import pathlib
+import re
+import time
 from typing import Any
 
 import jax
@@ -23,6 +28,7 @@ class Checkpointer:
 
     def __init__(self, directory: str | pathlib.Path, *, max_to_keep: int = 3):
         self.directory = pathlib.Path(directory).resolve()
+        self.max_to_keep = max_to_keep
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -38,13 +44,32 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def save(self, epoch: int, state: Any, meta: dict) -> None:
-        self._manager.save(
-            epoch,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
-            ),
-        )
-        self._manager.wait_until_finished()
+        """Raises CheckpointError if it cannot be written (e.g. a full disk); the earlier
+        checkpoints are then as they were."""
+        try:
+            with _writer_errors_held() as held:
+                self._manager.save(
+                    epoch,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+                    ),
+                )
+                self._manager.wait_until_finished()
+            held.show()
+        except Exception as e:  # OSError, or orbax's and tensorstore's wrappings of one
+            names = [p.name for p in self.directory.iterdir()] if self.directory.is_dir() else []
+            kept = ", ".join(sorted((n for n in names if n.isdigit()), key=int)) or "none"
+            code = re.search(r"os_error_code='(\d+)'", str(e))
+            if isinstance(e, OSError) and e.strerror:
+                reason = e.strerror
+            elif code:  # tensorstore's wording of an OSError, e.g. a full disk
+                reason = os.strerror(int(code.group(1)))
+            else:
+                reason = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+            raise CheckpointError(
+                f"cannot save the checkpoint of epoch {epoch} in {self.directory}: {reason}. "
+                f"Earlier checkpoints are kept (epochs: {kept})."
+            ) from None
 
     def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict]:
         """Restores the newest checkpoint into the structure, shapes and shardings of
@@ -93,6 +118,41 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
+
+
+class _writer_errors_held(contextlib.AbstractContextManager):
+    """Holds back what orbax logs meanwhile (through absl, to standard error): when a write
+    fails, each of its writer threads logs the error with a traceback, around the one
+    exception ``save`` raises and reports, and for a moment after it. After a save that
+    succeeded, ``show()`` logs what was held."""
+
+    def __enter__(self):
+        self.held = []
+        self._logger = logging.getLogger("absl")
+        self._propagate = self._logger.propagate
+        self._handler = _Hold(self.held)
+        self._logger.addHandler(self._handler)
+        self._logger.propagate = False  # absl's records reach stderr through the root
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        if exc_type is not None:
+            time.sleep(0.5)  # the failed write's other threads end meanwhile, held
+        self._logger.removeHandler(self._handler)
+        self._logger.propagate = self._propagate
+
+    def show(self):
+        for record in self.held:
+            self._logger.handle(record)
+
+
+class _Hold(logging.Handler):
+    def __init__(self, held: list):
+        super().__init__()
+        self.held = held
+
+    def emit(self, record):
+        self.held.append(record)
 
 
 def _signature(tree: Any) -> list[tuple[tuple[int, ...], str]]:

@@ -19,9 +19,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import json
 import logging
 import math
 import os
+import pathlib
 import re
 import socket
 import sys
@@ -209,14 +211,41 @@ def _absl_warnings_held():
 
 def _load_split(name: str, split: str, data_dir: str | None, download: bool) -> Split:
     tfds = _tfds()
+    import tensorflow as tf
+
     with _absl_warnings_held():
         ds = tfds.load(name, split=split, data_dir=data_dir, as_supervised=True, download=download)
     images, labels = [], []
-    for x, y in tfds.as_numpy(ds.batch(10_000)):
-        images.append(x)
-        labels.append(y)
+    try:
+        for x, y in tfds.as_numpy(ds.batch(10_000)):
+            images.append(x)
+            labels.append(y)
+    except tf.errors.OpError as e:  # DataLossError, FailedPreconditionError, ...
+        version_dir = pathlib.Path(tfds.builder(name, data_dir=data_dir).data_dir)
+        files = sorted(str(p) for p in version_dir.glob(f"{name}-{split}.*"))
+        reason = e.message.split("}}")[-1].split(" [Op:")[0].strip()
+        raise DataError(
+            f"the prepared {name} data cannot be read: {' or '.join(files) or version_dir}: "
+            f"{reason} ({type(e).__name__}). {_rebuild(name, version_dir)}"
+        ) from None
     return Split(
         _concatenate_aligned(images, images[0].dtype), _concatenate_aligned(labels, np.int32)
+    )
+
+
+def _parses(path: pathlib.Path) -> bool:
+    try:
+        json.loads(path.read_text())
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def _rebuild(name: str, version_dir: pathlib.Path) -> str:
+    """How to replace a damaged prepared data set."""
+    return (
+        f"The files are damaged: delete {version_dir} and prepare {name} again (`tfds build "
+        f"{name} --data_dir {version_dir.parent.parent}`, or any run with network access)."
     )
 
 
@@ -265,6 +294,16 @@ def load(
     except (AssertionError, ValueError) as e:  # e.g. a version TFDS does not have
         reason = str(e).rsplit('": ', 1)[-1].splitlines()[0]  # after TFDS's preamble
         raise DataError(f"TFDS cannot open {name!r}: {reason}") from None
+    except Exception as e:  # a dataset_info.json or features.json that does not parse
+        infos = sorted(pathlib.Path(_where(data_dir), name.split(":")[0]).glob("*/*.json"))
+        version_dir = infos[-1].parent if infos else pathlib.Path(_where(data_dir), name)
+        broken = [p for p in infos if not _parses(p)]
+        reason = str(e).rsplit('": ', 1)[-1].splitlines()[0]
+        raise DataError(
+            f"the prepared {name} data cannot be read: {broken[0] if broken else version_dir}: "
+            f"{reason} "
+            f"({type(e).__name__}). {_rebuild(name, version_dir)}"
+        ) from None
     features = builder.info.features
     if "image" not in features or "label" not in features or len(features["image"].shape) != 3:
         raise DataError(

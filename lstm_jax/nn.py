@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lstm_jax import recurrent
 
@@ -197,17 +198,31 @@ class Classifier(nn.Module):
     """
 
     cell: str = "lstm"
-    units: Sequence[int] = (50,)
+    units: int | Sequence[int] = (50,)
     num_classes: int = 10
     bidirectional: bool = False
     dtype: Any = None
     unroll: int = 1
+
+    def __post_init__(self):
+        # ``units=50`` as in Keras's ``LSTM(50)``; a tuple either way (hashable, for jit).
+        units = (self.units,) if isinstance(self.units, int | np.integer) else self.units
+        object.__setattr__(self, "units", tuple(units))
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         """``x: [batch, time, features]`` -> logits ``[batch, num_classes]``."""
         if self.cell not in LAYERS:
             raise ValueError(f"cell must be one of {sorted(LAYERS)}; got {self.cell!r}")
+        if not self.units:
+            raise ValueError("units must hold at least one layer's size, e.g. (50,); got ()")
+        if (
+            isinstance(self.num_classes, bool)
+            or not isinstance(self.num_classes, int | np.integer)
+            or self.num_classes < 1
+        ):
+            raise ValueError(f"num_classes must be a positive int; got {self.num_classes!r}")
         if self.dtype is not None:
             x = x.astype(self.dtype)
         for n, units in enumerate(self.units):

@@ -16,19 +16,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lstm_jax.recurrent import check_sizes
+
 
 def lstm_param_count(input_dim: int, units: int) -> int:
     """``4 * (d*u + u*u + u)``: 480 for LSTM(10) on 1 feature, 15,800 for LSTM(50) on 28."""
+    input_dim, units = check_sizes(input_dim, units)
     return 4 * (input_dim * units + units * units + units)
 
 
 def gru_param_count(input_dim: int, units: int) -> int:
     """``3 * (d*u + u*u + 2u)``: Keras's GRU (``reset_after=True``) has two biases per gate."""
+    input_dim, units = check_sizes(input_dim, units)
     return 3 * (input_dim * units + units * units + 2 * units)
 
 
 def simple_rnn_param_count(input_dim: int, units: int) -> int:
     """``d*u + u*u + u``."""
+    input_dim, units = check_sizes(input_dim, units)
     return input_dim * units + units * units + units
 
 

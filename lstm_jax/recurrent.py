@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -57,7 +58,9 @@ def _kernels(key: Array, input_dim: int, units: int, gates: int, dtype: Any):
     """Keras's defaults: glorot-uniform ``[D, gU]`` kernel, orthogonal ``[U, gU]`` recurrent
     kernel. Drawn in float32 (the QR behind ``orthogonal`` has no bfloat16 kernel on CPU)
     and then cast to ``dtype``."""
-    _check_sizes(input_dim, units)
+    input_dim, units = check_sizes(input_dim, units)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"dtype must be a floating-point dtype (e.g. jnp.float32); got {dtype!r}")
     k_kernel, k_recurrent = jax.random.split(key)
     kernel = _glorot_uniform(k_kernel, (input_dim, gates * units), jnp.float32)
     recurrent_kernel = _orthogonal(k_recurrent, (units, gates * units), jnp.float32)
@@ -69,10 +72,22 @@ def _kernels(key: Array, input_dim: int, units: int, gates: int, dtype: Any):
 # --------------------------------------------------------------------------------------
 
 
-def _check_sizes(input_dim: int, units: int) -> None:
+def check_sizes(input_dim: int, units: int) -> tuple[int, int]:
+    """``(input_dim, units)`` as Python ints, if both are positive integers (NumPy's too).
+
+    Raises:
+      ValueError: names the size that is not.
+    """
+    sizes = []
     for name, value in (("input_dim", input_dim), ("units", units)):
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        try:
+            size = operator.index(value) if not isinstance(value, bool) else None
+        except TypeError:
+            size = None
+        if size is None or size <= 0:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
+        sizes.append(size)
+    return sizes[0], sizes[1]
 
 
 def init_lstm(

@@ -25,11 +25,13 @@ epochs, checkpoints, metrics.json, curves.png).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import pathlib
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -45,7 +47,7 @@ from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lstm_jax import _jax_compat, recurrent, runs
+from lstm_jax import _jax_compat, recurrent, runs, shutdown
 from lstm_jax import data as data_lib
 from lstm_jax import nn as lnn
 from lstm_jax import params as params_lib
@@ -76,18 +78,59 @@ class ConfigError(ValueError):
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; ``step`` is the first such optimizer step."""
+    """A loss or the parameters became NaN or infinite; nothing of that epoch was saved.
 
-    def __init__(self, step: int, epoch: int):
+    ``step`` is the first optimizer step whose loss or update was not finite (``None`` when
+    the training epoch was finite and its validation pass was not); ``epoch`` that epoch.
+    """
+
+    def __init__(self, step: int | None, epoch: int, kept: str):
         self.step, self.epoch = step, epoch
+        what = (
+            f"the loss or the parameters became NaN or infinite at step {step} (epoch {epoch})"
+            if step is not None
+            else f"the validation loss became NaN or infinite after epoch {epoch}"
+        )
         super().__init__(
-            f"the loss became NaN at step {step} (epoch {epoch}); training stopped. The "
-            "checkpoints of earlier epochs are intact; try a lower learning_rate."
+            f"{what}; training stopped and epoch {epoch} was not saved. {kept} Try a lower "
+            "learning_rate."
         )
 
 
+class RunFileError(RuntimeError):
+    """A run's file cannot be written (a full disk, a path not writable); says which."""
+
+
+class DeviceError(RuntimeError):
+    """JAX cannot start the devices asked for (``JAX_PLATFORMS``); says what to do."""
+
+
+def devices() -> list[jax.Device]:
+    """``jax.devices()``, with a backend that fails to start reported as ``DeviceError``."""
+    try:
+        return jax.devices()
+    except RuntimeError as e:
+        asked = os.environ.get("JAX_PLATFORMS")
+        hint = (
+            f" JAX_PLATFORMS={asked!r} asks for a platform this machine or this jax install "
+            "lacks (an NVIDIA GPU needs pip install 'jax[cuda12]'); unset it to use what is here."
+            if asked
+            else ""
+        )
+        raise DeviceError(
+            f"JAX cannot start its devices: {str(e).splitlines()[0]}.{hint}"
+        ) from None
+
+
 # Errors that ``train.py`` reports as one line and a non-zero exit, without a traceback.
-USER_ERRORS = (ConfigError, data_lib.DataError, CheckpointError, TrainingDiverged)
+USER_ERRORS = (
+    ConfigError,
+    data_lib.DataError,
+    CheckpointError,
+    TrainingDiverged,
+    DeviceError,
+    RunFileError,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,9 +179,9 @@ class Config:
         need(self.epochs > 0, "epochs", "a positive int")
         need(self.batch_size > 0, "batch_size", "a positive int")
         need(
-            math.isfinite(self.learning_rate) and self.learning_rate > 0,
+            0 < self.learning_rate <= np.finfo(np.float32).max,
             "learning_rate",
-            "positive",
+            "positive and finite in float32 (at most 3.4e38)",
         )
         need(self.optimizer in OPTIMIZERS, "optimizer", one_of(OPTIMIZERS))
         need(0 <= self.seed < 2**32, "seed", "an int from 0 to 2**32 - 1")
@@ -407,8 +450,8 @@ def make_epoch_fns(
     ``train_epoch(state, images, labels, order) -> (state, sums, bad_step)`` runs a whole
     epoch as one ``lax.scan`` over batches, visiting the examples in ``order`` (``int32
     [n]``, e.g. ``epoch_order(seed, epoch, n)``). ``sums`` is ``[loss_sum, correct,
-    count]``; ``bad_step`` is ``-1``, or the first step whose loss was not finite, after
-    which the state is left as it was before that step.
+    count]``; ``bad_step`` is ``-1``, or the first step whose loss or updated parameters
+    were not finite, after which the state is left as it was before that step.
 
     ``evaluate(params, images, labels) -> sums`` runs over a split in fixed order.
     """
@@ -429,9 +472,10 @@ def make_epoch_fns(
             new_state, batch_sums, loss = train_step(
                 state, batch, mesh=mesh, sequence=config.sequence
             )
-            ok = jnp.isfinite(loss) & (bad_step < 0)
+            finite = jnp.stack([jnp.isfinite(p).all() for p in jax.tree.leaves(new_state.params)])
+            ok = jnp.isfinite(loss) & finite.all() & (bad_step < 0)
             state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_state, state)
-            bad_step = jnp.where((bad_step < 0) & ~jnp.isfinite(loss), state.step, bad_step)
+            bad_step = jnp.where((bad_step < 0) & ~ok, state.step, bad_step)
             sums = sums + jnp.where(ok, batch_sums, 0)
             if on_step is not None:
                 jax.lax.cond(
@@ -483,6 +527,12 @@ def _check_workdir(workdir: str | os.PathLike) -> pathlib.Path:
 
 
 def _make_workdir(path: pathlib.Path) -> None:
+    if (path / "checkpoints").exists() and not (path / "checkpoints").is_dir():
+        raise ConfigError(
+            "workdir",
+            f"workdir {path} holds a file named checkpoints, where the run's checkpoints "
+            "directory goes: move it, or choose another workdir",
+        )
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write_test"
@@ -492,6 +542,75 @@ def _make_workdir(path: pathlib.Path) -> None:
         raise ConfigError(
             "workdir", f"workdir {path} cannot be written: {e.strerror or e}"
         ) from None
+
+
+class WorkdirLock:
+    """One run at a time in a workdir: an exclusive ``flock`` on ``workdir/.lock``, which
+    the operating system releases when the process ends, however it ends (so a crashed run
+    leaves nothing stuck). The file says who holds it."""
+
+    def __init__(self, workdir: pathlib.Path):
+        self.path = workdir / ".lock"
+        self._file = None
+
+    def __enter__(self):
+        import fcntl
+        import socket
+
+        f = open(self.path, "a+")  # noqa: SIM115 (held open while the run lasts)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise ConfigError(
+                "workdir",
+                f"workdir {self.path.parent} is in use by another run ({holder}); wait for it "
+                "to end, or choose another workdir",
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.ctime()}\n")
+        f.flush()
+        self._file = f
+        return self
+
+    def __exit__(self, *exc):
+        self._file.close()  # closing releases the lock
+
+
+def write_atomically(path: pathlib.Path, write: Callable[[pathlib.Path], None]) -> None:
+    """``write(temporary path)`` then a rename onto ``path``: ``path`` is always whole, the
+    old file or the new one, even if the disk fills or the process is killed meanwhile.
+
+    Raises:
+      RunFileError: it cannot be written; ``path`` is left as it was.
+    """
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with shutdown.critical():
+            write(tmp)
+            os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise RunFileError(
+            f"cannot write {path}: {e.strerror or e}; the previous {path.name}, if any, is "
+            "unchanged"
+        ) from None
+
+
+def _check_free_space(workdir: pathlib.Path, state, keep: int) -> None:
+    """Refuses to start when the disk cannot hold the checkpoints the run will keep."""
+    state_bytes = sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(state))
+    need = (keep + 1) * state_bytes + (16 << 20)  # checkpoints, with metrics and curves
+    free = shutil.disk_usage(workdir).free
+    if free < need:
+        raise RunFileError(
+            f"{workdir} has {free / 2**20:,.1f} MiB free; the run needs about "
+            f"{need / 2**20:,.1f} MiB for its checkpoints and files. Free some space, or "
+            "choose another workdir"
+        )
 
 
 def _on_mesh(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
@@ -593,9 +712,17 @@ def train_and_evaluate(
     }
 
     _make_workdir(workdir)
-    checkpointer = Checkpointer(workdir / "checkpoints")
-    try:
+    with contextlib.ExitStack() as stack:
+        if jax.process_index() == 0:  # the one writer of the run's files
+            stack.enter_context(WorkdirLock(workdir))
+        if config.resume:
+            _check_resume(config, workdir)  # again, now that the run is ours
+        else:
+            _refuse_finished_run(workdir)
+        checkpointer = Checkpointer(workdir / "checkpoints")
+        stack.callback(checkpointer.close)
         state = create_train_state(config, model, input_shape)
+        _check_free_space(workdir, state, checkpointer.max_to_keep)
         state, history = _restore(config, checkpointer, mesh, state, print_fn)
         splits = {"train": train, "validation": ds.validation, "test": ds.test}
         arrays = {name: _split_on_mesh(split, mesh) for name, split in splits.items()}
@@ -607,11 +734,18 @@ def train_and_evaluate(
         )
         test_sums = epoch_fns[1](state.params, *arrays["test"])
         test_loss, test_acc = _rates(jax.device_get(test_sums))
-    finally:
-        checkpointer.close()
-
+        metrics = _metrics(config, model, mesh, splits, state, history, test_loss, test_acc)
+        if jax.process_index() == 0:
+            text = json.dumps(metrics, indent=2) + "\n"
+            write_atomically(workdir / "metrics.json", lambda p: p.write_text(text))
+            title = f"{describe_model(model)} on {ds.name}: test accuracy {test_acc:.2%}"
+            write_atomically(workdir / "curves.png", lambda p: plot_curves(history, p, title))
     print_fn(f"test accuracy: {test_acc:.2%}")
-    metrics = {
+    return {**metrics, "state": state}
+
+
+def _metrics(config, model, mesh, splits, state, history, test_loss, test_acc) -> dict:
+    return {
         "config": dataclasses.asdict(config),
         "model": describe_model(model),
         "devices": [str(d) for d in mesh.devices.flat],
@@ -623,11 +757,6 @@ def train_and_evaluate(
         "test_loss": test_loss,
         "test_accuracy": test_acc,
     }
-    if jax.process_index() == 0:
-        (workdir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        title = f"{describe_model(model)} on {ds.name}: test accuracy {test_acc:.2%}"
-        plot_curves(history, workdir / "curves.png", title)
-    return {**metrics, "state": state}
 
 
 def evaluate_params(
@@ -649,7 +778,7 @@ def evaluate_params(
     config = dataclasses.replace(config, data_dir=data_dir or config.data_dir, download=download)
     ds, train = _load_data(config)
     images_labels = {"train": train, "validation": ds.validation, "test": ds.test}[split]
-    mesh = Mesh(np.array(jax.devices()), ("data",))
+    mesh = Mesh(np.array(devices()), ("data",))
     _, evaluate = make_epoch_fns(config, model, mesh, len(train))
     params = jax.device_put(params, NamedSharding(mesh, P()))
     sums = jax.device_get(evaluate(params, *_split_on_mesh(images_labels, mesh)))
@@ -740,7 +869,7 @@ def _refuse_finished_run(workdir: pathlib.Path) -> None:
 
 def _data_mesh(config: Config) -> Mesh:
     """A one-axis mesh, ``("data",)``, over every device JAX sees."""
-    mesh = Mesh(np.array(jax.devices()), ("data",))
+    mesh = Mesh(np.array(devices()), ("data",))
     if config.batch_size % mesh.size:
         raise ConfigError(
             "batch_size",
@@ -822,17 +951,35 @@ def _train(config, epoch_fns, arrays, state, history, checkpointer, progress, me
                 train_seconds = time.perf_counter() - start
                 progress.close()
                 if bad_step >= 0:
-                    raise TrainingDiverged(int(bad_step), epoch)
+                    raise TrainingDiverged(
+                        int(bad_step), epoch, kept_checkpoints(checkpointer.directory)
+                    )
                 val_sums = jax.device_get(evaluate(state.params, *arrays["validation"]))
+                if not np.isfinite(val_sums).all():
+                    raise TrainingDiverged(None, epoch, kept_checkpoints(checkpointer.directory))
                 epoch_seconds = time.perf_counter() - start
             record = _epoch_record(epoch, sums, val_sums, n_train, train_seconds, epoch_seconds)
             record.update(compilations=compiles.count, compile_seconds=compiles.seconds)
             history.append(record)
             print_fn(_epoch_line(record, config.epochs))
-            checkpointer.save(epoch, state, {**meta, "history": history})
+            with shutdown.critical():
+                checkpointer.save(epoch, state, {**meta, "history": history})
     finally:
         progress.close()
     return state
+
+
+def kept_checkpoints(directory: str | os.PathLike) -> str:
+    """The finished checkpoints in ``directory``, in a sentence: e.g. ``The checkpoints of
+    epochs 1, 2 are kept.``"""
+    directory = pathlib.Path(directory)
+    names = [p.name for p in directory.iterdir()] if directory.is_dir() else []
+    epochs = sorted(int(n) for n in names if n.isdigit())
+    if not epochs:
+        return "No checkpoint was saved."
+    if len(epochs) == 1:
+        return f"The checkpoint of epoch {epochs[0]} is kept."
+    return f"The checkpoints of epochs {', '.join(map(str, epochs))} are kept."
 
 
 def _epoch_record(epoch, sums, val_sums, n_train, train_seconds, epoch_seconds) -> dict:
@@ -904,4 +1051,4 @@ def plot_curves(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")

@@ -1,0 +1,416 @@
+"""Faults lose nothing: each numbered case of the faults issue, reproduced on small fake data
+(TFDS's mock_data, 512 examples) with what a user then sees and what is left on disk."""
+
+import errno
+import hashlib
+import json
+import os
+import pathlib
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import lstm_jax
+import train
+from lstm_jax import data, training
+from lstm_jax import nn as lnn
+from tests.test_training import run_fake
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "tests" / "scripts"
+SMALL = ("--units", "8", "--batch-size", "64", "--no-progress", "--cpu-devices", "1")
+
+
+def _cmd(script, *args):
+    return [sys.executable, str(SCRIPTS / script), *map(str, args)]
+
+
+def _train_py(tmp_path, *args, script="train_on_fake_data.py", env=None, preexec_fn=None):
+    """``train.py`` on fake data in its own process; its fake TFDS directory in tmp_path."""
+    return subprocess.run(
+        _cmd(script, "--data-dir", tmp_path / "tfds", *args),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+        preexec_fn=preexec_fn,
+    )
+
+
+def _start(tmp_path, *args, script="train_on_fake_data.py"):
+    return subprocess.Popen(
+        _cmd(script, "--data-dir", tmp_path / "tfds", *args),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def _wait_for(process, text, timeout=120):
+    """Reads the process's output until a line holds ``text``; returns what it read."""
+    seen, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if text in line:
+            return "".join(seen)
+    process.kill()
+    process.communicate()
+    raise AssertionError(f"never printed {text!r}; printed:\n{''.join(seen)}")
+
+
+def _one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr[-3000:]
+    return lines[0]
+
+
+def _epochs_on_disk(workdir) -> list[int]:
+    ckpts = pathlib.Path(workdir) / "checkpoints"
+    return (
+        sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) if ckpts.is_dir() else []
+    )
+
+
+def _digests(directory):
+    return {
+        p: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(pathlib.Path(directory).rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
+
+
+# ------------------------------------------------------------- 1. one run per workdir
+
+
+def test_1_a_second_run_on_a_busy_workdir_is_refused_and_a_crashed_one_leaves_no_lock(tmp_path):
+    run = tmp_path / "run"
+    first = _start(tmp_path, *SMALL, "--epochs", "4", "--workdir", run)
+    _wait_for(first, "epoch 1/4")
+    first.send_signal(signal.SIGSTOP)  # holds its workdir while the second one starts
+    try:
+        second = _train_py(tmp_path, *SMALL, "--epochs", "2", "--workdir", run)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert second.returncode == 1
+    line = _one_error_line(second.stderr)
+    assert f"--workdir {run} is in use by another run (pid {first.pid} on " in line
+    _, stderr = first.communicate(timeout=120)
+    assert first.returncode == 0, stderr[-3000:]
+    assert _epochs_on_disk(run) == [2, 3, 4]
+    assert json.loads((run / "metrics.json").read_text())["config"]["epochs"] == 4
+
+    # Killed outright (no clean-up at all): its lock goes with it, and the run resumes.
+    crashed = _start(tmp_path, *SMALL, "--epochs", "30", "--workdir", tmp_path / "crashed")
+    _wait_for(crashed, "epoch 2/30")
+    crashed.send_signal(signal.SIGKILL)
+    crashed.communicate()
+    resumed = _train_py(tmp_path, "--workdir", tmp_path / "crashed", "--resume", "--epochs", "3")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from the checkpoint of epoch" in resumed.stdout
+
+
+def test_1_default_workdirs_started_in_the_same_second_differ(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    names = [train._new_workdir() for _ in range(3)]
+    assert len(set(names)) == 3 and all(pathlib.Path(n).is_dir() for n in names)
+    assert names[1] == names[0] + "-2"
+
+
+# ----------------------------------------------------------- 2. resume only what was run
+
+
+def test_2_resume_checks_the_settings_and_the_workdir(tmp_path):
+    run = tmp_path / "run"
+    out = _train_py(tmp_path, *SMALL, "--epochs", "3", "--workdir", run)
+    assert out.returncode == 0, out.stderr[-3000:]
+    before = _digests(run)
+
+    cases = {
+        ("--epochs", "2"): "error: --epochs 2 is fewer than the 3 the run has finished",
+        ("--optimizer", "adamw"): "error: --optimizer adamw (the run's: adam): a resumed run",
+        ("--dataset", "fashion_mnist", "--validation-split", "0.1", "--seed", "5"): (
+            "error: --dataset fashion_mnist (the run's: mnist); --validation-split 0.1 (the "
+            "run's: 0.2); --seed 5 (the run's: 0): a resumed run keeps the settings"
+        ),
+        ("--batch-size", "32"): "error: --batch-size 32 (the run's: 64)",
+    }
+    for flags, message in cases.items():
+        out = _train_py(tmp_path, "--workdir", run, "--resume", *flags)
+        assert out.returncode == 2 and _one_error_line(out.stderr).startswith(message), out.stderr
+        assert "partial_restore" not in out.stderr
+    for workdir in (tmp_path / "mistyped", tmp_path / "tfds"):  # no such run; not a run
+        out = _train_py(tmp_path, "--workdir", workdir, "--resume")
+        assert out.returncode == 1 and "error: no run in" in _one_error_line(out.stderr)
+    assert not (tmp_path / "mistyped").exists()
+    assert _digests(run) == before  # nothing was trained or rewritten
+
+    out = _train_py(
+        tmp_path, "--workdir", run, "--resume", "--epochs", "4", "--learning-rate", "1e-4"
+    )
+    assert out.returncode == 0 and "epoch 4/4" in out.stdout, out.stderr[-3000:]
+
+
+# ------------------------------------------------- 3. no checkpoint of a diverged epoch
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        # Adam's first step at 1e38 moves every weight by ~1e38: finite weights, and a
+        # validation loss that is not (the case the issue reports).
+        (
+            ("--validation-split", "0.75", "--batch-size", "128", "--learning-rate", "1e38"),
+            "error: the validation loss became NaN or infinite after epoch 1; training "
+            "stopped and epoch 1 was not saved. No checkpoint was saved.",
+        ),
+        # SGD at 1e38: the weights overflow within the first epoch.
+        (
+            ("--optimizer", "sgd", "--learning-rate", "1e38"),
+            "error: the loss or the parameters became NaN or infinite at step ",
+        ),
+    ],
+    ids=["validation pass", "last update"],
+)
+def test_3_a_diverged_epoch_is_never_saved(tmp_path, flags, message):
+    run = tmp_path / "run"
+    out = _train_py(tmp_path, "--units", "8", "--no-progress", "--workdir", run, *flags)
+    assert out.returncode == 1
+    assert _one_error_line(out.stderr).startswith(message)
+    assert _epochs_on_disk(run) == []
+
+
+def test_3_after_a_good_epoch_the_message_names_what_is_kept_and_resume_works(tmp_path):
+    run_fake(tmp_path, epochs=1, optimizer="sgd", learning_rate=0.01)
+    with pytest.raises(training.TrainingDiverged, match="The checkpoint of epoch 1 is kept"):
+        run_fake(tmp_path, epochs=2, resume=True, optimizer="sgd", learning_rate=1e38)
+    assert _epochs_on_disk(tmp_path / "run") == [1]
+    result = run_fake(tmp_path, epochs=2, resume=True, optimizer="sgd", learning_rate=0.01)
+    assert [h["epoch"] for h in result["history"]] == [1, 2]
+    params = jax.tree.leaves(result["state"].params)
+    assert all(np.isfinite(np.asarray(p)).all() for p in params)
+
+
+# ------------------------------------------------------- 4. SIGINT and SIGTERM, any time
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.0])
+def test_4_sigint_while_compiling_ends_cleanly_with_nothing_saved(tmp_path, delay):
+    p = _start(tmp_path, *SMALL, "--workdir", tmp_path / "run")
+    _wait_for(p, "Non-trainable params")
+    time.sleep(delay)  # the run now takes its workdir and compiles the epoch
+    p.send_signal(signal.SIGINT)
+    stderr = p.communicate(timeout=60)[1]
+    assert p.returncode == 130
+    assert stderr.strip().endswith(
+        "interrupted by SIGINT. No checkpoint was saved. (no epoch had finished)"
+    ), stderr
+    assert "Traceback" not in stderr
+    assert _epochs_on_disk(tmp_path / "run") == []
+
+
+def test_4_sigterm_mid_epoch_keeps_the_finished_epochs_and_resumes(tmp_path):
+    run = tmp_path / "run"
+    slow = ("--sequence", "pixels", "--units", "32", "--batch-size", "32", "--no-progress")
+    p = _start(tmp_path, *slow, "--epochs", "3", "--workdir", run)
+    _wait_for(p, "epoch 1/3")  # epoch 2 is running (784 steps a sequence)
+    p.send_signal(signal.SIGTERM)
+    stderr = p.communicate(timeout=60)[1]
+    assert p.returncode == 143
+    assert "interrupted by SIGTERM. The checkpoint of epoch 1 is kept. Continue with: " in stderr
+    assert "Traceback" not in stderr
+    assert _epochs_on_disk(run) == [1]
+    out = _train_py(tmp_path, "--workdir", run, "--resume", "--epochs", "2")
+    assert out.returncode == 0 and "resumed from the checkpoint of epoch 1" in out.stdout
+
+
+def test_4_sigint_during_a_save_finishes_that_checkpoint_first(tmp_path):
+    run = tmp_path / "run"
+    p = _start(
+        tmp_path, *SMALL, "--epochs", "3", "--workdir", run, script="train_with_slow_save.py"
+    )
+    _wait_for(p, "saving epoch 1")  # the checkpoint is being written now (2 s)
+    p.send_signal(signal.SIGINT)
+    stderr = p.communicate(timeout=60)[1]
+    assert p.returncode == 130
+    assert "interrupted by SIGINT. The checkpoint of epoch 1 is kept." in stderr, stderr
+    assert "Traceback" not in stderr
+    assert _epochs_on_disk(run) == [1]
+    assert lstm_jax.load_run(run).epoch == 1  # whole and loadable
+
+
+# ------------------------------------------------------- 5. files, full disks, paths
+
+
+def test_5_a_file_named_checkpoints_is_refused_before_training(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoints").write_text("my notes")
+    out = _train_py(tmp_path, *SMALL, "--workdir", run)
+    assert out.returncode == 1 and "epoch 1/" not in out.stdout
+    assert "holds a file named checkpoints" in _one_error_line(out.stderr)
+    assert (run / "checkpoints").read_text() == "my notes"
+
+
+def _file_size_limit(limit):
+    """For the child: files larger than ``limit`` bytes cannot be written, as on a full disk
+    (``EFBIG`` instead of ``ENOSPC``; SIGXFSZ ignored so that the write fails, not the
+    process)."""
+
+    def set_limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return set_limit
+
+
+def test_5_a_checkpoint_that_cannot_be_written_is_one_line(tmp_path):
+    run = tmp_path / "run"
+    out = _train_py(
+        tmp_path, *SMALL, "--workdir", run, "--epochs", "1", preexec_fn=_file_size_limit(4096)
+    )
+    assert out.returncode == 1, out.stderr[-3000:]
+    line = _one_error_line(out.stderr)
+    assert line.startswith("error: cannot save the checkpoint of epoch 1 in ")
+    assert "File too large" in line and "Earlier checkpoints are kept (epochs: none)" in line
+    assert _epochs_on_disk(run) == [] and not (run / "metrics.json").exists()
+
+
+def test_5_run_files_are_written_whole_or_not_at_all(tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text('{"old": true}')
+
+    def half_then_full(tmp):
+        tmp.write_text('{"new": ')
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(training.RunFileError, match=r"cannot write .*metrics.json: No space left"):
+        training.write_atomically(path, half_then_full)
+    assert path.read_text() == '{"old": true}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]  # no temporary left
+
+    history = [
+        {"epoch": 1, "train_loss": 1.0, "val_loss": 1.1, "train_accuracy": 0.5, "val_accuracy": 0.4}
+    ]
+    training.write_atomically(tmp_path / "curves.png", lambda p: training.plot_curves(history, p))
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_5_a_disk_too_small_for_the_checkpoints_is_found_before_training(tmp_path, monkeypatch):
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(training.shutil, "disk_usage", lambda p: usage._replace(free=10_000))
+    with pytest.raises(training.RunFileError, match=r"has 0.0 MiB free; the run needs about"):
+        run_fake(tmp_path)
+    assert _epochs_on_disk(tmp_path / "run") == []
+
+
+# --------------------------------------------------- 6. one line, not a traceback
+
+
+@pytest.mark.parametrize(
+    "flags, env, code, message",
+    [
+        (("--seed", "-1"), {}, 2, "error: --seed must be an int from 0 to 2**32 - 1; got -1"),
+        (("--seed", str(2**63)), {}, 2, "error: --seed must be an int from 0 to 2**32 - 1"),
+        (("--cpu-devices", "-1"), {}, 2, "error: --cpu-devices must be 0 (one per core) or more"),
+        ((), {"JAX_PLATFORMS": "gpu"}, 1, "error: JAX cannot start its devices: "),
+    ],
+    ids=["seed -1", "seed 2**63", "cpu-devices -1", "JAX_PLATFORMS=gpu"],
+)
+def test_6_bad_settings_are_one_line(tmp_path, flags, env, code, message):
+    out = _train_py(tmp_path, *flags, "--no-progress", "--workdir", tmp_path / "run", env=env)
+    assert out.returncode == code
+    line = _one_error_line(out.stderr)
+    assert line.startswith(message), line
+    if env:
+        assert "JAX_PLATFORMS='gpu' asks for a platform" in line
+
+
+CORRUPTIONS = {
+    "truncated tfrecord": ("mnist-test.tfrecord-00000-of-00001", lambda b: b[: len(b) // 2]),
+    "flipped byte": (
+        "mnist-test.tfrecord-00000-of-00001",
+        lambda b: b[: len(b) // 2] + bytes([b[len(b) // 2] ^ 0xFF]) + b[len(b) // 2 + 1 :],
+    ),
+    "empty shard": ("mnist-test.tfrecord-00000-of-00001", lambda b: b""),
+    "broken dataset_info.json": ("dataset_info.json", lambda b: b[:20]),
+}
+
+
+@pytest.fixture(scope="module")
+def prepared_mnist():
+    where = pathlib.Path(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")).expanduser()
+    version_dirs = sorted((where / "mnist").glob("*/dataset_info.json"))
+    if not version_dirs:
+        pytest.skip(f"no prepared MNIST in {where} to corrupt (set TFDS_DATA_DIR)")
+    return version_dirs[-1].parent
+
+
+@pytest.mark.parametrize("case", list(CORRUPTIONS))
+def test_6_damaged_tfds_files_are_one_line_naming_the_file(tmp_path, prepared_mnist, case):
+    name, damage = CORRUPTIONS[case]
+    copy = tmp_path / "tfds" / "mnist" / prepared_mnist.name
+    shutil.copytree(prepared_mnist, copy)
+    (copy / name).write_bytes(damage((copy / name).read_bytes()))
+    with pytest.raises(data.DataError) as info:
+        data.load("mnist", data_dir=str(tmp_path / "tfds"), download=False)
+    message = str(info.value)
+    assert message.startswith(f"the prepared mnist data cannot be read: {copy / name}: ")
+    assert f"delete {copy} and prepare mnist again (`tfds build mnist" in message
+    assert "\n" not in message
+
+
+def test_6_damaged_tfds_files_through_train_py(tmp_path, prepared_mnist):
+    copy = tmp_path / "tfds" / "mnist" / prepared_mnist.name
+    shutil.copytree(prepared_mnist, copy)
+    shard = copy / "mnist-test.tfrecord-00000-of-00001"
+    shard.write_bytes(shard.read_bytes()[:1000])
+    out = subprocess.run(
+        [sys.executable, "train.py", "--data-dir", tmp_path / "tfds", "--no-download"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 1
+    assert _one_error_line(out.stderr).startswith(
+        f"error: the prepared mnist data cannot be read: {shard}: "
+    )
+
+
+# -------------------------------------------------------------------- 7. API edges
+
+
+def test_7_api_edges():
+    x = jnp.ones((2, 5, 3))
+    key = jax.random.key(0)
+    assert lnn.Classifier(units=50).units == (50,)  # as Keras's LSTM(50)
+    assert lnn.Classifier(units=50).init(key, x)["params"]["LSTM_0"]["kernel"].shape == (3, 200)
+    with pytest.raises(ValueError, match=r"units must hold at least one layer's size"):
+        lnn.Classifier(units=()).init(key, x)
+    with pytest.raises(ValueError, match="num_classes must be a positive int; got 0"):
+        lnn.Classifier(num_classes=0).init(key, x)
+    with pytest.raises(ValueError, match="units must be a positive int, got -5"):
+        lstm_jax.lstm_param_count(28, -5)
+    with pytest.raises(ValueError, match="input_dim must be a positive int, got 2.5"):
+        lstm_jax.gru_param_count(2.5, 3)
+    assert lstm_jax.lstm_param_count(np.int64(28), np.int64(50)) == 15_800
+    params = lstm_jax.init_lstm(key, 28, units=np.int64(50))
+    assert params["kernel"].shape == (28, 200)
+    with pytest.raises(ValueError, match="dtype must be a floating-point dtype"):
+        lstm_jax.init_lstm(key, 28, 50, dtype=jnp.int32)
+    with pytest.raises(ValueError, match="units must be a positive int, got True"):
+        lstm_jax.init_gru(key, 3, True)
