@@ -7,11 +7,12 @@ newest complete one is what ``restore_latest`` finds.
 
 from __future__ import annotations
 
-import contextlib
+import io
 import logging
 import os
 import pathlib
 import re
+import sys
 import time
 from typing import Any
 
@@ -29,6 +30,7 @@ class Checkpointer:
     def __init__(self, directory: str | pathlib.Path, *, max_to_keep: int = 3):
         self.directory = pathlib.Path(directory).resolve()
         self.max_to_keep = max_to_keep
+        self._failed_write: _WriterErrorsHeld | None = None
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -46,17 +48,19 @@ class Checkpointer:
     def save(self, epoch: int, state: Any, meta: dict) -> None:
         """Raises CheckpointError if it cannot be written (e.g. a full disk); the earlier
         checkpoints are then as they were."""
+        held = _WriterErrorsHeld()
         try:
-            with _writer_errors_held() as held:
-                self._manager.save(
-                    epoch,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
-                    ),
-                )
-                self._manager.wait_until_finished()
-            held.show()
-        except Exception as e:  # OSError, or orbax's and tensorstore's wrappings of one
+            self._manager.save(
+                epoch,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+                ),
+            )
+            self._manager.wait_until_finished()
+        except BaseException as e:  # OSError, or orbax's and tensorstore's wrappings of one
+            if not isinstance(e, Exception):  # KeyboardInterrupt, SystemExit: not a write
+                held.release(show=True)
+                raise
             names = [p.name for p in self.directory.iterdir()] if self.directory.is_dir() else []
             kept = ", ".join(sorted((n for n in names if n.isdigit()), key=int)) or "none"
             code = re.search(r"os_error_code='(\d+)'", str(e))
@@ -66,10 +70,12 @@ class Checkpointer:
                 reason = os.strerror(int(code.group(1)))
             else:
                 reason = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+            self._failed_write = held  # released by close(), once orbax's threads have ended
             raise CheckpointError(
                 f"cannot save the checkpoint of epoch {epoch} in {self.directory}: {reason}. "
                 f"Earlier checkpoints are kept (epochs: {kept})."
             ) from None
+        held.release(show=True)
 
     def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict]:
         """Restores the newest checkpoint into the structure, shapes and shardings of
@@ -117,33 +123,39 @@ class Checkpointer:
         return epoch, restored.state, dict(restored.meta)
 
     def close(self) -> None:
-        self._manager.close()
+        try:
+            self._manager.close()
+        finally:
+            if self._failed_write is not None:
+                time.sleep(0.5)  # the failed write's last callbacks print meanwhile, held
+                self._failed_write.release(show=False)
+                self._failed_write = None
 
 
-class _writer_errors_held(contextlib.AbstractContextManager):
-    """Holds back what orbax logs meanwhile (through absl, to standard error): when a write
-    fails, each of its writer threads logs the error with a traceback, around the one
-    exception ``save`` raises and reports, and for a moment after it. After a save that
-    succeeded, ``show()`` logs what was held."""
+class _WriterErrorsHeld:
+    """Holds back what orbax's writer threads print meanwhile: absl log records, and the
+    tracebacks that errors in tensorstore's callbacks print to ``sys.stderr``. When a write
+    fails, each writer thread reports it with a traceback, around the one exception ``save``
+    raises and reports, and until orbax's threads end. ``release(show=True)`` prints what
+    was held (after a save that succeeded, or one that a signal or exit interrupted)."""
 
-    def __enter__(self):
-        self.held = []
+    def __init__(self):
+        self.held: list = []
         self._logger = logging.getLogger("absl")
         self._propagate = self._logger.propagate
         self._handler = _Hold(self.held)
         self._logger.addHandler(self._handler)
         self._logger.propagate = False  # absl's records reach stderr through the root
-        return self
+        self._stderr, sys.stderr = sys.stderr, io.StringIO()
 
-    def __exit__(self, exc_type, *exc):
-        if exc_type is not None:
-            time.sleep(0.5)  # the failed write's other threads end meanwhile, held
+    def release(self, *, show: bool) -> None:
         self._logger.removeHandler(self._handler)
         self._logger.propagate = self._propagate
-
-    def show(self):
-        for record in self.held:
-            self._logger.handle(record)
+        text, sys.stderr = sys.stderr.getvalue(), self._stderr
+        if show:
+            for record in self.held:
+                self._logger.handle(record)
+            sys.stderr.write(text)
 
 
 class _Hold(logging.Handler):

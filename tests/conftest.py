@@ -1,9 +1,11 @@
 """Strict numerics for every test, and Keras on its JAX backend."""
 
+import json
 import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 
 os.environ.setdefault("KERAS_BACKEND", "jax")  # before anything imports keras
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -16,8 +18,6 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 import pytest  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-_LARGEST: dict[str, float] = {}
-_LINES: list[str] = []
 
 
 SCRIPTS = ROOT / "tests" / "scripts"
@@ -52,28 +52,44 @@ def on_two_cpu_devices():
     return lambda name, *args: _run_script(name, *args, xla_flags=flags).split()
 
 
+def pytest_configure(config):
+    """The figures tests report go to a file that every pytest-xdist worker appends to and
+    the controller summarises at the end."""
+    if not hasattr(config, "workerinput"):  # the controller, or a run without workers
+        directory = tempfile.mkdtemp(prefix="lstm_jax_figures_")
+        os.environ["LSTM_JAX_FIGURES"] = os.path.join(directory, "figures.jsonl")
+
+
+def _add_figure(item: dict) -> None:
+    with open(os.environ["LSTM_JAX_FIGURES"], "a") as f:
+        f.write(json.dumps(item) + "\n")
+
+
 @pytest.fixture
 def record_largest():
     """``record_largest(what, value)`` keeps the largest value seen per ``what`` for the
     end-of-run summary (e.g. the largest difference against Keras)."""
-
-    def record(what: str, value: float) -> None:
-        _LARGEST[what] = max(_LARGEST.get(what, 0.0), float(value))
-
-    return record
+    return lambda what, value: _add_figure({"largest": what, "value": float(value)})
 
 
 @pytest.fixture
 def report():
     """``report(line)`` adds a line to the end-of-run summary."""
-    return _LINES.append
+    return lambda line: _add_figure({"line": line})
 
 
 def pytest_terminal_summary(terminalreporter):
-    if not (_LARGEST or _LINES):
+    path = pathlib.Path(os.environ.get("LSTM_JAX_FIGURES", "/nonexistent"))
+    items = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    if not items:
         return
+    largest: dict[str, float] = {}
+    for item in items:
+        if "largest" in item:
+            largest[item["largest"]] = max(largest.get(item["largest"], 0.0), item["value"])
     terminalreporter.section("lstm_jax figures")
-    for what, value in sorted(_LARGEST.items()):
+    for what, value in sorted(largest.items()):
         terminalreporter.write_line(f"largest {what}: {value:.3g}")
-    for line in _LINES:
-        terminalreporter.write_line(line)
+    for item in items:
+        if "line" in item:
+            terminalreporter.write_line(item["line"])

@@ -221,7 +221,7 @@ def test_resume_reads_the_settings_from_the_run(tmp_path):
     common = ("--no-progress", "--cpu-devices", "1", "--data-dir", tmp_path / "tfds")
     out = _train_py(
         *("--cell", "gru", "--units", "8,6", "--bidirectional", "--batch-size", "32"),
-        *("--sequence", "pixels", "--epochs", "1", "--workdir", tmp_path / "run", *common),
+        *("--sequence", "permuted", "--epochs", "1", "--workdir", tmp_path / "run", *common),
     )
     assert out.returncode == 0, out.stderr[-3000:]
     out = _train_py("--workdir", tmp_path / "run", "--resume", "--epochs", "2", *common)
@@ -230,7 +230,7 @@ def test_resume_reads_the_settings_from_the_run(tmp_path):
     assert "epoch 2/2" in out.stdout and "epoch 1/2" not in out.stdout
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["model"] == "Bidirectional(GRU(8)) -> Bidirectional(GRU(6)) -> Dense(10)"
-    assert metrics["config"]["batch_size"] == 32 and metrics["config"]["sequence"] == "pixels"
+    assert metrics["config"]["batch_size"] == 32 and metrics["config"]["sequence"] == "permuted"
     assert [h["epoch"] for h in metrics["history"]] == [1, 2]
 
     out = _train_py("--workdir", tmp_path / "run", "--evaluate", *common)
@@ -247,9 +247,6 @@ def test_resume_reads_the_settings_from_the_run(tmp_path):
 
 
 def test_resume_in_a_workdir_without_a_run_trains_nothing(tmp_path):
-    for workdir in (tmp_path / "typo", tmp_path):
-        out = _train_py("--workdir", workdir, "--resume", "--no-progress")
-        assert out.returncode == 1 and out.stderr.startswith("error: no run in "), out.stderr
     with pytest.raises(CheckpointError, match="no run in"):
         run_fake(tmp_path, resume=True)
     assert not (tmp_path / "run").exists()
