@@ -114,7 +114,7 @@ def test_1_a_second_run_on_a_busy_workdir_is_refused_and_a_crashed_one_leaves_no
 
     # Killed outright (no clean-up at all): its lock goes with it, and the run resumes.
     crashed = _start(tmp_path, *SMALL, "--epochs", "30", "--workdir", tmp_path / "crashed")
-    _wait_for(crashed, "epoch 1/30")
+    _wait_for(crashed, "epoch 2/30")  # so epoch 1 is saved
     crashed.send_signal(signal.SIGKILL)
     crashed.communicate()
     resumed = _train_py(tmp_path, "--workdir", tmp_path / "crashed", "--resume", "--epochs", "2")

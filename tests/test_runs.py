@@ -221,7 +221,7 @@ def test_resume_reads_the_settings_from_the_run(tmp_path):
     common = ("--no-progress", "--cpu-devices", "1", "--data-dir", tmp_path / "tfds")
     out = _train_py(
         *("--cell", "gru", "--units", "8,6", "--bidirectional", "--batch-size", "32"),
-        *("--sequence", "permuted", "--epochs", "1", "--workdir", tmp_path / "run", *common),
+        *("--validation-split", "0.25", "--epochs", "1", "--workdir", tmp_path / "run", *common),
     )
     assert out.returncode == 0, out.stderr[-3000:]
     out = _train_py("--workdir", tmp_path / "run", "--resume", "--epochs", "2", *common)
@@ -230,7 +230,7 @@ def test_resume_reads_the_settings_from_the_run(tmp_path):
     assert "epoch 2/2" in out.stdout and "epoch 1/2" not in out.stdout
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["model"] == "Bidirectional(GRU(8)) -> Bidirectional(GRU(6)) -> Dense(10)"
-    assert metrics["config"]["batch_size"] == 32 and metrics["config"]["sequence"] == "permuted"
+    assert metrics["config"]["batch_size"] == 32 and metrics["config"]["validation_split"] == 0.25
     assert [h["epoch"] for h in metrics["history"]] == [1, 2]
 
     out = _train_py("--workdir", tmp_path / "run", "--evaluate", *common)
