@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import signal
 import sys
 
 from lstm_jax import cpu, data, shutdown, training  # JAX imported, no backend started
@@ -277,4 +278,7 @@ def _evaluate(workdir: str, args) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    for s in shutdown.SIGNALS:  # the run is over: a late Ctrl-C has nothing to stop
+        signal.signal(s, signal.SIG_IGN)
+    sys.exit(code)

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 _lock = threading.Lock()
-_state = {"active": False, "depth": 0, "pending": None, "message": None}
+_state = {"active": False, "depth": 0, "pending": None, "message": None, "stderr": 2}
 
 
 @contextlib.contextmanager
@@ -50,8 +50,9 @@ def _exit(signum: int) -> None:
     except Exception as e:  # the message must not stop the exit
         message = f"({type(e).__name__} while describing the run: {e})"
     sys.stdout.flush()
-    sys.stderr.write(f"\ninterrupted by {name}. {message}\n")
-    sys.stderr.flush()
+    # To the standard error the run started with: it may be redirected meanwhile (TFDS's
+    # native log is held back while TensorFlow starts; orbax's during a failed write).
+    os.write(_state["stderr"], f"\ninterrupted by {name}. {message}\n".encode())
     os._exit(128 + signum)
 
 
@@ -83,7 +84,7 @@ def exit_on_signal(message: Callable[[], str]) -> Iterator[None]:
             if data[0] in {int(s) for s in SIGNALS}:
                 _on_signal(data[0])
 
-    _state.update(active=True, pending=None, message=message)
+    _state.update(active=True, pending=None, message=message, stderr=os.dup(2))
     watcher = threading.Thread(target=watch, name="lstm_jax-signals", daemon=True)
     watcher.start()
     try:
@@ -92,7 +93,8 @@ def exit_on_signal(message: Callable[[], str]) -> Iterator[None]:
         signal.set_wakeup_fd(previous_fd)
         for s, handler in previous.items():
             signal.signal(s, handler)
-        _state.update(active=False, message=None)
+        os.close(_state["stderr"])
+        _state.update(active=False, message=None, stderr=2)
         os.close(write_fd)
         watcher.join(timeout=1)
         os.close(read_fd)
