@@ -20,6 +20,14 @@ import jax
 import orbax.checkpoint as ocp
 
 
+def finished_epochs(directory: str | os.PathLike) -> list[int]:
+    """The epochs whose checkpoints in ``directory`` are complete, oldest first: orbax
+    renames a checkpoint to its epoch number only once it is whole."""
+    directory = pathlib.Path(directory)
+    names = [p.name for p in directory.iterdir()] if directory.is_dir() else []
+    return sorted(int(n) for n in names if n.isdigit())
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be restored; the message says which and why."""
 
@@ -61,8 +69,7 @@ class Checkpointer:
             if not isinstance(e, Exception):  # KeyboardInterrupt, SystemExit: not a write
                 held.release(show=True)
                 raise
-            names = [p.name for p in self.directory.iterdir()] if self.directory.is_dir() else []
-            kept = ", ".join(sorted((n for n in names if n.isdigit()), key=int)) or "none"
+            kept = ", ".join(map(str, finished_epochs(self.directory))) or "none"
             code = re.search(r"os_error_code='(\d+)'", str(e))
             if isinstance(e, OSError) and e.strerror:
                 reason = e.strerror

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lstm_jax import data as data_lib
-from lstm_jax.checkpoints import Checkpointer, CheckpointError
+from lstm_jax.checkpoints import Checkpointer, CheckpointError, finished_epochs
 
 FORMAT = 1  # the version of what a checkpoint's meta holds; bumped when that changes
 
@@ -207,10 +207,9 @@ def read_meta(workdir: str | os.PathLike) -> tuple[pathlib.Path, int, dict]:
         raise CheckpointError(f"no run in {workdir}: there is no such directory")
     if not directory.is_dir():
         raise CheckpointError(f"no run in {workdir}: it holds no checkpoints directory")
-    names = [p.name for p in directory.iterdir()]
-    epochs = sorted(int(n) for n in names if n.isdigit())
+    epochs = finished_epochs(directory)
     if not epochs:
-        unfinished = sorted(n for n in names if "tmp" in n)
+        unfinished = sorted(p.name for p in directory.iterdir() if "tmp" in p.name)
         raise CheckpointError(
             f"the run in {workdir} has no finished checkpoint"
             + (f" (only the unfinished {', '.join(unfinished)})" if unfinished else "")

@@ -51,7 +51,7 @@ from lstm_jax import _jax_compat, recurrent, runs, shutdown
 from lstm_jax import data as data_lib
 from lstm_jax import nn as lnn
 from lstm_jax import params as params_lib
-from lstm_jax.checkpoints import Checkpointer, CheckpointError
+from lstm_jax.checkpoints import Checkpointer, CheckpointError, finished_epochs
 
 CELLS = tuple(recurrent.CELLS)
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "adamw")
@@ -972,9 +972,7 @@ def _train(config, epoch_fns, arrays, state, history, checkpointer, progress, me
 def kept_checkpoints(directory: str | os.PathLike) -> str:
     """The finished checkpoints in ``directory``, in a sentence: e.g. ``The checkpoints of
     epochs 1, 2 are kept.``"""
-    directory = pathlib.Path(directory)
-    names = [p.name for p in directory.iterdir()] if directory.is_dir() else []
-    epochs = sorted(int(n) for n in names if n.isdigit())
+    epochs = finished_epochs(directory)
     if not epochs:
         return "No checkpoint was saved."
     if len(epochs) == 1:
