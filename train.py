@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 
-from lstm_jax import cpu, data, shutdown, training  # JAX imported, no backend started
+from lstm_jax import cpu, data, distributed, shutdown, training  # no JAX backend started
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TFDS's TensorFlow: errors only
 
@@ -136,10 +136,30 @@ def build_parser() -> argparse.ArgumentParser:
         "across them (0: one per core up to 2, the setting measured, as many as divide "
         "the batch, so 2 on a bigger host too; 1: XLA's defaults, one device on every core)",
     )
-    run.add_argument(
+    hosts = p.add_argument_group(
+        "several processes (one per host, or per accelerator), as one run",
+        "Start every process with the same flags and --workdir (a directory all of them\n"
+        "see), each with its own --process-id; the batch is split across all devices.",
+    )
+    hosts.add_argument(
+        "--coordinator-address",
+        metavar="HOST:PORT",
+        help="where process 0 runs the coordinator that the others join",
+    )
+    hosts.add_argument("--num-processes", type=int, metavar="N", help="processes in the run")
+    hosts.add_argument("--process-id", type=int, metavar="I", help="this process: 0 to N-1")
+    hosts.add_argument(
+        "--join-timeout",
+        type=int,
+        default=distributed.JOIN_TIMEOUT_S,
+        metavar="S",
+        help="seconds to wait for all processes to join",
+    )
+    hosts.add_argument(
         "--distributed",
         action="store_true",
-        help="call jax.distributed.initialize() first (several hosts, on a cluster JAX detects)",
+        help="on a cluster JAX detects (SLURM, Open MPI, TPU pods): join its processes "
+        "without the three flags above",
     )
     return p
 
@@ -162,7 +182,16 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 
 
 # Flags that --resume and --evaluate take besides the run's own settings.
-_RUN_FLAGS = ("workdir", "resume", "evaluate", "cpu_devices")
+_RUN_FLAGS = (
+    "workdir",
+    "resume",
+    "evaluate",
+    "cpu_devices",
+    "coordinator_address",
+    "num_processes",
+    "process_id",
+    "join_timeout",
+)
 _EVALUATE_FLAGS = (*_RUN_FLAGS, "data_dir", "download", "progress")
 
 
@@ -186,6 +215,20 @@ def main(argv=None) -> int:
         parser.error(f"--cpu-devices must be 0 (one per core) or more; got {args.cpu_devices}")
     given = _given(argv if argv is not None else sys.argv[1:])
     workdir = args.workdir
+    hosts = (args.coordinator_address, args.num_processes, args.process_id)
+    args.distributed = args.distributed or any(v is not None for v in hosts)
+    if args.distributed:
+        try:
+            distributed.check_arguments(*hosts)
+        except distributed.DistributedError as e:
+            parser.error(_flag_names(str(e)))
+        if args.evaluate:
+            parser.error("--evaluate runs in one process; drop the several-processes flags")
+        if workdir is None:
+            parser.error(
+                "several processes need --workdir: one directory that all of them see (on "
+                "several machines, a shared filesystem)"
+            )
     try:
         if args.evaluate:
             extra = sorted(set(given) - set(_EVALUATE_FLAGS))
@@ -195,6 +238,7 @@ def main(argv=None) -> int:
             config = training.resume_config(workdir)
         elif args.resume:
             changes = {k: v for k, v in given.items() if k not in _RUN_FLAGS}
+            changes["distributed"] = args.distributed  # as this start is, not as the run's was
             config = training.resume_config(workdir, **changes)
         else:
             config = training.Config(**{k: v for k, v in vars(args).items() if k not in _RUN_FLAGS})
@@ -207,12 +251,22 @@ def main(argv=None) -> int:
     workdir = workdir or _new_workdir()
     cpu.limit_malloc_arenas()
     cpu.use_host_cores(args.cpu_devices or cpu.host_device_count(config.batch_size))
+    if args.distributed:
+        distributed.supervise(*hosts, lambda: _kept(workdir, args.num_processes))
     try:
-        with shutdown.exit_on_signal(lambda: _kept(workdir)):
+        with shutdown.exit_on_signal(lambda: _kept(workdir, args.num_processes)):
             if args.evaluate:
                 _evaluate(workdir, args)
                 return 0
+            if args.distributed:
+                distributed.initialize(*hosts, timeout=args.join_timeout)
             training.train_and_evaluate(config, workdir)
+    except distributed.ProcessLost as e:
+        distributed.wait_for_verdict()  # JAX's runtime names the lost process meanwhile
+        print(f"error: {e}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
     except training.USER_ERRORS as e:
         message = e.with_flag() if isinstance(e, training.ConfigError) else str(e)
         print(f"error: {message}", file=sys.stderr)
@@ -226,15 +280,28 @@ def main(argv=None) -> int:
     finally:
         if args.workdir is None:
             _remove_if_unused(workdir)
-    print(f"run files: {os.path.abspath(workdir)}")
+    if not args.distributed or args.process_id in (0, None):
+        print(f"run files: {os.path.abspath(workdir)}")
     return 0
 
 
-def _kept(workdir: str) -> str:
+def _flag_names(message: str) -> str:
+    """``distributed``'s message with its arguments named as ``train.py``'s flags."""
+    for name in ("coordinator_address", "num_processes", "process_id"):
+        message = message.replace(name, "--" + name.replace("_", "-"))
+    return message
+
+
+def _kept(workdir: str, num_processes: int | None = None) -> str:
     """What an interrupted run leaves, for the line ``train.py`` ends with."""
     kept = training.kept_checkpoints(os.path.join(workdir, "checkpoints"))
     if kept.startswith("No "):
         return f"{kept} (no epoch had finished)"
+    if num_processes:
+        return (
+            f"{kept} Continue with --resume, all {num_processes} processes started again "
+            "with their flags."
+        )
     return f"{kept} Continue with: python train.py --workdir {workdir} --resume"
 
 

@@ -127,18 +127,22 @@ def worker_lstm_jax(args, images, labels, test_images, test_labels):
     state = jax.device_put(
         training.create_train_state(config, model, (time_steps, features)), replicated
     )
-    x, y = (jax.device_put(a, replicated) for a in (images, labels))
+    train = data.Split(images, labels)
     train_epoch, evaluate = training.make_epoch_fns(config, model, mesh, len(labels))
 
     def run_epoch(epoch):
         nonlocal state
-        order = jax.device_put(training.epoch_order(args.seed, epoch, len(labels)), replicated)
-        state, sums, _ = train_epoch(state, x, y, order)
+        order = training.epoch_order(args.seed, epoch, len(labels))
+        batches = training.batches_on_mesh(train, order, args.batch_size, mesh)
+        state, sums, _ = train_epoch(state, batches)
         jax.block_until_ready(sums)
 
     times, compiles = timed_epochs(args.epochs, run_epoch)
-    tx, ty = (jax.device_put(a, replicated) for a in (test_images, test_labels))
-    sums = jax.device_get(evaluate(state.params, tx, ty))
+    test = data.Split(test_images, test_labels)
+    batch = training.eval_batch_size(config, mesh)
+    order = np.arange(len(test_labels), dtype=np.int32)
+    test_batches = training.batches_on_mesh(test, order, batch, mesh)
+    sums = jax.device_get(evaluate(state.params, test_batches))
     return times, compiles, float(sums[1] / sums[2]), {"devices": len(jax.devices())}
 
 

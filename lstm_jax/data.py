@@ -7,11 +7,10 @@ Each image ``[H, W, C]`` becomes a sequence in one of three ways (``sequence=``)
 * ``permuted``: as ``pixels``, in one fixed random order (the same for every run), the
   classic long-memory benchmark.
 
-Images stay ``uint8`` (a quarter of float32's memory, so that a whole data set sits on the
-device); ``to_sequences`` scales them to ``[0, 1]`` inside the jitted step. The arrays are
-64-byte aligned, which lets XLA's CPU devices use them in place: with one XLA device per
-core (``train.py`` on a CPU) the data set is then held once, not once per device as well.
-Since the devices share them, ``load`` returns them read-only.
+Images stay ``uint8`` (a quarter of float32's memory) up to the jitted step, where
+``to_sequences`` scales them to ``[0, 1]``. ``load`` returns them read-only, on the host;
+``gather`` takes a batch's rows into 64-byte aligned memory, which XLA's CPU devices use in
+place (no second copy).
 """
 
 from __future__ import annotations
@@ -119,13 +118,14 @@ def _empty_aligned(shape: tuple[int, ...], dtype) -> np.ndarray:
     return buffer[start : start + nbytes].view(dtype).reshape(shape)
 
 
-def _aligned(array: np.ndarray) -> np.ndarray:
-    """``array`` itself when it is aligned for XLA's CPU client, else an aligned copy."""
-    if array.ctypes.data % _ALIGNMENT == 0:
-        return array
-    out = _empty_aligned(array.shape, array.dtype)
-    out[...] = array
-    return out
+def gather(array: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``array[index]`` (rows), written straight into memory aligned for XLA's CPU client.
+
+    >>> gather(np.arange(5) * 10, np.array([[4, 0], [1, 1]])).tolist()
+    [[40, 0], [10, 10]]
+    """
+    out = _empty_aligned((*index.shape, *array.shape[1:]), array.dtype)
+    return np.take(array, index, axis=0, out=out)
 
 
 def _tfds():
@@ -228,9 +228,7 @@ def _load_split(name: str, split: str, data_dir: str | None, download: bool) -> 
             f"the prepared {name} data cannot be read: {' or '.join(files) or version_dir}: "
             f"{reason} ({type(e).__name__}). {_rebuild(name, version_dir)}"
         ) from None
-    return Split(
-        _concatenate_aligned(images, images[0].dtype), _concatenate_aligned(labels, np.int32)
-    )
+    return Split(np.concatenate(images), np.concatenate(labels).astype(np.int32))
 
 
 def _parses(path: pathlib.Path) -> bool:
@@ -247,12 +245,6 @@ def _rebuild(name: str, version_dir: pathlib.Path) -> str:
         f"The files are damaged: delete {version_dir} and prepare {name} again (`tfds build "
         f"{name} --data_dir {version_dir.parent.parent}`, or any run with network access)."
     )
-
-
-def _concatenate_aligned(parts: list[np.ndarray], dtype) -> np.ndarray:
-    """``np.concatenate(parts).astype(dtype)``, written straight into aligned memory."""
-    shape = (sum(len(x) for x in parts), *parts[0].shape[1:])
-    return np.concatenate(parts, out=_empty_aligned(shape, dtype), casting="same_kind")
 
 
 def load(
@@ -333,9 +325,9 @@ def load(
     cut = math.floor(len(train) * (1 - validation_split))  # Keras's split point
     splits = (
         Split(train.images[:cut], train.labels[:cut]),
-        Split(_aligned(train.images[cut:]), _aligned(train.labels[cut:])),
+        Split(train.images[cut:], train.labels[cut:]),
         test,
     )
-    for split in splits:  # read-only: on a CPU, the devices use these very arrays
+    for split in splits:  # read-only: every epoch gathers its batches from these
         split.images.flags.writeable = split.labels.flags.writeable = False
     return Dataset(name, *splits, num_classes=int(features["label"].num_classes))

@@ -6,16 +6,21 @@ last 20% of the training set held out for validation, then the test set.
 
 How it runs:
 
-* The data set is loaded once and kept on the device(s) as ``uint8``. Each epoch's order is
-  drawn on the host by NumPy from the run's seed and the epoch number (``epoch_order``), as
-  Keras shuffles, and the batches are gathered on the device. (``jax.random``'s
-  permutation sorts, which is slow to run and to compile on a CPU.)
+* The data set is loaded once and kept on the host as ``uint8``. Each epoch's order is
+  drawn by NumPy from the run's seed and the epoch number (``epoch_order``), as Keras
+  shuffles, and the epoch's batches are placed on the devices before it starts
+  (``batches_on_mesh``): each device receives only its slice of every batch.
+  (``jax.random``'s permutation sorts, which is slow to run and to compile on a CPU.)
 * A whole epoch is one jitted call (``train_epoch``): a ``lax.scan`` over batches, with the
   training state donated, compiled once per run.
 * Data parallel over every device JAX sees: a one-axis mesh ``("data",)``, each batch split
   across it, parameters and optimizer state replicated; each device computes the gradient
-  of its slice (``jax.shard_map``), and the gradients are summed across devices. The same code
-  serves one device, several, and several hosts (``Config.distributed``).
+  of its slice (``jax.shard_map``), and the gradients are summed across devices. The same
+  code serves one device, several, and several processes on one or many hosts
+  (``lstm_jax.distributed``; ``Config.distributed``): each process gathers and places only
+  its own devices' slices, from the same order, so N processes train the same model as one
+  process with as many devices. Process 0 writes the run's files and prints; all write the
+  checkpoints together, as orbax does across processes.
 * An orbax checkpoint at every epoch end; ``Config.resume`` continues from the newest one.
 
 The parts, each usable alone: ``train_step`` (one optimizer step), ``make_epoch_fns`` (the
@@ -47,7 +52,7 @@ from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lstm_jax import _jax_compat, recurrent, runs, shutdown
+from lstm_jax import _jax_compat, distributed, recurrent, runs, shutdown
 from lstm_jax import data as data_lib
 from lstm_jax import nn as lnn
 from lstm_jax import params as params_lib
@@ -130,6 +135,7 @@ USER_ERRORS = (
     TrainingDiverged,
     DeviceError,
     RunFileError,
+    distributed.DistributedError,
 )
 
 
@@ -196,7 +202,15 @@ class Config:
 
 
 # Settings a resumed run may change; every other one stays as the run was started.
-RESUMABLE = ("epochs", "learning_rate", "progress", "data_dir", "download", "resume")
+RESUMABLE = (
+    "epochs",
+    "learning_rate",
+    "progress",
+    "data_dir",
+    "download",
+    "distributed",
+    "resume",
+)
 
 
 def check_resume(saved: Config, config: Config, epochs_done: int) -> None:
@@ -378,15 +392,43 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng((seed, epoch)).permutation(n).astype(np.int32)
 
 
-def _batches(order: jax.Array, batch_size: int):
-    """Indices ``[steps, batch]`` visiting ``order`` in turn, the last batch padded, and
-    weights marking the padding (weight 0)."""
-    n = order.shape[0]
+def batches_on_mesh(
+    split: data_lib.Split, order: np.ndarray, batch_size: int, mesh: Mesh
+) -> dict[str, jax.Array]:
+    """The examples of ``split`` in ``order`` as batches on ``mesh``: ``image`` (``uint8
+    [steps, batch, H, W, C]``), ``label`` and ``weight`` (``[steps, batch]``), the last
+    batch padded with weight 0, each batch split across the mesh's devices
+    (``P(None, "data")``).
+
+    Each process gathers, from its own copy of ``split`` on the host, only the examples of
+    its own devices' slices, and places only those: several processes given the same
+    ``order`` make the same global batches as one process would.
+    """
+    n = len(order)
     steps = -(-n // batch_size)
-    pad = steps * batch_size - n
-    order = jnp.concatenate([order, jnp.zeros(pad, order.dtype)]) if pad else order
-    weights = (jnp.arange(steps * batch_size) < n).astype(jnp.float32)
-    return order.reshape(steps, batch_size), weights.reshape(steps, batch_size)
+    index = np.zeros(steps * batch_size, np.int32)
+    index[:n] = order
+    index = index.reshape(steps, batch_size)
+    weight = (np.arange(steps * batch_size) < n).astype(np.float32).reshape(steps, batch_size)
+    sharding = NamedSharding(mesh, P(None, "data"))
+
+    def place(array):
+        shape = (steps, batch_size, *array.shape[1:])
+        return jax.make_array_from_callback(
+            shape, sharding, lambda i: data_lib.gather(array, index[i[:2]])
+        )
+
+    return {
+        "image": place(split.images),
+        "label": place(split.labels),
+        "weight": jax.make_array_from_callback(weight.shape, sharding, lambda i: weight[i]),
+    }
+
+
+def eval_batch_size(config: Config, mesh: Mesh) -> int:
+    """The batch that evaluation runs in: at least 1024, a multiple of the mesh's size."""
+    batch = max(1024, config.batch_size)
+    return batch - batch % mesh.size
 
 
 class _Progress:
@@ -447,28 +489,24 @@ def make_epoch_fns(
     (``jax.debug.callback``) about 50 times an epoch and after its last step, e.g. to draw a
     progress bar.
 
-    ``train_epoch(state, images, labels, order) -> (state, sums, bad_step)`` runs a whole
-    epoch as one ``lax.scan`` over batches, visiting the examples in ``order`` (``int32
-    [n]``, e.g. ``epoch_order(seed, epoch, n)``). ``sums`` is ``[loss_sum, correct,
-    count]``; ``bad_step`` is ``-1``, or the first step whose loss or updated parameters
-    were not finite, after which the state is left as it was before that step.
+    ``train_epoch(state, batches) -> (state, sums, bad_step)`` runs a whole epoch as one
+    ``lax.scan`` over ``batches`` (``batches_on_mesh`` of the training split in
+    ``epoch_order(seed, epoch, n)``). ``sums`` is ``[loss_sum, correct, count]``;
+    ``bad_step`` is ``-1``, or the first step whose loss or updated parameters were not
+    finite, after which the state is left as it was before that step.
 
-    ``evaluate(params, images, labels) -> sums`` runs over a split in fixed order.
+    ``evaluate(params, batches) -> sums`` runs over a split's batches (in fixed order, of
+    ``eval_batch_size``).
     """
     replicated = NamedSharding(mesh, P())
-    batch_sharded = NamedSharding(mesh, P("data"))
     report_every = max(1, -(-n_train // config.batch_size) // 50)
 
-    def shard(x):
-        return jax.lax.with_sharding_constraint(x, batch_sharded)
-
-    def train_epoch(state, images, labels, order):
-        idx, w = _batches(order, config.batch_size)
+    def train_epoch(state, batches):
+        steps = batches["label"].shape[0]
 
         def body(carry, xs):
             state, sums, bad_step = carry
-            i, idx_b, w_b = xs
-            batch = {"image": images[idx_b], "label": labels[idx_b], "weight": w_b}
+            i, batch = xs
             new_state, batch_sums, loss = train_step(
                 state, batch, mesh=mesh, sequence=config.sequence
             )
@@ -479,29 +517,23 @@ def make_epoch_fns(
             sums = sums + jnp.where(ok, batch_sums, 0)
             if on_step is not None:
                 jax.lax.cond(
-                    (i % report_every == 0) | (i == idx.shape[0] - 1),
+                    (i % report_every == 0) | (i == steps - 1),
                     lambda: jax.debug.callback(on_step, i, sums[0], sums[2]),
                     lambda: None,
                 )
             return (state, sums, bad_step), None
 
-        steps = jnp.arange(idx.shape[0])
         init = (state, jnp.zeros(3, jnp.float32), jnp.array(-1, state.step.dtype))
-        (state, sums, bad_step), _ = jax.lax.scan(body, init, (steps, idx, w))
+        (state, sums, bad_step), _ = jax.lax.scan(body, init, (jnp.arange(steps), batches))
         return state, sums, bad_step
 
-    def evaluate(params, images, labels):
-        batch = max(1024, config.batch_size)
-        batch -= batch % mesh.size
-        idx, w = _batches(jnp.arange(labels.shape[0]), batch)
-
-        def body(sums, xs):
-            idx_b, w_b = xs
-            x = shard(data_lib.to_sequences(images[idx_b], config.sequence))
+    def evaluate(params, batches):
+        def body(sums, batch):
+            x = data_lib.to_sequences(batch["image"], config.sequence)
             logits = model.apply({"params": params}, x)
-            return sums + _loss_and_metrics(logits, labels[idx_b], shard(w_b)), None
+            return sums + _loss_and_metrics(logits, batch["label"], batch["weight"]), None
 
-        sums, _ = jax.lax.scan(body, jnp.zeros(3, jnp.float32), (idx, w))
+        sums, _ = jax.lax.scan(body, jnp.zeros(3, jnp.float32), batches)
         return sums
 
     train_epoch = jax.jit(train_epoch, donate_argnums=0, out_shardings=replicated)
@@ -535,7 +567,7 @@ def _make_workdir(path: pathlib.Path) -> None:
         )
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write_test"
+        probe = path / f".write_test-{os.getpid()}"  # one per process: several may share it
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
@@ -613,11 +645,6 @@ def _check_free_space(workdir: pathlib.Path, state, keep: int) -> None:
         )
 
 
-def _on_mesh(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
-    """A host array as one global array on the mesh (also across hosts)."""
-    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
-
-
 class CompileCounter:
     """Counts JAX's compilations while active, and the seconds spent in them.
 
@@ -692,7 +719,9 @@ def train_and_evaluate(
     """
     config.validate()
     if config.distributed:
-        jax.distributed.initialize()
+        distributed.initialize()  # on a cluster JAX detects, unless already joined
+    if jax.process_index() != 0:  # process 0 reports for all
+        print_fn = _silent
     workdir = _check_workdir(workdir)
     saved = _check_resume(config, workdir) if config.resume else None
     if not config.resume:
@@ -725,15 +754,30 @@ def train_and_evaluate(
         _check_free_space(workdir, state, checkpointer.max_to_keep)
         state, history = _restore(config, checkpointer, mesh, state, print_fn)
         splits = {"train": train, "validation": ds.validation, "test": ds.test}
-        arrays = {name: _split_on_mesh(split, mesh) for name, split in splits.items()}
+        held_out = {name: _in_order(splits[name], config, mesh) for name in ("validation", "test")}
         progress = _Progress(config.progress and jax.process_index() == 0)
         on_step = progress.update if progress.enabled else None
         epoch_fns = make_epoch_fns(config, model, mesh, len(train), on_step)
-        state = _train(
-            config, epoch_fns, arrays, state, history, checkpointer, progress, meta, print_fn
-        )
-        test_sums = epoch_fns[1](state.params, *arrays["test"])
-        test_loss, test_acc = _rates(jax.device_get(test_sums))
+        try:
+            state = _train(
+                config,
+                epoch_fns,
+                train,
+                held_out,
+                mesh,
+                state,
+                history,
+                checkpointer,
+                progress,
+                meta,
+                print_fn,
+            )
+            test_sums = epoch_fns[1](state.params, held_out["test"])
+            test_loss, test_acc = _rates(jax.device_get(test_sums))
+        except jax.errors.JaxRuntimeError as e:
+            if not distributed.is_multiprocess():
+                raise
+            raise distributed.lost(e, kept_checkpoints(checkpointer.directory)) from None
         metrics = _metrics(config, model, mesh, splits, state, history, test_loss, test_acc)
         if jax.process_index() == 0:
             text = json.dumps(metrics, indent=2) + "\n"
@@ -744,11 +788,16 @@ def train_and_evaluate(
     return {**metrics, "state": state}
 
 
+def _silent(_: str) -> None:
+    pass
+
+
 def _metrics(config, model, mesh, splits, state, history, test_loss, test_acc) -> dict:
     return {
         "config": dataclasses.asdict(config),
         "model": describe_model(model),
         "devices": [str(d) for d in mesh.devices.flat],
+        "processes": jax.process_count(),
         "backend": jax.default_backend(),
         "data": {name: len(split) for name, split in splits.items()},
         "params": params_lib.count_params(state.params),
@@ -781,7 +830,7 @@ def evaluate_params(
     mesh = Mesh(np.array(devices()), ("data",))
     _, evaluate = make_epoch_fns(config, model, mesh, len(train))
     params = jax.device_put(params, NamedSharding(mesh, P()))
-    sums = jax.device_get(evaluate(params, *_split_on_mesh(images_labels, mesh)))
+    sums = jax.device_get(evaluate(params, _in_order(images_labels, config, mesh)))
     loss, accuracy = _rates(sums)
     return {"split": split, "examples": len(images_labels), "loss": loss, "accuracy": accuracy}
 
@@ -853,16 +902,15 @@ def _model_spec(model: nn.Module) -> dict:
 
 
 def _refuse_finished_run(workdir: pathlib.Path) -> None:
-    """A workdir that holds checkpoints belongs to a run: it is resumed, not overwritten."""
-    if not (workdir / "checkpoints").is_dir():
-        return
-    checkpointer = Checkpointer(workdir / "checkpoints")
-    latest = checkpointer.latest_epoch()
-    checkpointer.close()
-    if latest is not None:
+    """A workdir that holds checkpoints belongs to a run: it is resumed, not overwritten.
+
+    Reads the directory only: in a multi-process run, an orbax manager opened here by some
+    processes and not others would leave their collectives out of step."""
+    epochs = finished_epochs(workdir / "checkpoints")
+    if epochs:
         raise ConfigError(
             "workdir",
-            f"workdir {workdir} already holds checkpoints (epoch {latest}): resume that "
+            f"workdir {workdir} already holds checkpoints (epoch {epochs[-1]}): resume that "
             "run, or choose another workdir.",
         )
 
@@ -917,7 +965,7 @@ def _restore(config, checkpointer, mesh, state, print_fn):
     """``state`` replicated on the mesh, and the history so far: from the newest checkpoint
     when resuming, else as initialised."""
     replicated = NamedSharding(mesh, P())
-    state = jax.device_put(state, replicated)
+    state = jax.tree.map(lambda leaf: _replicated(leaf, replicated), state)
     if not config.resume:
         return state, []
     abstract = jax.tree.map(
@@ -928,25 +976,47 @@ def _restore(config, checkpointer, mesh, state, print_fn):
     return state, list(meta["history"])[:epoch]
 
 
-def _split_on_mesh(split: data_lib.Split, mesh: Mesh) -> tuple[jax.Array, jax.Array]:
-    replicated = NamedSharding(mesh, P())
-    return _on_mesh(split.images, replicated), _on_mesh(split.labels, replicated)
+def _replicated(leaf, sharding: NamedSharding) -> jax.Array:
+    """``leaf``, which this process holds whole, as one array replicated on the mesh; each
+    process places its own copy (``jax.device_put`` would first compare the copies across
+    processes)."""
+    host = np.asarray(leaf)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
-def _train(config, epoch_fns, arrays, state, history, checkpointer, progress, meta, print_fn):
+def _in_order(split: data_lib.Split, config: Config, mesh: Mesh) -> dict[str, jax.Array]:
+    """``split``'s batches for ``evaluate``, in the split's order."""
+    order = np.arange(len(split), dtype=np.int32)
+    return batches_on_mesh(split, order, eval_batch_size(config, mesh), mesh)
+
+
+def _train(
+    config,
+    epoch_fns,
+    train,
+    held_out,
+    mesh,
+    state,
+    history,
+    checkpointer,
+    progress,
+    meta,
+    print_fn,
+):
     """The epochs after ``history``'s last, to ``config.epochs``: each trained, validated,
     reported, added to ``history`` and checkpointed. Returns the final state."""
     train_epoch, evaluate = epoch_fns
-    n_train = arrays["train"][1].shape[0]
+    n_train = len(train)
     steps = -(-n_train // config.batch_size)
-    replicated = arrays["train"][1].sharding
     try:
         for epoch in range(len(history) + 1, config.epochs + 1):
             with CompileCounter() as compiles:
                 progress.open(epoch, config.epochs, steps, config.batch_size)
                 start = time.perf_counter()
-                order = _on_mesh(epoch_order(config.seed, epoch, n_train), replicated)
-                state, sums, bad_step = train_epoch(state, *arrays["train"], order)
+                order = epoch_order(config.seed, epoch, n_train)
+                batches = batches_on_mesh(train, order, config.batch_size, mesh)
+                state, sums, bad_step = train_epoch(state, batches)
+                del batches  # the epoch's examples, freed as soon as it ends
                 sums, bad_step = jax.device_get((sums, bad_step))
                 train_seconds = time.perf_counter() - start
                 progress.close()
@@ -954,7 +1024,7 @@ def _train(config, epoch_fns, arrays, state, history, checkpointer, progress, me
                     raise TrainingDiverged(
                         int(bad_step), epoch, kept_checkpoints(checkpointer.directory)
                     )
-                val_sums = jax.device_get(evaluate(state.params, *arrays["validation"]))
+                val_sums = jax.device_get(evaluate(state.params, held_out["validation"]))
                 if not np.isfinite(val_sums).all():
                     raise TrainingDiverged(None, epoch, kept_checkpoints(checkpointer.directory))
                 epoch_seconds = time.perf_counter() - start

@@ -128,13 +128,15 @@ def test_several_devices_match_one(tmp_path, run_script):
     assert abs(metrics["history"][-1]["train_loss"] - one["history"][-1]["train_loss"]) < 1e-4
 
 
-def test_data_set_is_held_once_on_a_cpu_mesh(tmp_path, on_two_cpu_devices):
-    """Every split is 64-byte aligned, so each of two CPU devices uses the host array in
-    place instead of holding its own copy (with 503 examples the validation split starts
-    off alignment in the loaded array and must be realigned), and read-only, since the
-    devices share it."""
-    printed = on_two_cpu_devices("data_held_once.py", tmp_path / "tfds")
-    assert printed == ["2", "True", "False"] * 6
+def test_each_device_holds_only_its_slice_of_each_batch(on_two_cpu_devices):
+    """An epoch's batches on two devices: each device holds half of every batch (the last
+    one padded, weight 0), the examples of its own slice in the epoch's order."""
+    printed = on_two_cpu_devices("batches_per_device.py")
+    assert printed == [
+        *("image", "4x32x28x28x1", "True") * 2,
+        *("label", "4x32", "True") * 2,
+        *("weight", "4x32", "True") * 2,
+    ]
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])

@@ -1,0 +1,194 @@
+"""Several processes as one run, on JAX's distributed runtime: two processes on 127.0.0.1
+with one CPU device each, Gloo between them, on small fake data (TFDS's mock_data)."""
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from lstm_jax import distributed, runs
+from lstm_jax.checkpoints import finished_epochs
+from tests import reference
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+FAKE_TRAIN = ROOT / "tests" / "scripts" / "train_on_fake_data.py"
+SMALL = ("--units", "8", "--batch-size", "64", "--no-progress", "--seed", "3")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(tmp_path, *args, process_id=None, port=None, processes=2):
+    hosts = ()
+    if process_id is not None:
+        hosts = ("--coordinator-address", f"127.0.0.1:{port}", "--num-processes", processes)
+        hosts += ("--process-id", process_id)
+    return subprocess.Popen(
+        [sys.executable, FAKE_TRAIN, "--data-dir", tmp_path / "tfds", *map(str, args + hosts)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def _two_processes(tmp_path, *args):
+    """``train.py`` as processes 0 and 1 of one run; returns both ``(code, out, err)``."""
+    port = _free_port()
+    started = [_start(tmp_path, *args, "--cpu-devices", 1, process_id=i, port=port) for i in (0, 1)]
+    ended = []
+    try:
+        for p in started:
+            out, err = p.communicate(timeout=240)
+            ended.append((p.returncode, out, err))
+    finally:
+        for p in started:  # each is a supervisor and its child: SIGTERM reaches both
+            if p.poll() is None:
+                p.terminate()
+                p.communicate()
+    for code, out, err in ended:
+        assert code == 0, out[-2000:] + err[-3000:]
+    return ended
+
+
+def _own_lines(out: str) -> list[str]:
+    """The lines a process printed, less the one Gloo prints when it connects."""
+    return [line for line in out.splitlines() if line.strip() and not line.startswith("[Gloo]")]
+
+
+def _params(workdir):
+    return jax.tree.leaves(jax.device_get(runs.load_run(workdir).params))
+
+
+@pytest.fixture(scope="module")
+def one_process_two_devices(tmp_path_factory):
+    """The reference: the same run in one process with two CPU devices, 2 epochs."""
+    tmp = tmp_path_factory.mktemp("one_process")
+    p = _start(tmp, *SMALL, "--epochs", 2, "--cpu-devices", 2, "--workdir", tmp / "run")
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err[-3000:]
+    return tmp / "run"
+
+
+def test_two_processes_train_what_one_process_with_two_devices_does(
+    tmp_path, one_process_two_devices, record_largest
+):
+    run = tmp_path / "run"
+    (code0, out0, _), (_, out1, err1) = _two_processes(
+        tmp_path, *SMALL, "--epochs", 2, "--workdir", run
+    )
+    assert "devices: 2 x cpu (cpu), 2 process(es)" in out0
+    assert "epoch 2/2:" in out0 and "run files:" in out0
+    assert _own_lines(out1) == [] and err1.strip() == ""  # process 0 alone reports
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["processes"] == 2 and len(metrics["devices"]) == 2
+    assert sorted(p.name for p in run.iterdir() if p.suffix in (".json", ".png")) == [
+        "curves.png",
+        "metrics.json",
+    ]
+    reference_metrics = json.loads((one_process_two_devices / "metrics.json").read_text())
+    assert reference_metrics["processes"] == 1 and len(reference_metrics["devices"]) == 2
+    mine, theirs = _params(run), _params(one_process_two_devices)
+    largest = max(float(np.max(np.abs(a - b))) for a, b in zip(mine, theirs, strict=True))
+    record_largest("largest abs difference, 2 processes vs 1 process on 2 devices", largest)
+    reference.assert_trees_close(mine, theirs, atol=1e-5)
+    assert metrics["test_accuracy"] == pytest.approx(reference_metrics["test_accuracy"])
+
+
+def test_a_two_process_run_resumes_on_two_processes(tmp_path, one_process_two_devices):
+    run = tmp_path / "run"
+    _two_processes(tmp_path, *SMALL, "--epochs", 1, "--workdir", run)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["1"]
+    (_, out0, _), (_, out1, _) = _two_processes(
+        tmp_path, "--workdir", run, "--resume", "--epochs", 2, "--no-progress"
+    )
+    assert "resumed from the checkpoint of epoch 1" in out0 and "epoch 2/2:" in out0
+    assert _own_lines(out1) == []
+    history = json.loads((run / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    reference.assert_trees_close(_params(run), _params(one_process_two_devices), atol=1e-5)
+
+
+@pytest.mark.parametrize("killed", [1, 0])
+def test_a_killed_process_stops_the_other_with_one_line(tmp_path, killed, report):
+    """Process ``killed`` is killed (SIGKILL) mid-epoch; the other ends, non-zero, within 60
+    s, with one line that names the lost process; the checkpoints saved are kept."""
+    port, run = _free_port(), tmp_path / "run"
+    args = ("--units", 8, "--batch-size", 8, "--sequence", "pixels", "--no-progress")
+    args += ("--epochs", 100, "--workdir", run, "--cpu-devices", 1)  # epochs of ~1 s
+    procs = [_start(tmp_path, *args, process_id=i, port=port) for i in (0, 1)]
+    try:
+        deadline = time.monotonic() + 240
+        while not finished_epochs(run / "checkpoints") and time.monotonic() < deadline:
+            assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+            time.sleep(0.05)
+        time.sleep(0.5)  # into epoch 2
+        procs[killed].send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        survivor = procs[1 - killed]
+        _, err = survivor.communicate(timeout=60)
+        seconds = time.monotonic() - killed_at
+    finally:
+        for p in procs:
+            p.kill()
+            p.communicate()
+    assert survivor.returncode == 1
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err[-3000:]
+    assert f"process {killed}" in lines[0] and f"process {1 - killed} stops too" in lines[0]
+    assert "Continue with --resume, all 2 processes started again" in lines[0]
+    assert finished_epochs(run / "checkpoints")  # what was saved is kept
+    report(f"process {killed} of 2 killed: the other ended in {seconds:.1f} s: {lines[0]}")
+
+
+def test_a_missing_coordinator_or_a_wrong_process_id_is_one_line(tmp_path):
+    port = _free_port()
+    alone = _start(
+        tmp_path,
+        *SMALL,
+        "--workdir",
+        tmp_path / "run",
+        "--join-timeout",
+        3,
+        process_id=1,
+        port=port,
+    )
+    _, err = alone.communicate(timeout=120)
+    assert alone.returncode == 1
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err[-3000:]
+    assert lines[0].startswith(
+        f"error: process 1 of 2 found no coordinator at 127.0.0.1:{port} within the join timeout"
+    )
+    wrong = _start(tmp_path, *SMALL, "--workdir", tmp_path / "run", process_id=2, port=port)
+    _, err = wrong.communicate(timeout=120)
+    assert wrong.returncode == 2
+    assert err.strip() == (
+        "error: --process-id must be from 0 to 1 (--num-processes 2); got 2 (python train.py "
+        "--help lists the flags)"
+    )
+
+
+def test_distributed_arguments_are_checked_before_anything_starts():
+    for args, expected in [
+        (("10.0.0.1:1234", 2, None), "go together: give all three"),
+        (("10.0.0.1", 2, 0), "must be HOST:PORT"),
+        (("10.0.0.1:1234", 0, 0), "num_processes must be 1 or more; got 0"),
+        (("10.0.0.1:1234", 2, -1), "process_id must be from 0 to 1"),
+    ]:
+        with pytest.raises(distributed.DistributedError, match=expected):
+            distributed.check_arguments(*args)
+    distributed.check_arguments(None, None, None)
+    distributed.check_arguments("node-1.cluster:1234", 4, 3)
