@@ -720,13 +720,13 @@ def train_and_evaluate(
     config.validate()
     if config.distributed:
         distributed.initialize()  # on a cluster JAX detects, unless already joined
-    if jax.process_index() != 0:  # process 0 reports for all
-        print_fn = _silent
     workdir = _check_workdir(workdir)
     saved = _check_resume(config, workdir) if config.resume else None
     if not config.resume:
         _refuse_finished_run(workdir)
-    mesh = _data_mesh(config)
+    mesh = _data_mesh(config)  # JAX's backends start here (a failure: DeviceError)
+    if jax.process_index() != 0:  # process 0 reports for all
+        print_fn = _silent
     ds, train = _load_data(config)
     input_shape = data_lib.sequence_shape(train.images.shape[1:], config.sequence)
     model = _the_model(config, model, saved, ds.num_classes, input_shape)
