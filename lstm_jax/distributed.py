@@ -219,7 +219,7 @@ def _diagnose(text: str, address, num_processes, process_id) -> tuple[str, bool]
     )
     if dead:
         ids = ", ".join(re.findall(r"\d+", dead.group(1)))
-        lost = f"process {ids}{of} stopped (no heartbeat for {HEARTBEAT_TIMEOUT_S} s)"
+        lost = f"process {ids}{of} stopped (its heartbeats to the coordinator stopped)"
         return f"{lost}; {me} stops too.", True
     if "different incarnation" in text or "already in error" in text:
         return (

@@ -102,7 +102,7 @@ def test_two_processes_train_what_one_process_with_two_devices_does(
     assert reference_metrics["processes"] == 1 and len(reference_metrics["devices"]) == 2
     mine, theirs = _params(run), _params(one_process_two_devices)
     largest = max(float(np.max(np.abs(a - b))) for a, b in zip(mine, theirs, strict=True))
-    record_largest("largest abs difference, 2 processes vs 1 process on 2 devices", largest)
+    record_largest("abs difference, 2 processes vs 1 process on 2 devices", largest)
     reference.assert_trees_close(mine, theirs, atol=1e-5)
     assert metrics["test_accuracy"] == pytest.approx(reference_metrics["test_accuracy"])
 
