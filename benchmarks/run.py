@@ -138,10 +138,7 @@ def worker_lstm_jax(args, images, labels, test_images, test_labels):
         jax.block_until_ready(sums)
 
     times, compiles = timed_epochs(args.epochs, run_epoch)
-    test = data.Split(test_images, test_labels)
-    batch = training.eval_batch_size(config, mesh)
-    order = np.arange(len(test_labels), dtype=np.int32)
-    test_batches = training.batches_on_mesh(test, order, batch, mesh)
+    test_batches = training.eval_batches(data.Split(test_images, test_labels), config, mesh)
     sums = jax.device_get(evaluate(state.params, test_batches))
     return times, compiles, float(sums[1] / sums[2]), {"devices": len(jax.devices())}
 

@@ -754,7 +754,9 @@ def train_and_evaluate(
         _check_free_space(workdir, state, checkpointer.max_to_keep)
         state, history = _restore(config, checkpointer, mesh, state, print_fn)
         splits = {"train": train, "validation": ds.validation, "test": ds.test}
-        held_out = {name: _in_order(splits[name], config, mesh) for name in ("validation", "test")}
+        held_out = {
+            name: eval_batches(splits[name], config, mesh) for name in ("validation", "test")
+        }
         progress = _Progress(config.progress and jax.process_index() == 0)
         on_step = progress.update if progress.enabled else None
         epoch_fns = make_epoch_fns(config, model, mesh, len(train), on_step)
@@ -830,7 +832,7 @@ def evaluate_params(
     mesh = Mesh(np.array(devices()), ("data",))
     _, evaluate = make_epoch_fns(config, model, mesh, len(train))
     params = jax.device_put(params, NamedSharding(mesh, P()))
-    sums = jax.device_get(evaluate(params, _in_order(images_labels, config, mesh)))
+    sums = jax.device_get(evaluate(params, eval_batches(images_labels, config, mesh)))
     loss, accuracy = _rates(sums)
     return {"split": split, "examples": len(images_labels), "loss": loss, "accuracy": accuracy}
 
@@ -984,8 +986,8 @@ def _replicated(leaf, sharding: NamedSharding) -> jax.Array:
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
-def _in_order(split: data_lib.Split, config: Config, mesh: Mesh) -> dict[str, jax.Array]:
-    """``split``'s batches for ``evaluate``, in the split's order."""
+def eval_batches(split: data_lib.Split, config: Config, mesh: Mesh) -> dict[str, jax.Array]:
+    """``split``'s batches for ``evaluate``: in the split's order, of ``eval_batch_size``."""
     order = np.arange(len(split), dtype=np.int32)
     return batches_on_mesh(split, order, eval_batch_size(config, mesh), mesh)
 
