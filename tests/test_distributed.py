@@ -1,6 +1,7 @@
 """Several processes as one run, on JAX's distributed runtime: two processes on 127.0.0.1
 with one CPU device each, Gloo between them, on small fake data (TFDS's mock_data)."""
 
+import itertools
 import json
 import os
 import pathlib
@@ -20,6 +21,7 @@ from tests import reference
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FAKE_TRAIN = ROOT / "tests" / "scripts" / "train_on_fake_data.py"
+HELD_TRAIN = ROOT / "tests" / "scripts" / "train_held.py"
 SMALL = ("--units", "8", "--batch-size", "64", "--no-progress", "--seed", "3")
 
 
@@ -29,14 +31,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(tmp_path, *args, process_id=None, port=None, processes=2):
+def _start(tmp_path, *args, process_id=None, port=None, processes=2, held=None):
+    """``train.py`` on fake data as one process of a run; with ``held``, held at that point
+    of ``tests/scripts/train_held.py`` (``"none"``: the same program, never held)."""
     hosts = ()
     if process_id is not None:
         hosts = ("--coordinator-address", f"127.0.0.1:{port}", "--num-processes", processes)
         hosts += ("--process-id", process_id)
+    script = (FAKE_TRAIN,) if held is None else (HELD_TRAIN, held)
     return subprocess.Popen(
-        [sys.executable, FAKE_TRAIN, "--data-dir", tmp_path / "tfds", *map(str, args + hosts)],
+        [sys.executable, *script, "--data-dir", tmp_path / "tfds", *map(str, args + hosts)],
         cwd=ROOT,
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -123,18 +129,19 @@ def test_a_two_process_run_resumes_on_two_processes(tmp_path, one_process_two_de
 
 @pytest.mark.parametrize("killed", [1, 0])
 def test_a_killed_process_stops_the_other_with_one_line(tmp_path, killed, report):
-    """Process ``killed`` is killed (SIGKILL) mid-epoch; the other ends, non-zero, within 60
-    s, with one line that names the lost process; the checkpoints saved are kept."""
+    """Process ``killed`` is killed (SIGKILL) as epoch 2 starts, the other being in epoch 2's
+    collectives; the other ends, non-zero, within 60 s, with one line that names the lost
+    process; the checkpoint saved is kept."""
     port, run = _free_port(), tmp_path / "run"
-    args = ("--units", 8, "--batch-size", 8, "--sequence", "pixels", "--no-progress")
-    args += ("--epochs", 100, "--workdir", run, "--cpu-devices", 1)  # epochs of ~1 s
-    procs = [_start(tmp_path, *args, process_id=i, port=port) for i in (0, 1)]
+    args = (*SMALL, "--epochs", 3, "--workdir", run, "--cpu-devices", 1)
+    procs = [
+        _start(tmp_path, *args, process_id=i, port=port, held="before:2" if i == killed else "none")
+        for i in (0, 1)
+    ]
     try:
-        deadline = time.monotonic() + 240
-        while not finished_epochs(run / "checkpoints") and time.monotonic() < deadline:
-            assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
-            time.sleep(0.05)
-        time.sleep(0.5)  # into epoch 2
+        seen = iter(procs[killed].stdout.readline, "")
+        printed = list(itertools.takewhile(lambda line: line != "held: before:2\n", seen))
+        assert procs[killed].poll() is None, [*printed, procs[killed].communicate()]
         procs[killed].send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
         survivor = procs[1 - killed]

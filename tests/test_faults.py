@@ -45,10 +45,14 @@ def _train_py(tmp_path, *args, script="train_on_fake_data.py", env=None, limit=N
     )
 
 
-def _start(tmp_path, *args, script="train_on_fake_data.py"):
+def _start_held(tmp_path, point, *args):
+    """``train.py`` on fake data in its own process, to be held at ``point`` (see
+    ``tests/scripts/train_held.py``): ``_wait_for(process, "held: " + point)``, act, then
+    ``_go_on(process)`` if it is to go on."""
     return subprocess.Popen(
-        _cmd(script, "--data-dir", tmp_path / "tfds", *args),
+        _cmd("train_held.py", point, "--data-dir", tmp_path / "tfds", *args),
         cwd=ROOT,
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -69,6 +73,11 @@ def _wait_for(process, text, timeout=120):
     process.kill()
     process.communicate()
     raise AssertionError(f"never printed {text!r}; printed:\n{''.join(seen)}")
+
+
+def _go_on(process) -> None:
+    process.stdin.write("\n")
+    process.stdin.flush()
 
 
 def _one_error_line(stderr: str) -> str:
@@ -97,13 +106,12 @@ def _digests(directory):
 
 def test_1_a_second_run_on_a_busy_workdir_is_refused_and_a_crashed_one_leaves_no_lock(tmp_path):
     run = tmp_path / "run"
-    first = _start(tmp_path, *SMALL, "--epochs", "4", "--workdir", run)
-    _wait_for(first, "epoch 1/4")
-    first.send_signal(signal.SIGSTOP)  # holds its workdir while the second one starts
+    first = _start_held(tmp_path, "epoch:1", *SMALL, "--epochs", "4", "--workdir", run)
+    _wait_for(first, "held: epoch:1")  # holds its workdir while the second one starts
     try:
         second = _train_py(tmp_path, *SMALL, "--epochs", "2", "--workdir", run)
     finally:
-        first.send_signal(signal.SIGCONT)
+        _go_on(first)
     assert second.returncode == 1
     line = _one_error_line(second.stderr)
     assert f"--workdir {run} is in use by another run (pid {first.pid} on " in line
@@ -113,8 +121,8 @@ def test_1_a_second_run_on_a_busy_workdir_is_refused_and_a_crashed_one_leaves_no
     assert json.loads((run / "metrics.json").read_text())["config"]["epochs"] == 4
 
     # Killed outright (no clean-up at all): its lock goes with it, and the run resumes.
-    crashed = _start(tmp_path, *SMALL, "--epochs", "30", "--workdir", tmp_path / "crashed")
-    _wait_for(crashed, "epoch 2/30")  # so epoch 1 is saved
+    crashed = _start_held(tmp_path, "epoch:2", *SMALL, "--workdir", tmp_path / "crashed")
+    _wait_for(crashed, "held: epoch:2")  # epoch 1 is saved
     crashed.send_signal(signal.SIGKILL)
     crashed.communicate()
     resumed = _train_py(tmp_path, "--workdir", tmp_path / "crashed", "--resume", "--epochs", "2")
@@ -201,11 +209,10 @@ def test_3_after_a_good_epoch_the_message_names_what_is_kept_and_resume_works(tm
 # ------------------------------------------------------- 4. SIGINT and SIGTERM, any time
 
 
-@pytest.mark.parametrize("delay", [0.3, 1.0])
-def test_4_sigint_while_compiling_ends_cleanly_with_nothing_saved(tmp_path, delay):
-    p = _start(tmp_path, *SMALL, "--workdir", tmp_path / "run")
-    _wait_for(p, "Non-trainable params")
-    time.sleep(delay)  # the run now takes its workdir and compiles the epoch
+@pytest.mark.parametrize("point", ["compiling", "epoch:1"])
+def test_4_sigint_while_compiling_or_in_epoch_1_ends_cleanly_with_nothing_saved(tmp_path, point):
+    p = _start_held(tmp_path, point, *SMALL, "--workdir", tmp_path / "run")
+    _wait_for(p, f"held: {point}")  # the main thread is in JAX: tracing, or running the epoch
     p.send_signal(signal.SIGINT)
     stderr = p.communicate(timeout=60)[1]
     assert p.returncode == 130
@@ -218,10 +225,8 @@ def test_4_sigint_while_compiling_ends_cleanly_with_nothing_saved(tmp_path, dela
 
 def test_4_sigterm_mid_epoch_keeps_the_finished_epochs_and_resumes(tmp_path):
     run = tmp_path / "run"
-    slow = ("--sequence", "pixels", "--units", "32", "--batch-size", "32", "--no-progress")
-    p = _start(tmp_path, *slow, "--epochs", "3", "--workdir", run)
-    _wait_for(p, "epoch 1/3")  # then epoch 1 is saved and epoch 2 runs (784 steps a sequence)
-    time.sleep(1.5)
+    p = _start_held(tmp_path, "epoch:2", *SMALL, "--epochs", "3", "--workdir", run)
+    _wait_for(p, "held: epoch:2")  # epoch 1 is saved, epoch 2 is running in XLA
     p.send_signal(signal.SIGTERM)
     stderr = p.communicate(timeout=60)[1]
     assert p.returncode == 143
@@ -234,10 +239,8 @@ def test_4_sigterm_mid_epoch_keeps_the_finished_epochs_and_resumes(tmp_path):
 
 def test_4_sigint_during_a_save_finishes_that_checkpoint_first(tmp_path):
     run = tmp_path / "run"
-    p = _start(
-        tmp_path, *SMALL, "--epochs", "3", "--workdir", run, script="train_with_slow_save.py"
-    )
-    _wait_for(p, "saving epoch 1")  # the checkpoint is being written now (2 s)
+    p = _start_held(tmp_path, "saving:1", *SMALL, "--epochs", "3", "--workdir", run)
+    _wait_for(p, "held: saving:1")  # in the save, which goes on once it hears the signal
     p.send_signal(signal.SIGINT)
     stderr = p.communicate(timeout=60)[1]
     assert p.returncode == 130
