@@ -8,6 +8,7 @@ batch 128, 3 epochs, validation_split 0.2, MNIST read as 28 rows of 28 pixels.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import signal
@@ -309,7 +310,9 @@ def _new_workdir() -> str:
     """``runs/<date-time>``, made here so that no other run can take the same name (a
     second run in the same second gets ``-2``, and so on)."""
     base = os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
-    os.makedirs("runs", exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir("runs")
+        _made_runs.append(os.path.abspath("runs"))
     for n in range(1, 1000):
         path = base if n == 1 else f"{base}-{n}"
         try:
@@ -320,16 +323,15 @@ def _new_workdir() -> str:
     raise RuntimeError(f"no free workdir name next to {base}")
 
 
+_made_runs: list[str] = []  # ``runs/``, when ``_new_workdir`` made it
+
+
 def _remove_if_unused(workdir: str) -> None:
-    """The default workdir, removed again if the run wrote nothing there (refused early)."""
-    try:
-        leftovers = set(os.listdir(workdir)) - {".lock"}
-        if not leftovers:
-            for name in os.listdir(workdir):
-                os.unlink(os.path.join(workdir, name))
-            os.rmdir(workdir)
-    except OSError:
-        pass
+    """The default workdir, and ``runs/`` if this run made it, removed again if the run
+    left them empty (it was refused before training)."""
+    for path in (workdir, *_made_runs):
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
 
 
 def _evaluate(workdir: str, args) -> None:

@@ -254,6 +254,7 @@ def load_run(workdir: str | os.PathLike, *, model: nn.Module | None = None) -> R
             raise CheckpointError(str(e)) from None
     input_shape = tuple(meta["input_shape"])
     abstract = jax.eval_shape(lambda: training.create_train_state(config, model, input_shape))
+    training.devices()  # starts JAX's backends: a platform that cannot start is DeviceError
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract

@@ -111,10 +111,12 @@ class DeviceError(RuntimeError):
 
 
 def devices() -> list[jax.Device]:
-    """``jax.devices()``, with a backend that fails to start reported as ``DeviceError``."""
+    """``jax.devices()``, with any failure to start the platforms asked for reported as
+    ``DeviceError`` (JAX raises ``RuntimeError`` for most, ``AssertionError`` for a platform
+    its install does not know, such as ``cuda`` without the CUDA plugin)."""
     try:
         return jax.devices()
-    except RuntimeError as e:
+    except Exception as e:
         asked = os.environ.get("JAX_PLATFORMS")
         hint = (
             f" JAX_PLATFORMS={asked!r} asks for a platform this machine or this jax install "
@@ -122,9 +124,8 @@ def devices() -> list[jax.Device]:
             if asked
             else ""
         )
-        raise DeviceError(
-            f"JAX cannot start its devices: {str(e).splitlines()[0]}.{hint}"
-        ) from None
+        reason = (str(e).strip().splitlines() or [f"{type(e).__name__} in jax.devices()"])[0]
+        raise DeviceError(f"JAX cannot start its devices: {reason}.{hint}") from None
 
 
 # Errors that ``train.py`` reports as one line and a non-zero exit, without a traceback.
@@ -576,6 +577,23 @@ def _make_workdir(path: pathlib.Path) -> None:
         ) from None
 
 
+def _missing(workdir: pathlib.Path) -> list[pathlib.Path]:
+    """What a run in ``workdir`` creates and is not there yet: the lock file, the checkpoints
+    directory, ``workdir`` and its missing parents, innermost first."""
+    paths = [workdir / ".lock", workdir / "checkpoints", workdir, *workdir.parents]
+    return [p for p in paths if not p.exists()]
+
+
+def _remove_unless_saved(workdir: pathlib.Path, new_paths: list[pathlib.Path]) -> None:
+    """After a run that failed before its first checkpoint: removes ``new_paths`` (see
+    ``_missing``), directories only while empty, so that a refused run leaves nothing."""
+    if finished_epochs(workdir / "checkpoints"):
+        return
+    for path in new_paths:
+        with contextlib.suppress(OSError):
+            path.rmdir() if path.is_dir() else path.unlink()
+
+
 class WorkdirLock:
     """One run at a time in a workdir: an exclusive ``flock`` on ``workdir/.lock``, which
     the operating system releases when the process ends, however it ends (so a crashed run
@@ -740,10 +758,12 @@ def train_and_evaluate(
         "config": dataclasses.asdict(config),
     }
 
+    new_paths = _missing(workdir)
     _make_workdir(workdir)
     with contextlib.ExitStack() as stack:
         if jax.process_index() == 0:  # the one writer of the run's files
             stack.enter_context(WorkdirLock(workdir))
+            stack.push(lambda failed, *_: failed and _remove_unless_saved(workdir, new_paths))
         if config.resume:
             _check_resume(config, workdir)  # again, now that the run is ours
         else:

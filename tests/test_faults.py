@@ -32,12 +32,12 @@ def _cmd(script, *args):
     return [sys.executable, str(SCRIPTS / script), *map(str, args)]
 
 
-def _train_py(tmp_path, *args, script="train_on_fake_data.py", env=None, limit=None):
+def _train_py(tmp_path, *args, script="train_on_fake_data.py", env=None, limit=None, cwd=ROOT):
     """``train.py`` on fake data in its own process; its fake TFDS directory in tmp_path."""
     first = () if limit is None else (limit,)
     return subprocess.run(
         _cmd(script, *first, "--data-dir", tmp_path / "tfds", *args),
-        cwd=ROOT,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=300,
@@ -308,7 +308,19 @@ def test_5_a_disk_too_small_for_the_checkpoints_is_found_before_training(tmp_pat
     monkeypatch.setattr(training.shutil, "disk_usage", lambda p: usage._replace(free=10_000))
     with pytest.raises(training.RunFileError, match=r"has 0.0 MiB free; the run needs about"):
         run_fake(tmp_path)
-    assert _epochs_on_disk(tmp_path / "run") == []
+    assert not (tmp_path / "run").exists()  # a refused run leaves nothing
+
+
+def test_5_a_run_refused_before_training_leaves_nothing(tmp_path):
+    where = tmp_path / "empty"
+    where.mkdir()
+    out = _train_py(tmp_path, *SMALL, "--dataset", "fashion-mnist", cwd=where)
+    assert out.returncode == 1
+    assert "Did you mean 'fashion_mnist'?" in _one_error_line(out.stderr)
+    assert list(where.iterdir()) == []  # no runs/ left behind
+    (where / "runs").mkdir()  # the user's own, empty: kept
+    out = _train_py(tmp_path, *SMALL, "--dataset", "fashion-mnist", cwd=where)
+    assert out.returncode == 1 and list(where.iterdir()) == [where / "runs"]
 
 
 # --------------------------------------------------- 6. one line, not a traceback
@@ -321,8 +333,10 @@ def test_5_a_disk_too_small_for_the_checkpoints_is_found_before_training(tmp_pat
         (("--seed", str(2**63)), {}, 2, "error: --seed must be an int from 0 to 2**32 - 1"),
         (("--cpu-devices", "-1"), {}, 2, "error: --cpu-devices must be 0 (one per core) or more"),
         ((), {"JAX_PLATFORMS": "gpu"}, 1, "error: JAX cannot start its devices: "),
+        # jax raises AssertionError, not RuntimeError, for a platform it has no plugin for.
+        ((), {"JAX_PLATFORMS": "cuda"}, 1, "error: JAX cannot start its devices: "),
     ],
-    ids=["seed -1", "seed 2**63", "cpu-devices -1", "JAX_PLATFORMS=gpu"],
+    ids=["seed -1", "seed 2**63", "cpu-devices -1", "JAX_PLATFORMS=gpu", "JAX_PLATFORMS=cuda"],
 )
 def test_6_bad_settings_are_one_line(tmp_path, flags, env, code, message):
     out = _train_py(tmp_path, *flags, "--no-progress", "--workdir", tmp_path / "run", env=env)
@@ -330,7 +344,8 @@ def test_6_bad_settings_are_one_line(tmp_path, flags, env, code, message):
     line = _one_error_line(out.stderr)
     assert line.startswith(message), line
     if env:
-        assert "JAX_PLATFORMS='gpu' asks for a platform" in line
+        assert f"JAX_PLATFORMS={env['JAX_PLATFORMS']!r} asks for a platform" in line
+    assert not (tmp_path / "run").exists()  # a refused run leaves nothing
 
 
 CORRUPTIONS = {

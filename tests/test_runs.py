@@ -261,3 +261,15 @@ def test_resume_config_allows_only_resumable_changes(fake_run):
         training.resume_config(workdir, optimizer="sgd")
     with pytest.raises(training.ConfigError, match="^epochs must be a positive int"):
         training.resume_config(workdir, epochs=0)
+
+
+@pytest.mark.parametrize("error", [RuntimeError("Unable to initialize backend"), AssertionError()])
+def test_6_any_failure_to_start_the_devices_is_a_device_error(monkeypatch, fake_run, error):
+    def fail():
+        raise error
+
+    monkeypatch.setattr(jax, "devices", fail)
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda")
+    for start in (training.devices, lambda: lstm_jax.load_run(fake_run[0])):
+        with pytest.raises(training.DeviceError, match=r"devices: .+\. JAX_PLATFORMS='cuda' asks"):
+            start()
