@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import datetime
 import os
+import pathlib
 import signal
 import sys
 
@@ -215,7 +216,8 @@ def main(argv=None) -> int:
     if args.cpu_devices < 0:
         parser.error(f"--cpu-devices must be 0 (one per core) or more; got {args.cpu_devices}")
     given = _given(argv if argv is not None else sys.argv[1:])
-    workdir = args.workdir
+    # One path for the run, in every message: "~" expanded, made absolute, once.
+    workdir = None if args.workdir is None else _absolute(args.workdir)
     hosts = (args.coordinator_address, args.num_processes, args.process_id)
     args.distributed = args.distributed or any(v is not None for v in hosts)
     if args.distributed:
@@ -249,7 +251,7 @@ def main(argv=None) -> int:
     except training.USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    workdir = workdir or _new_workdir()
+    workdir = workdir or _absolute(_new_workdir())
     cpu.limit_malloc_arenas()
     cpu.use_host_cores(args.cpu_devices or cpu.host_device_count(config.batch_size))
     if args.distributed:
@@ -282,7 +284,7 @@ def main(argv=None) -> int:
         if args.workdir is None:
             _remove_if_unused(workdir)
     if not args.distributed or args.process_id in (0, None):
-        print(f"run files: {os.path.abspath(workdir)}")
+        print(f"run files: {workdir}")
     return 0
 
 
@@ -304,6 +306,10 @@ def _kept(workdir: str, num_processes: int | None = None) -> str:
             "with their flags."
         )
     return f"{kept} Continue with: python train.py --workdir {workdir} --resume"
+
+
+def _absolute(workdir: str) -> str:
+    return str(pathlib.Path(workdir).expanduser().resolve())
 
 
 def _new_workdir() -> str:

@@ -1051,7 +1051,11 @@ def _train(
                     raise TrainingDiverged(None, epoch, kept_checkpoints(checkpointer.directory))
                 epoch_seconds = time.perf_counter() - start
             record = _epoch_record(epoch, sums, val_sums, n_train, train_seconds, epoch_seconds)
-            record.update(compilations=compiles.count, compile_seconds=compiles.seconds)
+            record.update(
+                compilations=compiles.count,
+                compile_seconds=compiles.seconds,
+                learning_rate=config.learning_rate,  # a resumed run may change it
+            )
             history.append(record)
             print_fn(_epoch_line(record, config.epochs))
             with shutdown.critical():

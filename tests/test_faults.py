@@ -45,7 +45,7 @@ def _train_py(tmp_path, *args, script="train_on_fake_data.py", env=None, limit=N
     )
 
 
-def _start_held(tmp_path, point, *args):
+def _start_held(tmp_path, point, *args, env=None):
     """``train.py`` on fake data in its own process, to be held at ``point`` (see
     ``tests/scripts/train_held.py``): ``_wait_for(process, "held: " + point)``, act, then
     ``_go_on(process)`` if it is to go on."""
@@ -56,7 +56,7 @@ def _start_held(tmp_path, point, *args):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
 
 
@@ -169,6 +169,8 @@ def test_2_resume_checks_the_settings_and_the_workdir(tmp_path):
         tmp_path, "--workdir", run, "--resume", "--epochs", "4", "--learning-rate", "1e-4"
     )
     assert out.returncode == 0 and "epoch 4/4" in out.stdout, out.stderr[-3000:]
+    history = json.loads((run / "metrics.json").read_text())["history"]
+    assert [h["learning_rate"] for h in history] == [1e-3, 1e-3, 1e-3, 1e-4]
 
 
 # ------------------------------------------------- 3. no checkpoint of a diverged epoch
@@ -235,6 +237,24 @@ def test_4_sigterm_mid_epoch_keeps_the_finished_epochs_and_resumes(tmp_path):
     assert _epochs_on_disk(run) == [1]
     out = _train_py(tmp_path, "--workdir", run, "--resume", "--epochs", "2")
     assert out.returncode == 0 and "resumed from the checkpoint of epoch 1" in out.stdout
+
+
+def test_4_a_workdir_given_with_a_tilde_is_one_path_in_every_message(tmp_path):
+    home = {"HOME": str(tmp_path)}  # "~/runs/x" quoted, so the shell does not expand it
+    p = _start_held(tmp_path, "epoch:3", *SMALL, "--epochs", "3", "--workdir", "~/runs/x", env=home)
+    _wait_for(p, "held: epoch:3")
+    p.send_signal(signal.SIGTERM)
+    stderr = p.communicate(timeout=60)[1]
+    assert p.returncode == 143
+    run = tmp_path / "runs" / "x"
+    assert stderr.strip().endswith(
+        "interrupted by SIGTERM. The checkpoints of epochs 1, 2 are kept. Continue with: "
+        f"python train.py --workdir {run} --resume"
+    ), stderr
+    out = _train_py(tmp_path, "--workdir", "~/runs/x", "--resume", env=home)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith(f"run files: {run}")
+    assert _epochs_on_disk(run) == [1, 2, 3] and not (ROOT / "~").exists()
 
 
 def test_4_sigint_during_a_save_finishes_that_checkpoint_first(tmp_path):
