@@ -32,23 +32,46 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be restored; the message says which and why."""
 
 
-class Checkpointer:
-    """Saves ``(state, meta)`` under ``directory/<epoch>``; ``meta`` is JSON."""
+class CheckpointGone(CheckpointError):
+    """The checkpoint being read was removed meanwhile: the run that wrote it is still
+    writing newer ones, and keeps only the newest few."""
 
-    def __init__(self, directory: str | pathlib.Path, *, max_to_keep: int = 3):
+    def __init__(self, epoch: int, directory: pathlib.Path):
+        super().__init__(f"the checkpoint of epoch {epoch} in {directory} was removed while read")
+
+
+class Checkpointer:
+    """Saves ``(state, meta)`` under ``directory/<epoch>``; ``meta`` is JSON. With
+    ``read_only``, it only restores, and writes nothing (the directory may be read-only)."""
+
+    def __init__(
+        self, directory: str | pathlib.Path, *, max_to_keep: int = 3, read_only: bool = False
+    ):
         self.directory = pathlib.Path(directory).resolve()
         self.max_to_keep = max_to_keep
         self._failed_write: _WriterErrorsHeld | None = None
-        self._manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
-            ),
-            item_handlers={
-                "state": ocp.StandardCheckpointHandler(),
-                "meta": ocp.JsonCheckpointHandler(),
-            },
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=None if read_only else max_to_keep,
+            save_interval_steps=0 if read_only else 1,
+            create=not read_only,
+            read_only=read_only,
+            enable_async_checkpointing=False,
         )
+        absl = logging.getLogger("absl")
+        level = absl.level
+        if read_only:  # orbax warns that a manager it was asked to open read-only is so
+            absl.setLevel(logging.ERROR)
+        try:
+            self._manager = ocp.CheckpointManager(
+                self.directory,
+                options=options,
+                item_handlers={
+                    "state": ocp.StandardCheckpointHandler(),
+                    "meta": ocp.JsonCheckpointHandler(),
+                },
+            )
+        finally:
+            absl.setLevel(level)
 
     def latest_epoch(self) -> int | None:
         return self._manager.latest_step()
@@ -85,16 +108,30 @@ class Checkpointer:
         held.release(show=True)
 
     def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict]:
-        """Restores the newest checkpoint into the structure, shapes and shardings of
-        ``abstract_state`` (a pytree of ``jax.ShapeDtypeStruct``).
-
-        Raises:
-          CheckpointError: nothing to restore, or the checkpoint is corrupt or belongs to
-            another model; nothing on disk is changed.
-        """
+        """``(epoch, state, meta)`` of the newest checkpoint (see ``restore``)."""
         epoch = self.latest_epoch()
         if epoch is None:
             raise CheckpointError(f"no checkpoint to resume from in {self.directory}")
+        return (epoch, *self.restore(epoch, abstract_state))
+
+    def restore(self, epoch: int, abstract_state: Any) -> tuple[Any, dict]:
+        """``(state, meta)`` of the checkpoint of ``epoch``, the state restored into the
+        structure, shapes and shardings of ``abstract_state`` (a pytree of
+        ``jax.ShapeDtypeStruct``).
+
+        Raises:
+          CheckpointGone: it was removed while read (by the run writing newer ones).
+          CheckpointError: it is corrupt or belongs to another model; nothing on disk is
+            changed.
+        """
+        try:
+            return self._restore(epoch, abstract_state)
+        except CheckpointError:
+            if epoch not in finished_epochs(self.directory):
+                raise CheckpointGone(epoch, self.directory) from None
+            raise
+
+    def _restore(self, epoch: int, abstract_state: Any) -> tuple[Any, dict]:
         # Compare shapes from the metadata first: a restore into the wrong shapes fails deep
         # inside orbax and leaves its asyncio reads pending.
         try:
@@ -127,7 +164,7 @@ class Checkpointer:
                 f"data set are needed). No checkpoint was changed. Details: "
                 f"{type(e).__name__}: {str(e)[:400]}"
             ) from None
-        return epoch, restored.state, dict(restored.meta)
+        return restored.state, dict(restored.meta)
 
     def close(self) -> None:
         try:

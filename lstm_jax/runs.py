@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lstm_jax import data as data_lib
-from lstm_jax.checkpoints import Checkpointer, CheckpointError, finished_epochs
+from lstm_jax.checkpoints import Checkpointer, CheckpointError, CheckpointGone, finished_epochs
 
 FORMAT = 1  # the version of what a checkpoint's meta holds; bumped when that changes
 
@@ -151,10 +151,24 @@ class Run:
         already prepared."""
         x = np.asarray(inputs)
         h, w, c = self.image_shape
-        if x.dtype == np.uint8 and x.ndim in (3, 4) and x.shape[1:] in ((h, w), (h, w, c)):
+        image, floating = ((h, w), (h, w, c)), np.issubdtype(x.dtype, np.floating)
+        if x.dtype == np.uint8 and x.ndim in (3, 4) and x.shape[1:] in image:
             return data_lib.to_sequences(x.reshape(-1, h, w, c), self.config.sequence)
-        if np.issubdtype(x.dtype, np.floating) and x.ndim == 3 and x.shape[1:] == self.input_shape:
+        if floating and x.ndim == 3 and x.shape[1:] == self.input_shape:
+            low, high = (float(f(x, initial=0.0)) for f in (np.min, np.max))
+            if not (low >= 0.0 and high <= 1.0):  # NaN fails too
+                raise ValueError(
+                    f"float sequences must be in [0, 1], as the run's data was (its uint8 "
+                    f"images / 255); got values from {low:g} to {high:g}: pass the uint8 "
+                    "images as they are, or divide by 255"
+                )
             return jnp.asarray(x, jnp.float32)
+        if (x.dtype == np.uint8 and x.shape in image) or (floating and x.shape == self.input_shape):
+            what = "image" if x.dtype == np.uint8 else "sequence"
+            raise ValueError(
+                f"expected a batch; got one {what} {list(x.shape)}: add a batch axis "
+                f"(inputs[None], of shape {[1, *x.shape]})"
+            )
         n = "N" if x.ndim == 0 else x.shape[0]
         raise ValueError(
             f"expected uint8 images [{n}, {h}, {w}] or [{n}, {h}, {w}, {c}], or float sequences "
@@ -163,7 +177,14 @@ class Run:
         )
 
     def logits(self, inputs, *, batch_size: int = 1024) -> np.ndarray:
-        """The model's output for ``inputs`` (see ``sequences``), ``[N, num_classes]``."""
+        """The model's output for ``inputs`` (see ``sequences``), ``[N, num_classes]``,
+        computed ``batch_size`` examples at a time."""
+        if (
+            isinstance(batch_size, bool)
+            or not isinstance(batch_size, int | np.integer)
+            or (batch_size < 1)
+        ):
+            raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
         x = self.sequences(inputs)
         out = [
             self._logits(self.params, x[i : i + batch_size]) for i in range(0, len(x), batch_size)
@@ -221,6 +242,8 @@ def read_meta(workdir: str | os.PathLike) -> tuple[pathlib.Path, int, dict]:
         meta = json.loads(path.read_text())
         version = meta.get("format", 0) if isinstance(meta, dict) else None
     except (OSError, ValueError) as e:
+        if not path.parent.parent.exists():
+            raise CheckpointGone(epoch, directory) from None
         raise CheckpointError(
             f"the checkpoint of epoch {epoch} in {directory / str(epoch)} is half-written or "
             f"corrupt: {path.name} cannot be read ({type(e).__name__}: {e})"
@@ -239,10 +262,29 @@ def load_run(workdir: str | os.PathLike, *, model: nn.Module | None = None) -> R
     ``model`` is needed only when the run's model class cannot be imported here (one
     defined in a notebook or script); it must be the module the run trained.
 
+    A run that is still training can be loaded: if the checkpoint being read is removed
+    meanwhile (a run keeps its newest three), the newest one is read instead. Nothing is
+    written to ``workdir``, which may be read-only.
+
     Raises:
       CheckpointError: no run, no finished checkpoint, another checkpoint format, or a
         corrupt checkpoint; says which.
     """
+    for _ in range(_READS):
+        try:
+            return _load_newest(workdir, model)
+        except CheckpointGone as gone:
+            error = gone
+    raise CheckpointError(
+        f"{error}, {_READS} times: the run in {workdir} replaces its checkpoints faster than "
+        "they can be read; load it when it has ended"
+    )
+
+
+_READS = 5  # tries at a checkpoint that a running run removes while it is read
+
+
+def _load_newest(workdir: str | os.PathLike, model: nn.Module | None) -> Run:
     from lstm_jax import training
 
     directory, epoch, meta = read_meta(workdir)
@@ -259,9 +301,9 @@ def load_run(workdir: str | os.PathLike, *, model: nn.Module | None = None) -> R
     abstract = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract
     )
-    checkpointer = Checkpointer(directory)
+    checkpointer = Checkpointer(directory, read_only=True)
     try:
-        epoch, state, meta = checkpointer.restore_latest(abstract)
+        state, meta = checkpointer.restore(epoch, abstract)
     finally:
         checkpointer.close()
     return Run(

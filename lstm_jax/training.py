@@ -259,7 +259,7 @@ def resume_config(workdir: str | os.PathLike, **changes: Any) -> Config:
     Raises:
       CheckpointError: no run to resume there; ConfigError: a change not allowed.
     """
-    _, epoch, meta = runs.read_meta(_check_workdir(workdir))
+    _, epoch, meta = runs.read_meta(workdir)  # writes nothing: the run may be read-only
     saved = Config(**meta["config"])
     try:
         config = dataclasses.replace(saved, **{**changes, "resume": True})

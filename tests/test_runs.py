@@ -2,7 +2,9 @@
 settings, and any Flax module through the trainer. Fake data (TFDS's mock_data)."""
 
 import json
+import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -11,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
@@ -273,3 +276,93 @@ def test_6_any_failure_to_start_the_devices_is_a_device_error(monkeypatch, fake_
     for start in (training.devices, lambda: lstm_jax.load_run(fake_run[0])):
         with pytest.raises(training.DeviceError, match=r"devices: .+\. JAX_PLATFORMS='cuda' asks"):
             start()
+
+
+def test_predict_refuses_slips_saying_what_to_do(fake_run):
+    run = lstm_jax.load_run(fake_run[0])
+    images = _fake_images().images[:8, ..., 0]  # uint8 [8, 28, 28]
+    with pytest.raises(ValueError, match=r"float sequences must be in \[0, 1\], as the run's data"):
+        run.predict(images.astype(np.float32))  # [0, 255] as float: a common slip
+    with pytest.raises(ValueError, match=r"got values from nan"):
+        run.predict(np.full((1, 28, 28), np.nan, np.float32))
+    for one, what in [
+        (images[0], "one image [28, 28]"),
+        (images[0][..., None], "one image [28, 28, 1]"),
+        (images[0] / 255.0, "one sequence [28, 28]"),
+    ]:
+        with pytest.raises(ValueError, match=rf"expected a batch; got {re.escape(what)}: add a"):
+            run.predict(one)
+    np.testing.assert_array_equal(run.predict(images[0][None]), run.predict(images)[:1])
+    for batch_size in (-1, 0, 2.5, True):
+        with pytest.raises(ValueError, match=r"batch_size must be a positive int; got "):
+            run.predict(images, batch_size=batch_size)
+
+
+def test_load_run_takes_the_newest_checkpoint_left_when_the_one_read_is_removed(
+    tmp_path, monkeypatch
+):
+    """A run that is still training removes its older checkpoints (it keeps three), maybe
+    while ``load_run`` reads one: as the listing is taken, or as orbax restores."""
+    run_fake(tmp_path, units=(8,), epochs=3)
+    restore, listed = ocp.CheckpointManager.restore, runs.finished_epochs
+
+    def removed_once_restored(self, step, *args, **kwargs):
+        shutil.rmtree(self.directory / str(step))
+        monkeypatch.setattr(ocp.CheckpointManager, "restore", restore)
+        return restore(self, step, *args, **kwargs)
+
+    def removed_once_listed(directory):
+        epochs = listed(directory)
+        shutil.rmtree(pathlib.Path(directory) / str(epochs[-1]))
+        monkeypatch.setattr(runs, "finished_epochs", listed)
+        return epochs
+
+    def replaced_by_a_newer_one(self, step, *args, **kwargs):
+        os.rename(self.directory / str(step), self.directory / str(step + 10))
+        return restore(self, step, *args, **kwargs)
+
+    for name, patch in [
+        ("restored", (ocp.CheckpointManager, "restore", removed_once_restored)),
+        ("listed", (runs, "finished_epochs", removed_once_listed)),
+        ("always", (ocp.CheckpointManager, "restore", replaced_by_a_newer_one)),
+    ]:
+        shutil.copytree(tmp_path / "run", tmp_path / name)
+        monkeypatch.setattr(*patch)
+        if name == "always":
+            with pytest.raises(CheckpointError, match=r"removed while read, 5 times: the run in"):
+                lstm_jax.load_run(tmp_path / name)
+        else:
+            assert lstm_jax.load_run(tmp_path / name).epoch == 2
+
+
+def _read_only(path: pathlib.Path) -> list[str]:
+    """A command prefix that runs a command with ``path`` read-only: as root (whom file
+    modes do not stop), a read-only bind mount in a mount namespace of its own; else the
+    files' modes."""
+    if os.geteuid() != 0:
+        for p in [path, *path.rglob("*")]:
+            p.chmod(p.stat().st_mode & ~0o222)
+        return []
+    if subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode:
+        pytest.skip("root here cannot make a mount namespace (unshare) for a read-only run")
+    script = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
+    return ["unshare", "--mount", "sh", "-c", script, str(path)]
+
+
+def test_evaluate_reads_a_run_it_cannot_write(fake_run, tmp_path):
+    workdir = tmp_path / "read-only"
+    shutil.copytree(fake_run[0], workdir)
+    before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+    out = subprocess.run(
+        [*_read_only(workdir), sys.executable, SCRIPTS / "train_on_fake_data.py"]
+        + ["--workdir", workdir, "--evaluate", "--data-dir", tmp_path / "tfds"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    for p in [workdir, *workdir.rglob("*")]:
+        p.chmod(p.stat().st_mode | 0o200)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "test accuracy: " in out.stdout and "WARNING" not in out.stderr, out.stderr
+    assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before
