@@ -4,8 +4,10 @@ A Keras model made of ``Input``, ``Masking``, ``LSTM``, ``GRU``, ``SimpleRNN``,
 ``Bidirectional`` and ``Dense`` (Sequential, or functional with its layers in a chain)
 becomes an ``lstm_jax.nn.Sequential`` and its variables, with the same weights in the same
 layout, so that ``module.apply(variables, x)`` returns what ``keras_model(x)`` returns, and
-back. What this project does not implement (dropout, stateful layers, other activations,
-regularizers, ...) is refused, naming the layer and the option; nothing is dropped quietly.
+back. A layer computing in bfloat16 (``dtype=jnp.bfloat16``, float32 parameters) is Keras's
+``mixed_bfloat16`` policy. What this project does not implement (dropout, stateful layers,
+other activations, regularizers, other dtype policies, ...) is refused, naming the layer and
+the option; nothing is dropped quietly.
 
 Keras is imported by these functions, not by ``import lstm_jax``.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import jax.numpy as jnp
 import numpy as np
 
 from lstm_jax import nn as lnn
@@ -55,7 +58,13 @@ def _refuse(layer_name: str, class_name: str, what: str):
     )
 
 
-def _check_options(name: str, cls: str, config: dict, expected: dict) -> None:
+# Keras dtype policies and the lstm_jax compute dtype of each (parameters stay float32).
+_POLICIES = {None: None, "float32": None, "mixed_bfloat16": jnp.bfloat16}
+
+
+def _check_options(name: str, cls: str, config: dict, expected: dict) -> Any:
+    """Refuses options other than ``expected`` and those lstm_jax does not implement;
+    returns the layer's compute dtype (``_POLICIES``)."""
     for option, value in expected.items():
         if option in config and config[option] != value:
             _refuse(name, cls, f"{option}={config[option]!r} (lstm_jax: {value!r})")
@@ -64,8 +73,20 @@ def _check_options(name: str, cls: str, config: dict, expected: dict) -> None:
             _refuse(name, cls, f"{option} (set)")
     dtype = config.get("dtype")
     policy = dtype.get("config", {}).get("name") if isinstance(dtype, dict) else dtype
-    if policy not in (None, "float32"):
-        _refuse(name, cls, f"dtype policy {policy!r} (lstm_jax converts float32 layers)")
+    if policy not in _POLICIES:
+        _refuse(
+            name, cls, f"dtype policy {policy!r} (lstm_jax converts float32 and mixed_bfloat16)"
+        )
+    return _POLICIES[policy]
+
+
+def _policy(dtype: Any) -> dict:
+    """The Keras ``dtype=`` of a layer computing in ``dtype`` (``None``: float32)."""
+    if dtype is None:
+        return {}
+    if jnp.dtype(dtype) == jnp.bfloat16:
+        return {"dtype": "mixed_bfloat16"}
+    raise UnsupportedError(f"to_keras: dtype={jnp.dtype(dtype)} (Keras: float32 or bfloat16)")
 
 
 def _chain(keras_model) -> list:
@@ -73,13 +94,20 @@ def _chain(keras_model) -> list:
     have one input and one output, each layer fed by the one before."""
     import keras
 
-    if isinstance(keras_model, keras.Sequential):
-        return list(keras_model.layers)
     if not isinstance(keras_model, keras.Model):
         raise UnsupportedError(
             f"from_keras takes a keras.Model (Sequential or functional); got "
             f"{type(keras_model).__name__}"
         )
+    if not keras_model.layers:
+        raise ValueError(f"Keras model {keras_model.name!r} has no layers to convert")
+    if not keras_model.built:
+        raise ValueError(
+            f"Keras model {keras_model.name!r} is not built, so it has no weights yet: start "
+            "it with keras.Input((time, features)), or call it on a batch once"
+        )
+    if isinstance(keras_model, keras.Sequential):
+        return list(keras_model.layers)
     config = keras_model.get_config()
     if "layers" not in config or len(keras_model.inputs) != 1 or len(keras_model.outputs) != 1:
         raise UnsupportedError(
@@ -123,13 +151,14 @@ def _recurrent(layer) -> tuple[nn.Module, dict]:
     expected = dict(_RECURRENT_DEFAULTS)
     if cls == "SimpleRNN":
         del expected["recurrent_activation"]
+    dtype = _check_options(layer.name, cls, config, expected)
     module = lnn.LAYERS[{"LSTM": "lstm", "GRU": "gru", "SimpleRNN": "simple_rnn"}[cls]](
         config["units"],
         return_sequences=config["return_sequences"],
         go_backwards=config["go_backwards"],
         zero_output_for_mask=config["zero_output_for_mask"],
+        dtype=dtype,
     )
-    _check_options(layer.name, cls, config, expected)
     cell = layer.cell
     params = {
         "kernel": np.asarray(cell.kernel),
@@ -147,6 +176,7 @@ def _layer(layer) -> tuple[nn.Module, dict | None]:
             f"{', '.join(SUPPORTED)}"
         )
     if cls == "Masking":
+        _check_options(layer.name, cls, layer.get_config(), {})
         return lnn.Masking(float(layer.mask_value)), None
     if cls in ("LSTM", "GRU", "SimpleRNN"):
         return _recurrent(layer)
@@ -163,11 +193,14 @@ def _layer(layer) -> tuple[nn.Module, dict | None]:
         forward = forward.clone(zero_output_for_mask=False)  # Bidirectional sets it
         if signature(backward, True) != signature(forward, False):
             _refuse(layer.name, cls, "a backward_layer other than the forward one reversed")
+        dtype = _check_options(layer.name, cls, layer.get_config(), {})
+        if dtype != forward.dtype or dtype != backward.dtype:
+            _refuse(layer.name, cls, "a dtype policy other than its layers'")
         module = lnn.Bidirectional(forward, merge_mode=layer.merge_mode)
         return module, {"forward": forward_params, "backward": backward_params}
     if cls == "Dense":
         config = layer.get_config()
-        _check_options(layer.name, cls, config, {})
+        dtype = _check_options(layer.name, cls, config, {})
         activation = config["activation"]
         if not isinstance(activation, str) or activation not in lnn.ACTIVATIONS:
             _refuse(layer.name, cls, f"activation={activation!r}")
@@ -175,6 +208,7 @@ def _layer(layer) -> tuple[nn.Module, dict | None]:
             config["units"],
             activation=None if activation == "linear" else activation,
             use_bias=config["use_bias"],
+            dtype=dtype,
         )
         params = {"kernel": np.asarray(layer.kernel)}
         if config["use_bias"]:
@@ -214,16 +248,16 @@ def _as_layers(module: nn.Module, params: dict) -> list[tuple[nn.Module, Any]]:
     if isinstance(module, lnn.Sequential):
         return [(layer, params.get(f"layers_{i}")) for i, layer in enumerate(module.layers)]
     if isinstance(module, lnn.Classifier):
-        if module.dtype is not None:
-            raise UnsupportedError(f"to_keras: Classifier(dtype={module.dtype}) (use None)")
         chain = []
         for n, units in enumerate(module.units):
-            layer = lnn.LAYERS[module.cell](units, return_sequences=n < len(module.units) - 1)
+            layer = lnn.LAYERS[module.cell](
+                units, return_sequences=n < len(module.units) - 1, dtype=module.dtype
+            )
             prefix = "Bidirectional" if module.bidirectional else type(layer).__name__
             if module.bidirectional:
                 layer = lnn.Bidirectional(layer)
             chain.append((layer, params[f"{prefix}_{n}"]))
-        return [*chain, (lnn.Dense(module.num_classes), params["Dense_0"])]
+        return [*chain, (lnn.Dense(module.num_classes, dtype=module.dtype), params["Dense_0"])]
     return [(module, params)]
 
 
@@ -232,27 +266,31 @@ def _keras_layer(keras, module: nn.Module, params):
     if isinstance(module, lnn.Masking):
         return keras.layers.Masking(module.mask_value), []
     if isinstance(module, lnn._Recurrent):
-        if module.return_state or module.dtype is not None:
-            what = "return_state=True" if module.return_state else f"dtype={module.dtype}"
-            raise UnsupportedError(f"to_keras: {type(module).__name__}({what})")
+        if module.return_state:
+            raise UnsupportedError(f"to_keras: {type(module).__name__}(return_state=True)")
         cls = getattr(keras.layers, type(module).__name__)
         layer = cls(
             module.units,
             return_sequences=module.return_sequences,
             go_backwards=module.go_backwards,
             zero_output_for_mask=module.zero_output_for_mask,
+            **_policy(module.dtype),
         )
         weights = [params["kernel"], params["recurrent_kernel"], params["bias"]]
         return layer, weights
     if isinstance(module, lnn.Bidirectional):
         inner, forward = _keras_layer(keras, module.layer, params["forward"])
         _, backward = _keras_layer(keras, module.layer, params["backward"])
-        return keras.layers.Bidirectional(inner, merge_mode=module.merge_mode), forward + backward
+        wrapper = keras.layers.Bidirectional(
+            inner, merge_mode=module.merge_mode, **_policy(module.layer.dtype)
+        )
+        return wrapper, forward + backward
     if isinstance(module, lnn.Dense):
-        if module.dtype is not None:
-            raise UnsupportedError(f"to_keras: Dense(dtype={module.dtype})")
         layer = keras.layers.Dense(
-            module.units, activation=module.activation or "linear", use_bias=module.use_bias
+            module.units,
+            activation=module.activation or "linear",
+            use_bias=module.use_bias,
+            **_policy(module.dtype),
         )
         return layer, [params["kernel"], *([params["bias"]] if module.use_bias else [])]
     raise UnsupportedError(

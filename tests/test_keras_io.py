@@ -173,8 +173,16 @@ def _refused(*layers):
         (lambda: _refused(keras.layers.LSTM(U), keras.layers.Dropout(0.5)), "\\(Dropout\\) is not"),
         (lambda: _refused(keras.layers.Conv1D(3, 2)), "\\(Conv1D\\) is not supported"),
         (
-            lambda: _refused(keras.layers.Dense(3, dtype="mixed_bfloat16")),
-            "dtype policy 'mixed_bfloat16'",
+            lambda: _refused(keras.layers.Dense(3, dtype="mixed_float16")),
+            "dtype policy 'mixed_float16'",
+        ),
+        (
+            lambda: _refused(keras.layers.Bidirectional(keras.layers.LSTM(U), dtype="float16")),
+            "\\(Bidirectional\\): dtype policy 'float16'",
+        ),
+        (
+            lambda: _refused(keras.layers.Masking(dtype="mixed_float16"), keras.layers.LSTM(U)),
+            "\\(Masking\\): dtype policy 'mixed_float16'",
         ),
     ],
     ids=[
@@ -192,11 +200,41 @@ def _refused(*layers):
         "Dropout layer",
         "Conv1D layer",
         "dtype policy",
+        "Bidirectional's dtype policy",
+        "Masking's dtype policy",
     ],
 )
 def test_unsupported_options_are_refused_naming_layer_and_option(model, message):
     with pytest.raises(UnsupportedError, match=message):
         lstm_jax.from_keras(model())
+
+
+def test_models_without_weights_are_refused_saying_why():
+    unbuilt = keras.Sequential([keras.layers.LSTM(8), keras.layers.Dense(10)])
+    with pytest.raises(ValueError, match="is not built, so it has no weights yet: start it wi"):
+        lstm_jax.from_keras(unbuilt)
+    with pytest.raises(ValueError, match="has no layers to convert"):
+        lstm_jax.from_keras(keras.Sequential())
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["LSTM", "Bidirectional"])
+def test_bfloat16_models_go_to_keras_as_mixed_bfloat16_and_back(bidirectional):
+    """A ``dtype=bfloat16`` model (float32 parameters, bfloat16 compute: ``train.py
+    --precision bfloat16``) is Keras's ``mixed_bfloat16`` policy, both ways."""
+    model = lnn.Classifier(
+        units=(6, 5), num_classes=3, dtype=jnp.bfloat16, bidirectional=bidirectional
+    )
+    x = jnp.asarray(_inputs())
+    variables = model.init(jax.random.key(0), x)
+    ours = np.asarray(model.apply(variables, x), np.float32)
+    keras_model = lstm_jax.to_keras(model, variables)
+    assert {layer.dtype_policy.name for layer in keras_model.layers} == {"mixed_bfloat16"}
+    theirs = np.asarray(keras_model(np.asarray(x)), np.float32)
+    assert np.max(np.abs(theirs - ours)) < 1e-2  # bfloat16 resolves about 4e-3
+    module, back = lstm_jax.from_keras(keras_model)
+    inner = [m.layer if bidirectional else m for m in module.layers[:-1]]
+    assert {m.dtype for m in [*inner, module.layers[-1]]} == {jnp.bfloat16}
+    np.testing.assert_array_equal(np.asarray(module.apply(back, x), np.float32), ours)
 
 
 def test_branching_functional_models_are_refused():
