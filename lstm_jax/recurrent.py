@@ -35,10 +35,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import operator
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import jax
 import jax.numpy as jnp
@@ -505,9 +504,26 @@ def _lstm_unmasked_scan(params: Params, xs: Array, carry: tuple, unroll):
 CELLS: dict[str, Cell] = {
     cell.name: cell
     for cell in (
-        Cell("lstm", "LSTM", lstm_cell, init_lstm, 4, ("h", "c"), 1, _lstm_unmasked_scan),
-        Cell("gru", "GRU", gru_cell, init_gru, 3, ("h",), biases=2),
-        Cell("simple_rnn", "SimpleRNN", simple_rnn_cell, init_simple_rnn, 1, ("h",)),
+        Cell(
+            name="lstm",
+            layer="LSTM",
+            step=lstm_cell,
+            init=init_lstm,
+            gates=4,
+            state=("h", "c"),
+            unmasked_scan=_lstm_unmasked_scan,
+        ),
+        Cell(
+            name="gru", layer="GRU", step=gru_cell, init=init_gru, gates=3, state=("h",), biases=2
+        ),
+        Cell(
+            name="simple_rnn",
+            layer="SimpleRNN",
+            step=simple_rnn_cell,
+            init=init_simple_rnn,
+            gates=1,
+            state=("h",),
+        ),
     )
 }
 
@@ -591,6 +607,33 @@ def _initial_carry(cell: Cell, initial_state, batch: int, units: int, dtype) -> 
 # --------------------------------------------------------------------------------------
 
 
+class SequenceOptions(TypedDict, total=False):
+    """The options of ``lstm``, ``gru`` and ``simple_rnn`` (and ``run_cell``), as Keras's
+    recurrent layers have them.
+
+    Attributes:
+      return_sequences: return the output of every step, ``[batch, time, units]``, instead
+        of the last one, ``[batch, units]``.
+      return_state: also return the final state: ``(output, h)``, or ``(output, h, c)`` for
+        the LSTM.
+      initial_state: ``h`` (or ``(h, c)`` for the LSTM), each ``[batch, units]``; zeros when
+        ``None``.
+      go_backwards: read the sequence from its end; outputs come in that (reversed) order,
+        as in Keras.
+      mask: bool ``[batch, time]``; a masked step keeps the previous state and repeats the
+        previous output (the initial ``h``, zeros by default, before any valid step), as
+        Keras 3 does. A row with no valid step returns its initial state.
+      unroll: ``jax.lax.scan``'s unroll factor (``True`` unrolls fully).
+    """
+
+    return_sequences: bool
+    return_state: bool
+    initial_state: Any
+    go_backwards: bool
+    mask: Array | None
+    unroll: int | bool
+
+
 def run_cell(
     cell: Cell,
     params: Params,
@@ -603,11 +646,20 @@ def run_cell(
     mask: Array | None = None,
     unroll: int | bool = 1,
 ):
-    """Runs ``cell.step`` over ``[batch, time, features]`` with ``jax.lax.scan``, as Keras's
-    recurrent layers do; ``lstm``, ``gru`` and ``simple_rnn`` are this for their cell.
+    """Runs ``cell.step`` over ``inputs`` ``[batch, time, features]`` (floating point) with
+    ``jax.lax.scan``, as Keras's recurrent layers do; ``lstm``, ``gru`` and ``simple_rnn``
+    are this for their cell. ``params`` are as ``cell.init`` returns them; the options are
+    ``SequenceOptions``.
 
     The carry is handled here as a tuple whose first element is ``h``, the step's output.
     Without a mask, ``cell.unmasked_scan`` (where the cell has one) replaces the scan.
+
+    Returns:
+      the output, or ``(output, *state)`` when ``return_state``.
+
+    Raises:
+      ValueError: inputs not rank 3 or not floating point, features that do not match the
+        kernel, a mask or initial state of the wrong shape.
     """
     units = _check_params(cell, params)
     _check_inputs(cell.name, params, inputs, mask)
@@ -653,49 +705,9 @@ def run_cell(
     return outputs
 
 
-_SEQUENCE_DOC = """
-
-    Args:
-      params: as returned by ``init_{name}``.
-      inputs: ``[batch, time, features]``, floating point.
-      return_sequences: return the output of every step, ``[batch, time, units]``, instead
-        of the last one, ``[batch, units]``.
-      return_state: also return the final state: ``(output, {state})``.
-      initial_state: ``{state}``, each ``[batch, units]``; zeros when ``None``.
-      go_backwards: read the sequence from its end; outputs come in that (reversed) order,
-        as in Keras.
-      mask: bool ``[batch, time]``; a masked step keeps the previous state and repeats the
-        previous output (the initial ``h``, zeros by default, before any valid step), as
-        Keras 3 does. A row with no valid step returns its initial state.
-      unroll: ``jax.lax.scan``'s unroll factor (``True`` unrolls fully).
-
-    Returns:
-      the output, or ``(output, {state})`` when ``return_state``.
-
-    Raises:
-      ValueError: inputs not rank 3 or not floating point, features that do not match the
-        kernel, a mask or initial state of the wrong shape.
-    """
-
-
-def _sequence_function(cell: Cell, doc: str) -> Callable:
-    """``run_cell`` for one cell, named and documented as a function of this module."""
-
-    def run(params: Params, inputs: Array, **options):
-        return run_cell(cell, params, inputs, **options)
-
-    # The signature shown by help() and editors: run_cell's, less the cell.
-    signature = inspect.signature(run_cell)
-    run.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])
-    run.__name__ = run.__qualname__ = cell.name
-    run.__doc__ = doc.rstrip() + _SEQUENCE_DOC.format(name=cell.name, state=", ".join(cell.state))
-    return run
-
-
-lstm = _sequence_function(
-    CELLS["lstm"],
+def lstm(params: Params, inputs: Array, **options: Unpack[SequenceOptions]):
     """Runs ``lstm_cell`` over ``[batch, time, features]`` with ``jax.lax.scan``, as Keras's
-    ``LSTM`` layer does.
+    ``LSTM`` layer does; ``options`` are ``SequenceOptions``, ``params`` from ``init_lstm``.
 
     Without a mask the scan runs the same equations in a transposed, feature-major layout
     with a hand-written gradient (``jax.custom_vjp``), both chosen for speed; its outputs and
@@ -709,29 +721,31 @@ lstm = _sequence_function(
     >>> out, h, c = lstm(p, x, return_state=True)
     >>> bool((out == h).all())
     True
-    """,
-)
+    """
+    return run_cell(CELLS["lstm"], params, inputs, **options)
 
-gru = _sequence_function(
-    CELLS["gru"],
+
+def gru(params: Params, inputs: Array, **options: Unpack[SequenceOptions]):
     """Runs ``gru_cell`` over ``[batch, time, features]`` with ``jax.lax.scan``, as Keras's
-    ``GRU`` layer (``reset_after=True``) does.
+    ``GRU`` layer (``reset_after=True``) does; ``options`` are ``SequenceOptions``,
+    ``params`` from ``init_gru``.
 
     >>> import jax, jax.numpy as jnp
     >>> p = init_gru(jax.random.key(0), input_dim=28, units=50)
     >>> gru(p, jnp.ones((4, 28, 28))).shape
     (4, 50)
-    """,
-)
+    """
+    return run_cell(CELLS["gru"], params, inputs, **options)
 
-simple_rnn = _sequence_function(
-    CELLS["simple_rnn"],
+
+def simple_rnn(params: Params, inputs: Array, **options: Unpack[SequenceOptions]):
     """Runs ``simple_rnn_cell`` over ``[batch, time, features]`` with ``jax.lax.scan``, as
-    Keras's ``SimpleRNN`` layer does.
+    Keras's ``SimpleRNN`` layer does; ``options`` are ``SequenceOptions``, ``params`` from
+    ``init_simple_rnn``.
 
     >>> import jax, jax.numpy as jnp
     >>> p = init_simple_rnn(jax.random.key(0), input_dim=28, units=50)
     >>> simple_rnn(p, jnp.ones((4, 28, 28)), return_sequences=True).shape
     (4, 28, 50)
-    """,
-)
+    """
+    return run_cell(CELLS["simple_rnn"], params, inputs, **options)
