@@ -248,16 +248,7 @@ def _as_layers(module: nn.Module, params: dict) -> list[tuple[nn.Module, Any]]:
     if isinstance(module, lnn.Sequential):
         return [(layer, params.get(f"layers_{i}")) for i, layer in enumerate(module.layers)]
     if isinstance(module, lnn.Classifier):
-        chain = []
-        for n, units in enumerate(module.units):
-            layer = lnn.LAYERS[module.cell](
-                units, return_sequences=n < len(module.units) - 1, dtype=module.dtype
-            )
-            prefix = "Bidirectional" if module.bidirectional else type(layer).__name__
-            if module.bidirectional:
-                layer = lnn.Bidirectional(layer)
-            chain.append((layer, params[f"{prefix}_{n}"]))
-        return [*chain, (lnn.Dense(module.num_classes, dtype=module.dtype), params["Dense_0"])]
+        return [(layer, params[layer.name]) for layer in module.layers()]
     return [(module, params)]
 
 

@@ -210,9 +210,11 @@ class Classifier(nn.Module):
         object.__setattr__(self, "units", tuple(units))
         super().__post_init__()
 
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        """``x: [batch, time, features]`` -> logits ``[batch, num_classes]``."""
+    @nn.nowrap
+    def layers(self) -> tuple[nn.Module, ...]:
+        """The model as a chain of this module's layers, each named as its parameters are
+        (``LSTM_0`` or ``Bidirectional_0``, ..., ``Dense_0``): what ``__call__`` runs, and
+        what ``to_keras`` and ``describe_model`` read."""
         if self.cell not in LAYERS:
             raise ValueError(f"cell must be one of {sorted(LAYERS)}; got {self.cell!r}")
         if not self.units:
@@ -223,23 +225,29 @@ class Classifier(nn.Module):
             or self.num_classes < 1
         ):
             raise ValueError(f"num_classes must be a positive int; got {self.num_classes!r}")
+        chain = []
+        for n, units in enumerate(self.units):
+            last = n == len(self.units) - 1
+            options = {"return_sequences": not last, "dtype": self.dtype, "unroll": self.unroll}
+            if self.bidirectional:
+                layer = Bidirectional(
+                    LAYERS[self.cell](units, **options), name=f"Bidirectional_{n}"
+                )
+            else:
+                layer = LAYERS[self.cell](
+                    units, **options, name=f"{LAYERS[self.cell].__name__}_{n}"
+                )
+            chain.append(layer)
+        return (*chain, Dense(self.num_classes, dtype=self.dtype, name="Dense_0"))
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        """``x: [batch, time, features]`` -> logits ``[batch, num_classes]``."""
         if self.dtype is not None:
             x = x.astype(self.dtype)
-        for n, units in enumerate(self.units):
-            layer = LAYERS[self.cell](
-                units,
-                return_sequences=n < len(self.units) - 1,
-                dtype=self.dtype,
-                unroll=self.unroll,
-            )
-            if self.bidirectional:
-                layer = Bidirectional(layer)
+        for layer in self.layers():
             x = layer(x)
-        # Keras's Dense initialises its kernel glorot-uniform (Flax's default is LeCun normal).
-        dense = nn.Dense(
-            self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.glorot_uniform()
-        )
-        return dense(x).astype(jnp.float32)
+        return x.astype(jnp.float32)
 
 
 # Keras's activations by name, for ``Dense``.
