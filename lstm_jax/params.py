@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lstm_jax.recurrent import check_sizes
+from lstm_jax.cells import check_sizes
 
 
 def lstm_param_count(input_dim: int, units: int) -> int:

@@ -7,6 +7,7 @@ import pytest
 from jax.test_util import check_grads
 
 import lstm_jax
+import lstm_jax.lstm_scan
 from tests import reference
 
 # float32 against a float64 reference, sequences up to 9 steps with units <= 16.
@@ -63,7 +64,7 @@ def test_lstm_gates_stay_within_float32_rounding_of_exact(gate_axis):
     z = np.linspace(-30, 30, 4 * units * 50).reshape(50, 4 * units).astype(np.float32)
     z32 = jnp.asarray(z if gate_axis == -1 else z.T)
     z = z.astype(np.float64)  # the same inputs, so only the functions' rounding is compared
-    gates = jax.jit(lambda z: lstm_jax.recurrent._lstm_gates(z, gate_axis))(z32)
+    gates = jax.jit(lambda z: lstm_jax.lstm_scan._lstm_gates(z, gate_axis))(z32)
     blocks = np.split(z, 4, axis=-1)
     exact = [1 / (1 + np.exp(-blocks[0])), 1 / (1 + np.exp(-blocks[1])), np.tanh(blocks[2])]
     exact.append(1 / (1 + np.exp(-blocks[3])))
