@@ -94,7 +94,7 @@ def timed_epochs(epochs, run_epoch, jax_compiles=True):
 
     counter_cls = contextlib.nullcontext  # no JAX: nothing imported, None per epoch
     if jax_compiles:
-        from lstm_jax.training import CompileCounter as counter_cls
+        from lstm_jax.reporting import CompileCounter as counter_cls
     times, compiles = [], []
     for epoch in range(1, epochs + 1):
         with counter_cls() as counter:
@@ -111,7 +111,7 @@ def worker_lstm_jax(args, images, labels, test_images, test_labels):
     from jax.sharding import Mesh, NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from lstm_jax import data, training
+    from lstm_jax import data, sharding, steps, training
 
     config = training.Config(
         units=(args.units,),
@@ -121,24 +121,24 @@ def worker_lstm_jax(args, images, labels, test_images, test_labels):
         seed=args.seed,
     )
     mesh = Mesh(np.array(jax.devices()), ("data",))
-    model = training.make_model(config, 10)
+    model = steps.make_model(config, 10)
     time_steps, features = data.sequence_shape(images.shape[1:], args.sequence)
     replicated = NamedSharding(mesh, P())
     state = jax.device_put(
-        training.create_train_state(config, model, (time_steps, features)), replicated
+        steps.create_train_state(config, model, (time_steps, features)), replicated
     )
     train = data.Split(images, labels)
-    train_epoch, evaluate = training.make_epoch_fns(config, model, mesh, len(labels))
+    train_epoch, evaluate = steps.make_epoch_fns(config, model, mesh, len(labels))
 
     def run_epoch(epoch):
         nonlocal state
-        order = training.epoch_order(args.seed, epoch, len(labels))
-        batches = training.batches_on_mesh(train, order, args.batch_size, mesh)
+        order = sharding.epoch_order(args.seed, epoch, len(labels))
+        batches = sharding.batches_on_mesh(train, order, args.batch_size, mesh)
         state, sums, _ = train_epoch(state, batches)
         jax.block_until_ready(sums)
 
     times, compiles = timed_epochs(args.epochs, run_epoch)
-    test_batches = training.eval_batches(data.Split(test_images, test_labels), config, mesh)
+    test_batches = sharding.eval_batches(data.Split(test_images, test_labels), config, mesh)
     sums = jax.device_get(evaluate(state.params, test_batches))
     return times, compiles, float(sums[1] / sums[2]), {"devices": len(jax.devices())}
 

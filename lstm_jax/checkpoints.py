@@ -19,6 +19,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from lstm_jax.errors import CheckpointError, CheckpointGone
+
 
 def finished_epochs(directory: str | os.PathLike) -> list[int]:
     """The epochs whose checkpoints in ``directory`` are complete, oldest first: orbax
@@ -26,18 +28,6 @@ def finished_epochs(directory: str | os.PathLike) -> list[int]:
     directory = pathlib.Path(directory)
     names = [p.name for p in directory.iterdir()] if directory.is_dir() else []
     return sorted(int(n) for n in names if n.isdigit())
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be restored; the message says which and why."""
-
-
-class CheckpointGone(CheckpointError):
-    """The checkpoint being read was removed meanwhile: the run that wrote it is still
-    writing newer ones, and keeps only the newest few."""
-
-    def __init__(self, epoch: int, directory: pathlib.Path):
-        super().__init__(f"the checkpoint of epoch {epoch} in {directory} was removed while read")
 
 
 class Checkpointer:

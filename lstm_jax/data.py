@@ -32,12 +32,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lstm_jax.errors import DataError
+
 SEQUENCES = ("rows", "pixels", "permuted")
 PERMUTATION_SEED = 0  # fixed: every run of ``permuted`` reads pixels in the same order
-
-
-class DataError(RuntimeError):
-    """The data set cannot be loaded; the message says why and what to do."""
 
 
 @dataclasses.dataclass(frozen=True)

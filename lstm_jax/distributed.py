@@ -23,19 +23,13 @@ from collections.abc import Callable
 
 import jax
 
+from lstm_jax.errors import DistributedError, ProcessLost
+
 # Seconds without a heartbeat after which JAX's coordination service declares a process
 # dead and stops the others (JAX's default is 100).
 HEARTBEAT_TIMEOUT_S = 30
 # Seconds the processes wait for each other to join (JAX's default).
 JOIN_TIMEOUT_S = 300
-
-
-class DistributedError(RuntimeError):
-    """The processes of a run cannot start or go on together; says which and what to do."""
-
-
-class ProcessLost(DistributedError):
-    """A collective failed in a multi-process run: another process has stopped."""
 
 
 def initialize(

@@ -1,4 +1,5 @@
-"""A finished (or interrupted) run, loaded for use: ``load_run(workdir)``.
+"""A run's directory and what it holds, written (``new_meta``) and read (``read_meta``) here
+alone; resuming a run (``resume_config``), and loading one for use (``load_run``).
 
 A run's directory holds ``checkpoints/<epoch>/`` (orbax: the training state, and ``meta``,
 JSON), ``metrics.json`` and ``curves.png``. Each checkpoint's ``meta`` holds all that is
@@ -6,7 +7,7 @@ needed to use it without the code that trained it:
 
 * ``format``: ``FORMAT``, the version of this layout;
 * ``model``: the Flax module as data (``module_spec``), rebuilt by ``module_from_spec``;
-* ``config``: the ``training.Config`` of the run, ``history``: one record per epoch;
+* ``config``: the run's ``Config``, ``history``: one record per epoch;
 * ``num_classes``, ``image_shape`` (``[H, W, C]``) and ``input_shape`` (``[T, F]``).
 
 Arrays are restored onto the loading process's own devices, whatever the run trained on::
@@ -30,7 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from lstm_jax import data as data_lib
+from lstm_jax import sharding, steps
 from lstm_jax.checkpoints import Checkpointer, CheckpointError, CheckpointGone, finished_epochs
+from lstm_jax.config import Config, check_resume
+from lstm_jax.errors import ConfigError
 
 FORMAT = 1  # the version of what a checkpoint's meta holds; bumped when that changes
 
@@ -118,12 +122,110 @@ def _from_data(value: Any) -> Any:
     return value
 
 
+def model_spec_or_reason(model: nn.Module) -> dict:
+    """``module_spec(model)``, or the reason it cannot be saved (``load_run`` then
+    needs the model passed in)."""
+    try:
+        return module_spec(model)
+    except ValueError as e:
+        cls = type(model)
+        return {"class": f"{cls.__module__}.{cls.__qualname__}", "unsaved": str(e)}
+
+
+# --------------------------------------------------------------------------------------
+# A run's meta, and resuming it
+# --------------------------------------------------------------------------------------
+
+
+def new_meta(model: nn.Module, num_classes: int, image_shape, input_shape, config) -> dict:
+    """What every checkpoint of a new run saves besides its history (``history`` is added
+    at each save): the module docstring's list."""
+    return {
+        "format": FORMAT,
+        "model": model_spec_or_reason(model),
+        "num_classes": num_classes,
+        "image_shape": list(image_shape),
+        "input_shape": list(input_shape),
+        "config": dataclasses.asdict(config),
+    }
+
+
+def read_meta(workdir: str | os.PathLike) -> tuple[pathlib.Path, int, dict]:
+    """``(checkpoints directory, newest epoch, its meta)`` of the run in ``workdir``.
+
+    Reads files only (no orbax, no JAX backend started), so that ``train.py --resume`` can
+    read the run's settings before it sets up the devices.
+
+    Raises:
+      CheckpointError: no run there, none finished an epoch, or another checkpoint format.
+    """
+    workdir = pathlib.Path(workdir).expanduser().resolve()
+    directory = workdir / "checkpoints"
+    if not workdir.is_dir():
+        raise CheckpointError(f"no run in {workdir}: there is no such directory")
+    if not directory.is_dir():
+        raise CheckpointError(f"no run in {workdir}: it holds no checkpoints directory")
+    epochs = finished_epochs(directory)
+    if not epochs:
+        unfinished = sorted(p.name for p in directory.iterdir() if "tmp" in p.name)
+        raise CheckpointError(
+            f"the run in {workdir} has no finished checkpoint"
+            + (f" (only the unfinished {', '.join(unfinished)})" if unfinished else "")
+            + ": it stopped before its first epoch ended; start it again"
+        )
+    epoch = epochs[-1]
+    path = directory / str(epoch) / "meta" / "metadata"
+    try:
+        meta = json.loads(path.read_text())
+        version = meta.get("format", 0) if isinstance(meta, dict) else None
+    except (OSError, ValueError) as e:
+        if not path.parent.parent.exists():
+            raise CheckpointGone(epoch, directory) from None
+        raise CheckpointError(
+            f"the checkpoint of epoch {epoch} in {directory / str(epoch)} is half-written or "
+            f"corrupt: {path.name} cannot be read ({type(e).__name__}: {e})"
+        ) from None
+    if version != FORMAT:
+        raise CheckpointError(
+            f"the run in {workdir} was saved in checkpoint format {version}; this lstm_jax "
+            f"reads format {FORMAT}. Load it with the lstm_jax that trained it, or train again."
+        )
+    return directory, epoch, meta
+
+
+def check_against_run(config: Config, workdir: pathlib.Path) -> dict:
+    """The meta of the run to resume in ``workdir``, after checking ``config`` against it."""
+    _, epoch, meta = read_meta(workdir)
+    check_resume(Config(**meta["config"]), config, len(meta["history"][:epoch]))
+    return meta
+
+
+def resume_config(workdir: str | os.PathLike, **changes: Any) -> Config:
+    """The ``Config`` of the run in ``workdir``, with ``changes`` (settings in
+    ``RESUMABLE``; others are accepted when equal to the run's) and ``resume=True``.
+
+    Reads files only, so it can run before JAX starts its backends.
+
+    Raises:
+      CheckpointError: no run to resume there; ConfigError: a change not allowed.
+    """
+    _, epoch, meta = read_meta(workdir)  # writes nothing: the run may be read-only
+    saved = Config(**meta["config"])
+    try:
+        config = dataclasses.replace(saved, **{**changes, "resume": True})
+    except TypeError as e:
+        raise ConfigError("resume", f"resume_config: {e}") from None
+    config.validate()
+    check_resume(saved, config, len(meta["history"][:epoch]))
+    return config
+
+
 # --------------------------------------------------------------------------------------
 # Loading a run
 # --------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)
 class Run:
     """A trained model with what it was trained on; ``load_run`` makes one.
 
@@ -206,54 +308,9 @@ class Run:
     def evaluate(self, split: str = "test", *, data_dir: str | None = None, download: bool = True):
         """Loss and accuracy on a split of the run's data set (``test``, ``validation`` or
         ``train``): ``{"split", "examples", "loss", "accuracy"}``."""
-        from lstm_jax import training
-
-        return training.evaluate_params(
+        return steps.evaluate_params(
             self.config, self.model, self.params, split, data_dir=data_dir, download=download
         )
-
-
-def read_meta(workdir: str | os.PathLike) -> tuple[pathlib.Path, int, dict]:
-    """``(checkpoints directory, newest epoch, its meta)`` of the run in ``workdir``.
-
-    Reads files only (no orbax, no JAX backend started), so that ``train.py --resume`` can
-    read the run's settings before it sets up the devices.
-
-    Raises:
-      CheckpointError: no run there, none finished an epoch, or another checkpoint format.
-    """
-    workdir = pathlib.Path(workdir).expanduser().resolve()
-    directory = workdir / "checkpoints"
-    if not workdir.is_dir():
-        raise CheckpointError(f"no run in {workdir}: there is no such directory")
-    if not directory.is_dir():
-        raise CheckpointError(f"no run in {workdir}: it holds no checkpoints directory")
-    epochs = finished_epochs(directory)
-    if not epochs:
-        unfinished = sorted(p.name for p in directory.iterdir() if "tmp" in p.name)
-        raise CheckpointError(
-            f"the run in {workdir} has no finished checkpoint"
-            + (f" (only the unfinished {', '.join(unfinished)})" if unfinished else "")
-            + ": it stopped before its first epoch ended; start it again"
-        )
-    epoch = epochs[-1]
-    path = directory / str(epoch) / "meta" / "metadata"
-    try:
-        meta = json.loads(path.read_text())
-        version = meta.get("format", 0) if isinstance(meta, dict) else None
-    except (OSError, ValueError) as e:
-        if not path.parent.parent.exists():
-            raise CheckpointGone(epoch, directory) from None
-        raise CheckpointError(
-            f"the checkpoint of epoch {epoch} in {directory / str(epoch)} is half-written or "
-            f"corrupt: {path.name} cannot be read ({type(e).__name__}: {e})"
-        ) from None
-    if version != FORMAT:
-        raise CheckpointError(
-            f"the run in {workdir} was saved in checkpoint format {version}; this lstm_jax "
-            f"reads format {FORMAT}. Load it with the lstm_jax that trained it, or train again."
-        )
-    return directory, epoch, meta
 
 
 def load_run(workdir: str | os.PathLike, *, model: nn.Module | None = None) -> Run:
@@ -285,18 +342,16 @@ _READS = 5  # tries at a checkpoint that a running run removes while it is read
 
 
 def _load_newest(workdir: str | os.PathLike, model: nn.Module | None) -> Run:
-    from lstm_jax import training
-
     directory, epoch, meta = read_meta(workdir)
-    config = training.Config(**meta["config"])
+    config = Config(**meta["config"])
     if model is None:
         try:
             model = module_from_spec(meta["model"])
         except ValueError as e:
             raise CheckpointError(str(e)) from None
     input_shape = tuple(meta["input_shape"])
-    abstract = jax.eval_shape(lambda: training.create_train_state(config, model, input_shape))
-    training.devices()  # starts JAX's backends: a platform that cannot start is DeviceError
+    abstract = jax.eval_shape(lambda: steps.create_train_state(config, model, input_shape))
+    sharding.devices()  # starts JAX's backends: a platform that cannot start is DeviceError
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract

@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 
 import lstm_jax
-import train
-from lstm_jax import data, training
+from lstm_jax import data, reporting, training, workdir
 from lstm_jax import nn as lnn
 from tests.test_training import run_fake
 
@@ -132,7 +131,8 @@ def test_1_a_second_run_on_a_busy_workdir_is_refused_and_a_crashed_one_leaves_no
 
 def test_1_default_workdirs_started_in_the_same_second_differ(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    names = [train._new_workdir() for _ in range(3)]
+    monkeypatch.setattr(workdir.time, "strftime", lambda _: "20261204-120000")  # one second
+    names = [str(workdir.make_default()[0]) for _ in range(3)]
     assert len(set(names)) == 3 and all(pathlib.Path(n).is_dir() for n in names)
     assert names[1] == names[0] + "-2"
 
@@ -312,20 +312,20 @@ def test_5_run_files_are_written_whole_or_not_at_all(tmp_path):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     with pytest.raises(training.RunFileError, match=r"cannot write .*metrics.json: No space left"):
-        training.write_atomically(path, half_then_full)
+        workdir.write_atomically(path, half_then_full)
     assert path.read_text() == '{"old": true}'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]  # no temporary left
 
     history = [
         {"epoch": 1, "train_loss": 1.0, "val_loss": 1.1, "train_accuracy": 0.5, "val_accuracy": 0.4}
     ]
-    training.write_atomically(tmp_path / "curves.png", lambda p: training.plot_curves(history, p))
+    workdir.write_atomically(tmp_path / "curves.png", lambda p: reporting.plot_curves(history, p))
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_5_a_disk_too_small_for_the_checkpoints_is_found_before_training(tmp_path, monkeypatch):
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(training.shutil, "disk_usage", lambda p: usage._replace(free=10_000))
+    monkeypatch.setattr(workdir.shutil, "disk_usage", lambda p: usage._replace(free=10_000))
     with pytest.raises(training.RunFileError, match=r"has 0.0 MiB free; the run needs about"):
         run_fake(tmp_path)
     assert not (tmp_path / "run").exists()  # a refused run leaves nothing

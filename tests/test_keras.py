@@ -9,7 +9,7 @@ import pytest
 
 from lstm_jax import nn as lnn
 from lstm_jax import params as lparams
-from lstm_jax import training
+from lstm_jax import steps
 
 assert os.environ["KERAS_BACKEND"] == "jax"  # set in conftest.py before this import
 keras = pytest.importorskip("keras")  # a test dependency: pip install -e ".[test]"
@@ -146,7 +146,7 @@ def test_training_loss_matches_keras():
     weights = jnp.asarray(np.arange(16) < 13, jnp.float32)
 
     def ours(logits):
-        return training._loss_and_metrics(logits, labels, weights)[0]
+        return steps.loss_and_metrics(logits, labels, weights)[0]
 
     def keras_loss(logits):
         losses = keras.ops.sparse_categorical_crossentropy(labels, logits, from_logits=True)
@@ -154,7 +154,7 @@ def test_training_loss_matches_keras():
 
     np.testing.assert_allclose(ours(logits), keras_loss(logits), rtol=1e-6)
     np.testing.assert_allclose(jax.grad(ours)(logits), jax.grad(keras_loss)(logits), atol=1e-7)
-    _, correct, count = training._loss_and_metrics(logits, labels, weights)
+    _, correct, count = steps.loss_and_metrics(logits, labels, weights)
     assert count == 13
     assert correct == np.sum((np.argmax(logits, -1) == labels) * weights)
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from lstm_jax import data, training
+from lstm_jax import data, reporting, training
 from tests import reference
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -69,8 +69,8 @@ def test_second_epoch_compiles_nothing(tmp_path):
 def test_compile_counter_counts_overlapping_spans_once():
     """Tracing an inner jitted function happens inside the outer one's trace: wall time is
     the union of the spans JAX reports, and only XLA compilations are counted."""
-    counter = training.CompileCounter()
-    trace, lower, compile_ = training.CompileCounter._EVENTS
+    counter = reporting.CompileCounter()
+    trace, lower, compile_ = reporting.CompileCounter._EVENTS
     spans = [(trace, 0, 2), (trace, 1, 1.5), (lower, 1.5, 3), (compile_, 5, 6), ("other", 7, 9)]
     for event, start, end in spans:
         counter._listener(event, start, end, fun_name="f")

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from lstm_jax import data, training
+from lstm_jax import data, sharding
 
 mesh = Mesh(np.array(jax.devices()), ("data",))
 n, batch = 203, 64  # the last batch padded
@@ -17,8 +17,8 @@ rng = np.random.default_rng(0)
 split = data.Split(
     rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, n).astype(np.int32)
 )
-order = training.epoch_order(0, 1, n)
-batches = training.batches_on_mesh(split, order, batch, mesh)
+order = sharding.epoch_order(0, 1, n)
+batches = sharding.batches_on_mesh(split, order, batch, mesh)
 index = np.concatenate([order, np.zeros(4 * batch - n, np.int32)]).reshape(4, batch)
 weight = (np.arange(4 * batch) < n).reshape(4, batch)
 expected = {"image": split.images[index], "label": split.labels[index], "weight": weight}

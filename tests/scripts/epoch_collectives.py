@@ -11,15 +11,15 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from lstm_jax import data, training
+from lstm_jax import data, sharding, steps, training
 
 config = training.Config(units=(16,), batch_size=64, bidirectional=sys.argv[1] == "True")
 mesh = Mesh(np.array(jax.devices()), ("data",))
-model = training.make_model(config, 10)
-state = training.create_train_state(config, model, (28, 28))
-train_epoch, _ = training.make_epoch_fns(config, model, mesh, 256)
+model = steps.make_model(config, 10)
+state = steps.create_train_state(config, model, (28, 28))
+train_epoch, _ = steps.make_epoch_fns(config, model, mesh, 256)
 split = data.Split(np.zeros((256, 28, 28, 1), np.uint8), np.zeros((256,), np.int32))
-batches = training.batches_on_mesh(split, np.arange(256, dtype=np.int32), 64, mesh)
+batches = sharding.batches_on_mesh(split, np.arange(256, dtype=np.int32), 64, mesh)
 hlo = train_epoch.lower(state, batches).compile().as_text()
 one_vector = re.search(r"= f32\[\d+\]\{0\} all-reduce\(", hlo) is not None
 print(hlo.count("all-reduce("), "all-gather" in hlo, one_vector)

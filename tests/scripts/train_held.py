@@ -27,7 +27,7 @@ import tensorflow_datasets as tfds
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # train.py
 import train  # noqa: E402
-from lstm_jax import checkpoints, shutdown, training  # noqa: E402
+from lstm_jax import checkpoints, reporting, sharding, shutdown, steps  # noqa: E402
 
 point = sys.argv[1]
 kind, _, number = point.partition(":")
@@ -42,7 +42,7 @@ def hold() -> None:
         threading.Event().wait()
 
 
-class Progress(training._Progress):
+class Progress(reporting.Progress):
     """Always fed from inside the epoch (the bar itself only if asked for); holds in
     ``epoch:N``."""
 
@@ -61,7 +61,7 @@ class Progress(training._Progress):
         super().update(step, *args)
 
 
-train_step, epoch_order = training.train_step, training.epoch_order
+train_step, epoch_order = steps.train_step, sharding.epoch_order
 save = checkpoints.Checkpointer.save
 traced = []
 
@@ -87,9 +87,9 @@ def held_save(self, epoch, state, meta):
     save(self, epoch, state, meta)
 
 
-training._Progress = Progress
-training.train_step = held_train_step
-training.epoch_order = held_epoch_order
+reporting.Progress = Progress
+steps.train_step = held_train_step
+sharding.epoch_order = held_epoch_order
 checkpoints.Checkpointer.save = held_save
 with tfds.testing.mock_data(num_examples=512):
     sys.exit(train.main(sys.argv[2:]))

@@ -1,0 +1,221 @@
+"""What a run shows and records: the progress bar, compile counting, each epoch's record
+and line, the model in Keras's words, the setup lines, ``metrics.json``'s contents and the
+learning curves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+import time
+
+import flax.linen as nn
+import jax
+
+from lstm_jax import _jax_compat
+from lstm_jax import nn as lnn
+from lstm_jax import params as params_lib
+from lstm_jax.steps import rates
+
+
+class Progress:
+    """A tqdm bar per epoch, fed from inside the jitted epoch by ``jax.debug.callback``."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bar = None
+        self.start = 0.0
+        self.batch_size = 1
+
+    def open(self, epoch: int, epochs: int, steps: int, batch_size: int):
+        if not self.enabled:
+            return
+        from tqdm.auto import tqdm
+
+        # disable=None: no bar where output is not a terminal (CI logs), as tqdm advises.
+        self.bar = tqdm(
+            total=steps,
+            desc=f"epoch {epoch}/{epochs}",
+            unit="step",
+            leave=False,
+            file=sys.stdout,
+            dynamic_ncols=True,
+            disable=None,
+        )
+        self.start, self.batch_size = time.perf_counter(), batch_size
+
+    def update(self, step, loss_sum, count):
+        if self.bar is None:
+            return
+        step = int(step) + 1
+        rate = step * self.batch_size / max(time.perf_counter() - self.start, 1e-9)
+        self.bar.n = step
+        self.bar.set_postfix(
+            loss=f"{float(loss_sum) / max(float(count), 1):.4f}",
+            samples_per_s=f"{rate:,.0f}",
+            refresh=False,
+        )
+        self.bar.refresh()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class CompileCounter:
+    """Counts JAX's compilations while active, and the seconds spent in them.
+
+    ``count`` is the number of XLA compilations; ``seconds`` the wall time spent tracing to
+    a jaxpr, lowering to StableHLO and compiling with XLA, from the spans
+    ``jax.monitoring`` reports for each (spans that nest, such as a jitted function traced
+    inside another, counted once).
+
+    >>> import jax.numpy as jnp
+    >>> x = jnp.arange(3)
+    >>> with CompileCounter() as compiles:
+    ...     _ = jax.jit(lambda x: x + 1)(x)
+    >>> compiles.count, compiles.seconds > 0
+    (1, True)
+    """
+
+    _EVENTS = (
+        "/jax/core/compile/jaxpr_trace_duration",
+        "/jax/core/compile/jaxpr_to_mlir_module_duration",
+        "/jax/core/compile/backend_compile_duration",
+    )
+
+    def __init__(self):
+        self.count = 0
+        self._spans: list[tuple[float, float]] = []
+
+    def _listener(self, event: str, start: float, end: float, **_):
+        if event in self._EVENTS:
+            self._spans.append((start, end))
+            self.count += event == self._EVENTS[-1]
+
+    @property
+    def seconds(self) -> float:
+        total, covered_to = 0.0, -math.inf
+        for start, end in sorted(self._spans):
+            total += max(0.0, end - max(start, covered_to))
+            covered_to = max(covered_to, end)
+        return total
+
+    def __enter__(self):
+        jax.monitoring.register_event_time_span_listener(self._listener)
+        return self
+
+    def __exit__(self, *exc):
+        _jax_compat.unregister_event_time_span_listener(self._listener)
+
+
+def epoch_record(epoch, sums, val_sums, n_train, train_seconds, epoch_seconds) -> dict:
+    (loss, acc), (val_loss, val_acc) = rates(sums), rates(val_sums)
+    return {
+        "epoch": epoch,
+        "train_loss": loss,
+        "train_accuracy": acc,
+        "val_loss": val_loss,
+        "val_accuracy": val_acc,
+        "epoch_seconds": epoch_seconds,
+        "train_seconds": train_seconds,
+        "samples_per_second": n_train / train_seconds,
+    }
+
+
+def epoch_line(h: dict, epochs: int) -> str:
+    compiling = f", {h['compile_seconds']:.1f} s compiling" if h["compilations"] else ""
+    return (
+        f"epoch {h['epoch']}/{epochs}: loss {h['train_loss']:.4f}, accuracy "
+        f"{h['train_accuracy']:.2%} | val_loss {h['val_loss']:.4f}, val_accuracy "
+        f"{h['val_accuracy']:.2%} | {h['epoch_seconds']:.1f} s "
+        f"({h['samples_per_second']:,.0f} samples/s{compiling})"
+    )
+
+
+def describe_model(model: nn.Module) -> str:
+    """The model in Keras's words, e.g. ``LSTM(50) -> Dense(10)``; other modules by their
+    class name."""
+    if isinstance(model, lnn.Classifier):
+        layers = [lnn.LAYERS[model.cell](u) for u in model.units]
+        if model.bidirectional:
+            layers = [lnn.Bidirectional(layer) for layer in layers]
+        return " -> ".join([*map(describe_model, layers), f"Dense({model.num_classes})"])
+    if isinstance(model, lnn.Sequential):
+        return " -> ".join(describe_model(layer) for layer in model.layers)
+    if isinstance(model, lnn.Bidirectional):
+        return f"Bidirectional({describe_model(model.layer)})"
+    if isinstance(model, lnn._Recurrent):
+        return f"{model.cell.layer}({model.units})"
+    if isinstance(model, lnn.Dense | nn.Dense):
+        return f"Dense({model.units if isinstance(model, lnn.Dense) else model.features})"
+    return type(model).__name__
+
+
+def print_setup(config, ds, train, model, input_shape, print_fn) -> None:
+    devices = jax.devices()
+    kinds = sorted({d.device_kind for d in devices})
+    print_fn(
+        f"devices: {len(devices)} x {', '.join(kinds)} ({jax.default_backend()}), "
+        f"{jax.process_count()} process(es)"
+    )
+    print_fn(
+        f"data: {ds.name}: {len(train):,} train, {len(ds.validation):,} validation, "
+        f"{len(ds.test):,} test; each image read as {config.sequence}"
+    )
+    params_lib.summary(model, (None, *input_shape), print_fn=print_fn)
+
+
+def metrics(config, model, history, *, mesh, splits, params, test) -> dict:
+    """What ``metrics.json`` holds; ``test`` is ``(loss, accuracy)`` on the test set,
+    ``splits`` the data's splits by name."""
+    test_loss, test_acc = test
+    return {
+        "config": dataclasses.asdict(config),
+        "model": describe_model(model),
+        "devices": [str(d) for d in mesh.devices.flat],
+        "processes": jax.process_count(),
+        "backend": jax.default_backend(),
+        "data": {name: len(split) for name, split in splits.items()},
+        "params": params_lib.count_params(params),
+        "history": history,
+        "compile_seconds": sum(h.get("compile_seconds", 0.0) for h in history),
+        "test_loss": test_loss,
+        "test_accuracy": test_acc,
+    }
+
+
+def silent(_: str) -> None:
+    pass
+
+
+def plot_curves(
+    history: list[dict[str, float]], path: str | os.PathLike, title: str | None = None
+) -> None:
+    """Loss and accuracy (in percent) per epoch, training against validation, saved as a
+    PNG under ``title``.
+
+    Drawn on a ``matplotlib.figure.Figure`` of its own, not through ``pyplot``: pyplot's
+    backend, and the figures a notebook shows, are left as they were.
+    """
+    from matplotlib.figure import Figure
+
+    epochs = [h["epoch"] for h in history]
+    fig = Figure(figsize=(10, 4))
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", "accuracy (%)")):
+        scale = 100 if key == "accuracy" else 1
+        ax.plot(epochs, [scale * h[f"train_{key}"] for h in history], "o-", label="train")
+        ax.plot(epochs, [scale * h[f"val_{key}"] for h in history], "s-", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_xticks(epochs)
+        ax.set_title(label)
+        ax.legend()
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format="png")
