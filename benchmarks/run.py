@@ -232,31 +232,44 @@ def worker_flax_linen(args, images, labels, test_images, test_labels):
     return times, compiles, correct / len(test_labels), {}
 
 
+def _plain_lstm(seed: int, features: int, units: int):
+    """``(params, forward)`` of LSTM(units) then Dense(10), written as the textbook does:
+    ``lax.scan`` over ``lstm_cell``."""
+    import jax
+    import jax.numpy as jnp
+
+    from lstm_jax import recurrent
+
+    key_lstm, key_dense = jax.random.split(jax.random.key(seed))
+    params = {
+        "lstm": recurrent.init_lstm(key_lstm, features, units),
+        "dense": {
+            "kernel": jax.nn.initializers.glorot_uniform()(key_dense, (units, 10)),
+            "bias": jnp.zeros((10,)),
+        },
+    }
+
+    def forward(p, xb):
+        h = jnp.zeros((xb.shape[0], units))
+        carry, _ = jax.lax.scan(
+            lambda c, x_t: recurrent.lstm_cell(p["lstm"], c, x_t), (h, h), jnp.swapaxes(xb, 0, 1)
+        )
+        return carry[0] @ p["dense"]["kernel"] + p["dense"]["bias"]
+
+    return params, forward
+
+
 def worker_plain_scan(args, images, labels, test_images, test_labels):
     """The textbook approach: lax.scan over a cell, autodiff, the whole epoch in one jit."""
     import jax
     import jax.numpy as jnp
     import optax
 
-    from lstm_jax import data, recurrent
+    from lstm_jax import data
 
     d = data.sequence_shape(images.shape[1:], args.sequence)[1]
-    key_lstm, key_dense = jax.random.split(jax.random.key(args.seed))
-    params = {
-        "lstm": recurrent.init_lstm(key_lstm, d, args.units),
-        "dense": {
-            "kernel": jax.nn.initializers.glorot_uniform()(key_dense, (args.units, 10)),
-            "bias": jnp.zeros((10,)),
-        },
-    }
+    params, forward = _plain_lstm(args.seed, d, args.units)
     opt = optax.adam(1e-3, eps=1e-7)
-
-    def forward(p, xb):
-        h = jnp.zeros((xb.shape[0], args.units))
-        carry, _ = jax.lax.scan(
-            lambda c, x_t: recurrent.lstm_cell(p["lstm"], c, x_t), (h, h), jnp.swapaxes(xb, 0, 1)
-        )
-        return carry[0] @ p["dense"]["kernel"] + p["dense"]["bias"]
 
     @jax.jit
     def epoch(params, opt_state, images, labels, key):
@@ -388,7 +401,7 @@ def available(system: str) -> bool:
     return needs is None or importlib.util.find_spec(needs) is not None
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--units", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=128)
@@ -411,6 +424,11 @@ def main(argv=None) -> int:
         help="where <name>.json and <name>.md go (default: benchmarks/results)",
     )
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv=None) -> int:
+    p = _parser()
     args = p.parse_args(argv)
     if args.worker:
         run_worker(args)
@@ -425,6 +443,38 @@ def main(argv=None) -> int:
     systems = [s for s in asked if available(s)]
     skipped = [s for s in asked if s not in systems]
     forwarded = [a for a in (argv if argv is not None else sys.argv[1:])]
+    results = _rounds(args, systems, forwarded)
+    if results is None:
+        return 1
+    rows = _rows(systems, results)
+    first_result = results[systems[0]][0]
+    meta = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {_cpu_name()}",
+        "command": "python benchmarks/run.py " + " ".join(forwarded),
+        "units": args.units,
+        "batch_size": args.batch_size,
+        "sequence": args.sequence,
+        "examples_per_epoch": first_result["examples"],
+        "data": first_result["data"],
+        "epochs_per_process": args.epochs,
+        "rounds": args.rounds,
+        "skipped": skipped,
+        "versions": _versions(),
+    }
+    name = args.name or f"u{args.units}_b{args.batch_size}_{args.sequence}"
+    out_dir = pathlib.Path(args.results_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    table = markdown(meta, rows)
+    (out_dir / f"{name}.md").write_text(table)
+    print(table)
+    return 0
+
+
+def _rounds(args, systems: list[str], forwarded: list[str]) -> dict[str, list[dict]] | None:
+    """Each system's worker, ``args.rounds`` times in turn, each in a process of its own:
+    the results by system, or None (said on standard error) if one failed."""
     results: dict[str, list[dict]] = {s: [] for s in systems}
     for round_ in range(args.rounds):
         for system in systems:
@@ -434,7 +484,7 @@ def main(argv=None) -> int:
             line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if line is None:
                 print(f"{system} failed:\n{out.stderr[-3000:]}", file=sys.stderr)
-                return 1
+                return None
             r = json.loads(line[len("RESULT ") :])
             results[system].append(r)
             print(
@@ -444,6 +494,11 @@ def main(argv=None) -> int:
                 flush=True,
             )
 
+    return results
+
+
+def _rows(systems: list[str], results: dict[str, list[dict]]) -> list[dict]:
+    """A row per system: medians over its rounds, and its time relative to lstm_jax's."""
     rows = []
     for system in systems:
         runs = results[system]
@@ -468,29 +523,7 @@ def main(argv=None) -> int:
     ours = next(r for r in rows if r["system"] == "lstm_jax")["seconds_per_epoch"]
     for r in rows:
         r["ratio_to_lstm_jax"] = r["seconds_per_epoch"] / ours
-    first_result = results[systems[0]][0]
-    meta = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {_cpu_name()}",
-        "command": "python benchmarks/run.py " + " ".join(forwarded),
-        "units": args.units,
-        "batch_size": args.batch_size,
-        "sequence": args.sequence,
-        "examples_per_epoch": first_result["examples"],
-        "data": first_result["data"],
-        "epochs_per_process": args.epochs,
-        "rounds": args.rounds,
-        "skipped": skipped,
-        "versions": _versions(),
-    }
-    name = args.name or f"u{args.units}_b{args.batch_size}_{args.sequence}"
-    out_dir = pathlib.Path(args.results_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    table = markdown(meta, rows)
-    (out_dir / f"{name}.md").write_text(table)
-    print(table)
-    return 0
+    return rows
 
 
 def markdown(meta, rows) -> str:

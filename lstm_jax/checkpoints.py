@@ -7,18 +7,17 @@ newest complete one is what ``restore_latest`` finds.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import pathlib
 import re
-import sys
 import time
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+from lstm_jax import console
 from lstm_jax.errors import CheckpointError, CheckpointGone
 
 
@@ -39,7 +38,7 @@ class Checkpointer:
     ):
         self.directory = pathlib.Path(directory).resolve()
         self.max_to_keep = max_to_keep
-        self._failed_write: _WriterErrorsHeld | None = None
+        self._failed_write: console.ErrorsHeld | None = None
         options = ocp.CheckpointManagerOptions(
             max_to_keep=None if read_only else max_to_keep,
             save_interval_steps=0 if read_only else 1,
@@ -69,7 +68,7 @@ class Checkpointer:
     def save(self, epoch: int, state: Any, meta: dict) -> None:
         """Raises CheckpointError if it cannot be written (e.g. a full disk); the earlier
         checkpoints are then as they were."""
-        held = _WriterErrorsHeld()
+        held = console.ErrorsHeld()
         try:
             self._manager.save(
                 epoch,
@@ -164,41 +163,6 @@ class Checkpointer:
                 time.sleep(0.5)  # the failed write's last callbacks print meanwhile, held
                 self._failed_write.release(show=False)
                 self._failed_write = None
-
-
-class _WriterErrorsHeld:
-    """Holds back what orbax's writer threads print meanwhile: absl log records, and the
-    tracebacks that errors in tensorstore's callbacks print to ``sys.stderr``. When a write
-    fails, each writer thread reports it with a traceback, around the one exception ``save``
-    raises and reports, and until orbax's threads end. ``release(show=True)`` prints what
-    was held (after a save that succeeded, or one that a signal or exit interrupted)."""
-
-    def __init__(self):
-        self.held: list = []
-        self._logger = logging.getLogger("absl")
-        self._propagate = self._logger.propagate
-        self._handler = _Hold(self.held)
-        self._logger.addHandler(self._handler)
-        self._logger.propagate = False  # absl's records reach stderr through the root
-        self._stderr, sys.stderr = sys.stderr, io.StringIO()
-
-    def release(self, *, show: bool) -> None:
-        self._logger.removeHandler(self._handler)
-        self._logger.propagate = self._propagate
-        text, sys.stderr = sys.stderr.getvalue(), self._stderr
-        if show:
-            for record in self.held:
-                self._logger.handle(record)
-            sys.stderr.write(text)
-
-
-class _Hold(logging.Handler):
-    def __init__(self, held: list):
-        super().__init__()
-        self.held = held
-
-    def emit(self, record):
-        self.held.append(record)
 
 
 def _signature(tree: Any) -> list[tuple[tuple[int, ...], str]]:

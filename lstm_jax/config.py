@@ -10,11 +10,8 @@ import dataclasses
 import numpy as np
 
 from lstm_jax import data as data_lib
-from lstm_jax import recurrent
 from lstm_jax.errors import ConfigError
-
-CELLS = tuple(recurrent.CELLS)
-
+from lstm_jax.recurrent import CELLS
 
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "adamw")
 

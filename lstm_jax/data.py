@@ -25,13 +25,12 @@ import os
 import pathlib
 import re
 import socket
-import sys
-import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lstm_jax import console
 from lstm_jax.errors import DataError
 
 SEQUENCES = ("rows", "pixels", "permuted")
@@ -135,7 +134,7 @@ def _tfds():
       DataError: TFDS cannot be imported; says what failed.
     """
     try:
-        with _native_log_only_on_error():
+        with console.native_log_held():
             import tensorflow as tf
             import tensorflow_datasets as tfds
             import tensorflow_datasets.core  # noqa: F401  (TFDS defers import errors to here)
@@ -157,27 +156,6 @@ def _tfds():
             f"{str(e)[:300]}.{hint}"
         ) from None
     return tfds
-
-
-@contextlib.contextmanager
-def _native_log_only_on_error():
-    """Holds back what native code writes to standard error (file descriptor 2) meanwhile,
-    such as TensorFlow's start-up log (CUDA probing, CPU features), which
-    ``TF_CPP_MIN_LOG_LEVEL`` does not silence; shows it only if an exception leaves."""
-    with tempfile.TemporaryFile() as log:
-        sys.stderr.flush()
-        saved = os.dup(2)
-        os.dup2(log.fileno(), 2)
-        failed = True
-        try:
-            yield
-            failed = False
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            if failed:
-                log.seek(0)
-                sys.stderr.write(log.read().decode(errors="replace"))
 
 
 # A TFDS name: lowercase words joined by underscores, and optionally ":" and a version.

@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 import jax
 
+from lstm_jax import console
 from lstm_jax.errors import DistributedError, ProcessLost
 
 # Seconds without a heartbeat after which JAX's coordination service declares a process
@@ -146,7 +147,7 @@ def supervise(
     if child == 0:
         _die_with_parent()
         os.close(read_fd)
-        os.dup2(write_fd, 2)
+        console.into(write_fd)
         os.close(write_fd)
         return
     os.close(write_fd)

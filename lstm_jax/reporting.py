@@ -139,13 +139,9 @@ def epoch_line(h: dict, epochs: int) -> str:
 def describe_model(model: nn.Module) -> str:
     """The model in Keras's words, e.g. ``LSTM(50) -> Dense(10)``; other modules by their
     class name."""
-    if isinstance(model, lnn.Classifier):
-        layers = [lnn.LAYERS[model.cell](u) for u in model.units]
-        if model.bidirectional:
-            layers = [lnn.Bidirectional(layer) for layer in layers]
-        return " -> ".join([*map(describe_model, layers), f"Dense({model.num_classes})"])
-    if isinstance(model, lnn.Sequential):
-        return " -> ".join(describe_model(layer) for layer in model.layers)
+    if isinstance(model, lnn.Classifier | lnn.Sequential):
+        layers = model.layers() if isinstance(model, lnn.Classifier) else model.layers
+        return " -> ".join(map(describe_model, layers))
     if isinstance(model, lnn.Bidirectional):
         return f"Bidirectional({describe_model(model.layer)})"
     if isinstance(model, lnn._Recurrent):
@@ -156,10 +152,10 @@ def describe_model(model: nn.Module) -> str:
 
 
 def print_setup(config, ds, train, model, input_shape, print_fn) -> None:
-    devices = jax.devices()
-    kinds = sorted({d.device_kind for d in devices})
+    every = jax.devices()
+    kinds = sorted({d.device_kind for d in every})
     print_fn(
-        f"devices: {len(devices)} x {', '.join(kinds)} ({jax.default_backend()}), "
+        f"devices: {len(every)} x {', '.join(kinds)} ({jax.default_backend()}), "
         f"{jax.process_count()} process(es)"
     )
     print_fn(

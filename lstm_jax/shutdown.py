@@ -22,10 +22,12 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 
+from lstm_jax import console
+
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 _lock = threading.Lock()
-_state = {"active": False, "depth": 0, "pending": None, "message": None, "stderr": 2}
+_state = {"depth": 0, "pending": None, "message": None, "stderr": 2}
 
 
 @contextlib.contextmanager
@@ -84,7 +86,7 @@ def exit_on_signal(message: Callable[[], str]) -> Iterator[None]:
             if data[0] in {int(s) for s in SIGNALS}:
                 _on_signal(data[0])
 
-    _state.update(active=True, pending=None, message=message, stderr=os.dup(2))
+    _state.update(pending=None, message=message, stderr=console.original())
     watcher = threading.Thread(target=watch, name="lstm_jax-signals", daemon=True)
     watcher.start()
     try:
@@ -94,7 +96,7 @@ def exit_on_signal(message: Callable[[], str]) -> Iterator[None]:
         for s, handler in previous.items():
             signal.signal(s, handler)
         os.close(_state["stderr"])
-        _state.update(active=False, message=None, stderr=2)
+        _state.update(message=None, stderr=2)
         os.close(write_fd)
         watcher.join(timeout=1)
         os.close(read_fd)

@@ -116,7 +116,15 @@ def train_and_evaluate(
         workdir_lib.check_free_space(path, state, checkpointer.max_to_keep)
         state, history = _restore(config, checkpointer, mesh, state, print_fn)
         epochs = _Epochs.build(
-            config, model, mesh, ds, train, checkpointer=checkpointer, meta=meta, print_fn=print_fn
+            config,
+            model,
+            mesh,
+            ds,
+            train,
+            checkpointer=checkpointer,
+            meta=meta,
+            print_fn=print_fn,
+            writer=writer,
         )
         state, (test_loss, test_acc) = epochs.run(state, history)
         metrics = reporting.metrics(
@@ -160,9 +168,12 @@ class _Epochs:
     print_fn: Callable[[str], None]
 
     @classmethod
-    def build(cls, config, model, mesh, ds, train, *, checkpointer, meta, print_fn) -> _Epochs:
-        """The epochs of ``model`` on ``ds`` (its training split cut to ``train``)."""
-        progress = reporting.Progress(config.progress and jax.process_index() == 0)
+    def build(
+        cls, config, model, mesh, ds, train, *, checkpointer, meta, print_fn, writer
+    ) -> _Epochs:
+        """The epochs of ``model`` on ``ds`` (its training split cut to ``train``); the
+        ``writer`` process (0) alone shows a progress bar."""
+        progress = reporting.Progress(config.progress and writer)
         on_step = progress.update if progress.enabled else None
         return cls(
             config=config,

@@ -20,7 +20,7 @@ import pytest
 import lstm_jax
 from lstm_jax import data, reporting, training, workdir
 from lstm_jax import nn as lnn
-from tests.test_training import run_fake
+from tests.fakes import run_fake
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "tests" / "scripts"

@@ -21,7 +21,7 @@ import lstm_jax
 from lstm_jax import data, runs, training
 from lstm_jax import nn as lnn
 from lstm_jax.checkpoints import CheckpointError
-from tests.test_training import FAKE, params_of, run_fake
+from tests.fakes import FAKE, params_of, run_fake
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "tests" / "scripts"

@@ -10,28 +10,14 @@ import sys
 import jax
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from lstm_jax import data, reporting, training
 from tests import reference
+from tests.fakes import FAKE, params_of, run_fake
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "tests" / "scripts"
-# Small runs on fake data: 512 random images, batch 64, LSTM(16).
-FAKE = dict(units=(16,), batch_size=64, epochs=2, progress=False)
 LESSON_TARGET = 0.95  # the lesson reports 95.50% after 3 epochs; we require 95.0%
-
-
-def run_fake(workdir, *, num_examples=512, model=None, **overrides):
-    config = training.Config(**{**FAKE, "data_dir": str(workdir / "tfds"), **overrides})
-    with tfds.testing.mock_data(num_examples=num_examples):
-        return training.train_and_evaluate(
-            config, workdir / "run", model=model, print_fn=lambda s: None
-        )
-
-
-def params_of(result):
-    return jax.tree.map(np.asarray, jax.device_get(result["state"].params))
 
 
 # ---------------------------------------------------------------- end to end, fake data

@@ -1,0 +1,24 @@
+"""Small runs on fake data for the tests: TFDS's mock_data (512 random images), batch 64,
+LSTM(16), 2 epochs, unless overridden."""
+
+import jax
+import numpy as np
+import tensorflow_datasets as tfds
+
+from lstm_jax import training
+
+FAKE = dict(units=(16,), batch_size=64, epochs=2, progress=False)
+
+
+def run_fake(workdir, *, num_examples=512, model=None, **overrides):
+    """``train_and_evaluate`` on fake data in ``workdir / "run"`` (its TFDS directory
+    ``workdir / "tfds"``), printing nothing."""
+    config = training.Config(**{**FAKE, "data_dir": str(workdir / "tfds"), **overrides})
+    with tfds.testing.mock_data(num_examples=num_examples):
+        return training.train_and_evaluate(
+            config, workdir / "run", model=model, print_fn=lambda s: None
+        )
+
+
+def params_of(result):
+    return jax.tree.map(np.asarray, jax.device_get(result["state"].params))
