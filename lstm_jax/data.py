@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import hashlib
 import json
 import logging
 import math
@@ -55,6 +56,22 @@ class Dataset:
     validation: Split
     test: Split
     num_classes: int
+
+
+def fingerprint(*splits: Split) -> str:
+    """A short digest of the splits' images and labels, shapes included: the same data
+    gives the same fingerprint on every machine.
+
+    >>> x = Split(np.zeros((2, 28, 28, 1), np.uint8), np.zeros(2, np.int32))
+    >>> fingerprint(x) == fingerprint(x), fingerprint(x) == fingerprint(x, x)
+    (True, False)
+    """
+    digest = hashlib.sha256()
+    for split in splits:
+        for array in (split.images, split.labels):
+            digest.update(f"{array.shape} {array.dtype.str};".encode())
+            digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()[:16]
 
 
 def to_sequences(images: jax.Array, sequence: str = "rows") -> jax.Array:

@@ -14,14 +14,18 @@ as a native log and an abort, into one line that names the lost process.
 
 from __future__ import annotations
 
+import json
 import os
+import pathlib
 import re
 import signal
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import jax
+import numpy as np
 
 from lstm_jax import console
 from lstm_jax.errors import DistributedError, ProcessLost
@@ -99,6 +103,101 @@ def check_arguments(
 
 def is_multiprocess() -> bool:
     return jax.process_count() > 1
+
+
+# Bytes of JSON each process can state in ``agree``.
+_STATEMENT_BYTES = 1 << 16
+
+
+def agree(statement: dict[str, Any]) -> None:
+    """Compares what each process of the run states (``name -> value``, JSON data) with the
+    others': returns when all agree; else raises, on every process alike, naming each item
+    that differs and each process's value. One process alone: returns.
+
+    Raises:
+      DistributedError: the processes were not started alike.
+    """
+    if not is_multiprocess():
+        return
+    text = json.dumps(statement).encode()
+    if len(text) > _STATEMENT_BYTES - 8:
+        raise DistributedError(
+            f"the run's statement is {len(text):,} bytes of JSON; at most "
+            f"{_STATEMENT_BYTES - 8:,} can be compared"
+        )
+    buffer = np.zeros(_STATEMENT_BYTES, np.uint8)
+    buffer[:8] = np.frombuffer(len(text).to_bytes(8, "little"), np.uint8)
+    buffer[8 : 8 + len(text)] = np.frombuffer(text, np.uint8)
+    rows = _gathered(buffer)
+    stated = [
+        json.loads(row[8 : 8 + int.from_bytes(row[:8].tobytes(), "little")].tobytes())
+        for row in rows
+    ]
+    names = list(dict.fromkeys(name for s in stated for name in s))  # in the order stated
+    differ = [n for n in names if len({json.dumps(s.get(n), sort_keys=True) for s in stated}) > 1]
+    if differ:
+        said = "; ".join(
+            f"{n}: " + ", ".join(f"{_shown(s.get(n))} on process {i}" for i, s in enumerate(stated))
+            for n in differ
+        )
+        raise DistributedError(
+            f"the {len(stated)} processes of the run were not started alike: {said}. Start "
+            "every process with the same settings, data, lstm_jax and JAX; every process stops."
+        )
+
+
+def _gathered(row: np.ndarray) -> np.ndarray:
+    """``row`` of every process, ``[processes, *row.shape]``; a process that stopped
+    meanwhile is ``ProcessLost``."""
+    from jax.experimental import multihost_utils
+
+    try:
+        return np.asarray(multihost_utils.process_allgather(row))
+    except jax.errors.JaxRuntimeError as e:
+        raise lost(e, "No checkpoint was saved.") from None
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_one_workdir(path: pathlib.Path) -> None:
+    """Proves that ``path`` is one directory for every process: process 0 writes a token
+    there that each of the others must read back. One process alone: returns.
+
+    Raises:
+      DistributedError: some process does not see the token (each has a directory of its
+        own, as on machines without a shared filesystem); on every process alike.
+    """
+    if not is_multiprocess():
+        return
+    from jax.experimental import multihost_utils
+
+    token_file = path / ".processes"
+    if jax.process_index() == 0:
+        token_file.write_text(os.urandom(16).hex())
+    try:
+        multihost_utils.sync_global_devices("lstm_jax: token written")
+        try:
+            seen = bytes.fromhex(token_file.read_text())
+        except (OSError, ValueError):
+            seen = bytes(16)
+        rows = _gathered(np.frombuffer(seen, np.uint8))
+        multihost_utils.sync_global_devices("lstm_jax: token read")
+    except jax.errors.JaxRuntimeError as e:
+        raise lost(e, "No checkpoint was saved.") from None
+    finally:
+        if jax.process_index() == 0:
+            token_file.unlink(missing_ok=True)
+    blind = [i for i, row in enumerate(rows) if (row != rows[0]).any()]
+    if blind:
+        who = ", ".join(map(str, blind))
+        raise DistributedError(
+            f"--workdir {path} is not one directory for all {len(rows)} processes: process "
+            f"{who} cannot read what process 0 wrote there (each machine has its own?). Give "
+            "every process a --workdir on a filesystem all of them share; every process stops."
+        )
 
 
 def lost(error: Exception, kept: str) -> ProcessLost:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import pathlib
@@ -34,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+import lstm_jax
 from lstm_jax import data as data_lib
 from lstm_jax import distributed, reporting, runs, sharding, shutdown, steps
 from lstm_jax import nn as lnn
@@ -86,9 +88,7 @@ def train_and_evaluate(
     if config.distributed:
         distributed.initialize()  # on a cluster JAX detects, unless already joined
     path = workdir_lib.check(workdir)
-    saved = runs.check_against_run(config, path) if config.resume else None
-    if not config.resume:
-        workdir_lib.refuse_finished_run(path)
+    saved = _check_run_in(path, config)
     mesh = sharding.data_mesh(config.batch_size)  # JAX's backends start here (DeviceError)
     writer = jax.process_index() == 0  # process 0 reports and writes the run's files
     print_fn = print_fn if writer else reporting.silent
@@ -96,6 +96,7 @@ def train_and_evaluate(
     input_shape = data_lib.sequence_shape(train.images.shape[1:], config.sequence)
     model = _the_model(config, model, saved, ds.num_classes)
     _check_model(model, input_shape, ds.num_classes)
+    distributed.agree(_statement(config, model, ds, train))  # several processes: all alike
     reporting.print_setup(config, ds, train, model, input_shape, print_fn)
     meta = runs.new_meta(model, ds.num_classes, train.images.shape[1:], input_shape, config)
     new_paths = workdir_lib.missing(path)
@@ -103,13 +104,11 @@ def train_and_evaluate(
     with contextlib.ExitStack() as stack:
         if writer:
             stack.enter_context(workdir_lib.WorkdirLock(path))
-            stack.push(
-                lambda failed, *_: failed and workdir_lib.remove_unless_saved(path, new_paths)
-            )
-        if config.resume:
-            runs.check_against_run(config, path)  # again, now that the run is ours
-        else:
-            workdir_lib.refuse_finished_run(path)
+        else:  # the lock file is process 0's
+            new_paths = [p for p in new_paths if p.name != ".lock"]
+        stack.push(lambda failed, *_: failed and workdir_lib.remove_unless_saved(path, new_paths))
+        distributed.check_one_workdir(path)
+        _check_run_in(path, config)  # again, now that the run is ours
         checkpointer = Checkpointer(path / "checkpoints")
         stack.callback(checkpointer.close)
         state = steps.create_train_state(config, model, input_shape)
@@ -141,6 +140,33 @@ def train_and_evaluate(
             _write_run_files(path, metrics, title)
     print_fn(f"test accuracy: {test_acc:.2%}")
     return {**metrics, "state": state}
+
+
+def _check_run_in(path: pathlib.Path, config: Config) -> dict | None:
+    """The meta of the run to resume in ``path``, checked against ``config``; for a new run,
+    None, and ``path`` must hold no run's checkpoints."""
+    if config.resume:
+        return runs.check_against_run(config, path)
+    workdir_lib.refuse_finished_run(path)
+    return None
+
+
+def _statement(config: Config, model: nn.Module, ds, train: data_lib.Split) -> dict:
+    """What makes the run, as each of its processes states it (``distributed.agree``): the
+    settings, the model, the data's shapes and fingerprint, and the versions."""
+    where = ("progress", "data_dir", "download", "distributed")  # how, not what, is run
+    return {
+        **{k: v for k, v in dataclasses.asdict(config).items() if k not in where},
+        "model": f"{describe_model(model)} {_digest(runs.model_spec_or_reason(model))}",
+        "data": f"{ds.name} {list(train.images.shape)} "
+        + data_lib.fingerprint(train, ds.validation, ds.test),
+        "lstm_jax": lstm_jax.__version__,
+        "jax": jax.__version__,
+    }
+
+
+def _digest(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _write_run_files(path: pathlib.Path, metrics: dict, title: str) -> None:

@@ -1,6 +1,6 @@
 """The run's directory as a place to write: checked before anything is made, made, locked
-for one run at a time, written to atomically, and left empty-handed by a run refused before
-its first checkpoint. (What the files in it hold is ``lstm_jax.runs``'.)
+for one run at a time, written atomically, and cleared of what a run refused before its
+first checkpoint made there. What its files hold is ``lstm_jax.runs``'s to say.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ def check(workdir: str | os.PathLike) -> pathlib.Path:
 
 
 def make(path: pathlib.Path) -> None:
+    """Makes ``path`` (and its parents) and proves it writable, or refuses it saying why."""
     if (path / "checkpoints").exists() and not (path / "checkpoints").is_dir():
         raise ConfigError(
             "workdir",
