@@ -112,13 +112,11 @@ _STATEMENT_BYTES = 1 << 16
 def agree(statement: dict[str, Any]) -> None:
     """Compares what each process of the run states (``name -> value``, JSON data) with the
     others': returns when all agree; else raises, on every process alike, naming each item
-    that differs and each process's value. One process alone: returns.
+    that differs and each process's value.
 
     Raises:
       DistributedError: the processes were not started alike.
     """
-    if not is_multiprocess():
-        return
     text = json.dumps(statement).encode()
     if len(text) > _STATEMENT_BYTES - 8:
         raise DistributedError(

@@ -96,7 +96,8 @@ def train_and_evaluate(
     input_shape = data_lib.sequence_shape(train.images.shape[1:], config.sequence)
     model = _the_model(config, model, saved, ds.num_classes)
     _check_model(model, input_shape, ds.num_classes)
-    distributed.agree(_statement(config, model, ds, train))  # several processes: all alike
+    if distributed.is_multiprocess():  # all alike, or all stop
+        distributed.agree(_statement(config, model, ds, train))
     reporting.print_setup(config, ds, train, model, input_shape, print_fn)
     meta = runs.new_meta(model, ds.num_classes, train.images.shape[1:], input_shape, config)
     new_paths = workdir_lib.missing(path)
