@@ -201,17 +201,28 @@ def test_distributed_arguments_are_checked_before_anything_starts():
     distributed.check_arguments("node-1.cluster:1234", 4, 3)
 
 
-def _both_stop_with_one_line(procs, started, report, case: str) -> list[str]:
-    """Each process's one ``error:`` line, each having exited 1 within 60 s of ``started``."""
+def _both_stop_with_one_line(tmp_path, report, case: str, *args) -> list[str]:
+    """Processes 0 and 1 started with ``args`` (a sequence of two: each one's own flags);
+    each process's one ``error:`` line, each having exited 1 within 60 s of its start."""
+    port, started = _free_port(), time.monotonic()
+    procs = [
+        _start(tmp_path, *SMALL, "--cpu-devices", 1, *own, process_id=i, port=port)
+        for i, own in enumerate(args)
+    ]
     lines = []
-    for p in procs:
-        _, err = p.communicate(timeout=120)
-        assert p.returncode == 1, err[-3000:]
-        seconds = time.monotonic() - started
-        assert seconds < 60
-        own = [line for line in err.splitlines() if line.strip()]
-        assert len(own) == 1 and own[0].startswith("error: "), err[-3000:]
-        lines.append(own[0])
+    try:
+        for p in procs:
+            _, err = p.communicate(timeout=120)
+            assert p.returncode == 1, err[-3000:]
+            seconds = time.monotonic() - started
+            assert seconds < 60
+            own = [line for line in err.splitlines() if line.strip()]
+            assert len(own) == 1 and own[0].startswith("error: "), err[-3000:]
+            lines.append(own[0])
+    finally:
+        for p in procs:
+            p.kill()
+            p.communicate()
     report(f"{case}: both processes exited 1 within {seconds:.1f} s of their start: {lines[0]}")
     return lines
 
@@ -228,30 +239,13 @@ def _both_stop_with_one_line(procs, started, report, case: str) -> list[str]:
 def test_processes_started_differently_all_stop_naming_what_differs(
     tmp_path, flag, values, said, report
 ):
-    port, run = _free_port(), tmp_path / "run"
-    started = time.monotonic()
-    procs = [
-        _start(
-            tmp_path,
-            *SMALL,
-            "--cpu-devices",
-            1,
-            "--workdir",
-            run,
-            flag,
-            value,
-            process_id=i,
-            port=port,
-        )
-        for i, value in enumerate(values)
-    ]
-    try:
-        case = f"{flag} {values[0]} and {values[1]}"
-        lines = _both_stop_with_one_line(procs, started, report, case)
-    finally:
-        for p in procs:
-            p.kill()
-            p.communicate()
+    run = tmp_path / "run"
+    lines = _both_stop_with_one_line(
+        tmp_path,
+        report,
+        f"{flag} {values[0]} and {values[1]}",
+        *[("--workdir", run, flag, value) for value in values],
+    )
     for line in lines:
         assert line.startswith("error: the 2 processes of the run were not started alike: ")
         assert said in line, line
@@ -259,27 +253,12 @@ def test_processes_started_differently_all_stop_naming_what_differs(
 
 
 def test_workdirs_that_are_not_one_directory_stop_every_process(tmp_path, report):
-    port = _free_port()
-    started = time.monotonic()
-    procs = [
-        _start(
-            tmp_path,
-            *SMALL,
-            "--cpu-devices",
-            1,
-            "--workdir",
-            tmp_path / f"wd{i}",
-            process_id=i,
-            port=port,
-        )
-        for i in (0, 1)
-    ]
-    try:
-        lines = _both_stop_with_one_line(procs, started, report, "--workdir wd0 and wd1")
-    finally:
-        for p in procs:
-            p.kill()
-            p.communicate()
+    lines = _both_stop_with_one_line(
+        tmp_path,
+        report,
+        "--workdir wd0 and wd1",
+        *[("--workdir", tmp_path / f"wd{i}") for i in (0, 1)],
+    )
     for line in lines:
         assert "is not one directory for all 2 processes: process 1 cannot read" in line, line
     assert not (tmp_path / "wd0").exists() and not (tmp_path / "wd1").exists()
