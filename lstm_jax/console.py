@@ -1,7 +1,8 @@
 """Standard error, redirected in this module alone: what native code and orbax's threads
 print is held back where it would only be noise, and shown where it explains a failure.
 
-* ``native_log_held()``: file descriptor 2, for native code (TensorFlow's start-up log);
+* ``native_log_held()``: file descriptor 2, for native code (TensorFlow's start-up log),
+  held where a supervisor can read it back (``hold_native_log_in``);
 * ``ErrorsHeld``: ``sys.stderr`` and absl's log records, for orbax's writer threads;
 * ``original()``: a copy of file descriptor 2 as it is now, for a last line written while
   it may be held (``shutdown``);
@@ -18,16 +19,29 @@ import os
 import sys
 import tempfile
 
+# Where ``native_log_held`` holds the log: a file of its own each time, or, in a supervised
+# child, one its parent reads back should the child die meanwhile (``hold_native_log_in``).
+_native_hold = {"file": None}
+
+
+def hold_native_log_in(file) -> None:
+    """``native_log_held`` holds what it holds in the open ``file`` from now on: the parent
+    that shares it reads there what a child that aborted meanwhile had printed."""
+    _native_hold["file"] = file
+
 
 @contextlib.contextmanager
 def native_log_held():
     """Holds back what native code writes to standard error (file descriptor 2) meanwhile,
     such as TensorFlow's start-up log (CUDA probing, CPU features), which
     ``TF_CPP_MIN_LOG_LEVEL`` does not silence; shows it only if an exception leaves."""
-    with tempfile.TemporaryFile() as log:
+    with contextlib.ExitStack() as stack:
+        file = _native_hold["file"] or stack.enter_context(tempfile.TemporaryFile())
+        fd = file.fileno()
+        start = os.lseek(fd, 0, os.SEEK_END)
         sys.stderr.flush()
         saved = os.dup(2)
-        os.dup2(log.fileno(), 2)
+        os.dup2(fd, 2)
         failed = True
         try:
             yield
@@ -35,9 +49,10 @@ def native_log_held():
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+            held = os.pread(fd, os.lseek(fd, 0, os.SEEK_END) - start, start)
+            os.ftruncate(fd, start)
             if failed:
-                log.seek(0)
-                sys.stderr.write(log.read().decode(errors="replace"))
+                sys.stderr.write(held.decode(errors="replace"))
 
 
 class ErrorsHeld:

@@ -20,6 +20,8 @@ import pathlib
 import re
 import signal
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +29,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from lstm_jax import console
+from lstm_jax import console, rollcall
 from lstm_jax.errors import DistributedError, ProcessLost
 
 # Seconds without a heartbeat after which JAX's coordination service declares a process
@@ -48,17 +50,21 @@ def initialize(
 
     With no arguments, JAX detects the cluster (SLURM, Open MPI, TPU pods, Kubernetes).
     Gloo is chosen for collectives between CPU devices of different processes (other
-    platforms have their own). Call before anything starts JAX's backends; a second call
-    does nothing.
+    platforms have their own). Given the three, the processes first answer ``rollcall``
+    (one process per id, a coordinator port that is free). Call before anything starts
+    JAX's backends; a second call does nothing.
 
     Raises:
       DistributedError: arguments that cannot describe a run (some given and not others, a
-        ``process_id`` outside ``0 .. num_processes - 1``, an address without a port), or
+        ``process_id`` outside ``0 .. num_processes - 1``, an address without a port), a
+        roll call that fails (a taken id, a port in use, a process that did not report), or
         JAX's own refusal, in one line.
     """
     check_arguments(coordinator_address, num_processes, process_id)
     if jax.distributed.is_initialized():
         return
+    if coordinator_address is not None and num_processes > 1:
+        rollcall.take(coordinator_address, num_processes, process_id, timeout)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
         jax.distributed.initialize(
@@ -72,6 +78,19 @@ def initialize(
         raise DistributedError(
             f"cannot start JAX's distributed runtime: {_first_line(e)}"
         ) from None
+    _take_back_signals()
+
+
+def _take_back_signals() -> None:
+    """SIGINT and SIGTERM to this process's Python handlers again: JAX's runtime installs
+    its preemption notifier on them, which only notes a SIGTERM, so that a run (or any
+    program) would go on after it. Main thread only; elsewhere JAX's stay."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for s in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(s)
+        if handler is not None:  # None: installed outside Python; leave it
+            signal.signal(s, handler)
 
 
 def check_arguments(
@@ -238,6 +257,7 @@ def supervise(
     backends and any thread.
     """
     read_fd, write_fd = os.pipe()
+    native = tempfile.TemporaryFile()  # the child's held native log, should it abort
     sys.stdout.flush()
     sys.stderr.flush()
     child = os.fork()
@@ -246,6 +266,7 @@ def supervise(
         os.close(read_fd)
         console.into(write_fd)
         os.close(write_fd)
+        console.hold_native_log_in(native)
         return
     os.close(write_fd)
     for s in (signal.SIGINT, signal.SIGTERM):
@@ -257,6 +278,9 @@ def supervise(
         else:
             os.write(2, line.encode(errors="replace"))
     _, status = os.waitpid(child, 0)
+    unshown = os.pread(native.fileno(), os.fstat(native.fileno()).st_size, 0)
+    if unshown:  # the child died while its native log was held
+        held.append(unshown.decode(errors="replace"))
     code = os.waitstatus_to_exitcode(status)
     code = 128 - code if code < 0 else code  # as a shell reports a signal
     if held and code != 0:
@@ -314,10 +338,14 @@ def _diagnose(text: str, address, num_processes, process_id) -> tuple[str, bool]
         lost = f"process {ids}{of} stopped (its heartbeats to the coordinator stopped)"
         return f"{lost}; {me} stops too.", True
     if "different incarnation" in text or "already in error" in text:
+        # A second process with a taken id that the roll call did not see: it came once the
+        # run had begun. The coordinator's log names the id; the others' do not.
+        taken = re.search(r"(\d+) unexpectedly tried to connect", text)
+        which = f" --process-id {taken.group(1)}" if taken else " one --process-id"
         return (
-            f"two processes started as --process-id {process_id}: each of the "
-            f"{num_processes or 'N'} processes needs its own, from 0 to N-1; {me} stops.",
-            False,
+            f"two processes started as{which}: each of the {num_processes or 'N'} processes "
+            f"needs its own, from 0 to N-1; {me} stops.",
+            True,
         )
     if "RegisterTask" in text and "DEADLINE_EXCEEDED" in text:
         return (

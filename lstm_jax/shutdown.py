@@ -3,11 +3,11 @@
 ``train.py`` runs under ``exit_on_signal(message)``: a signal ends the process at once, with
 ``message()`` on standard error and exit status 128 + the signal's number (130 for SIGINT,
 143 for SIGTERM), unless a ``critical()`` section is running (a checkpoint or a run file
-being written); that section then completes first. Ending at once, rather than raising
-``KeyboardInterrupt`` into the main thread, is what makes "any moment" work: the main thread
-may be inside XLA (compiling, or running a whole epoch) for minutes, and Python runs signal
-handlers only between bytecodes of the main thread. A watcher thread hears the signal
-through ``signal.set_wakeup_fd`` instead.
+being written); that section then completes first, given up to ``GRACE_S`` seconds.
+Ending at once, rather than raising ``KeyboardInterrupt`` into the main thread, is what makes
+"any moment" work: the main thread may be inside XLA (compiling, or running a whole epoch)
+for minutes, and Python runs signal handlers only between bytecodes of the main thread. A
+watcher thread hears the signal through ``signal.set_wakeup_fd`` instead.
 
 Outside ``exit_on_signal`` (a notebook, a library caller), ``critical()`` does nothing and
 signals behave as Python's defaults.
@@ -25,6 +25,9 @@ from collections.abc import Callable, Iterator
 from lstm_jax import console
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+# Seconds a ``critical()`` section has to finish once a signal has come.
+GRACE_S = 30.0
 
 _lock = threading.Lock()
 _state = {"depth": 0, "pending": None, "message": None, "stderr": 2}
@@ -45,10 +48,10 @@ def critical() -> Iterator[None]:
             _exit(pending)
 
 
-def _exit(signum: int) -> None:
+def _exit(signum: int, unfinished: str = "") -> None:
     name = signal.Signals(signum).name
     try:
-        message = _state["message"]()
+        message = _state["message"]() + unfinished
     except Exception as e:  # the message must not stop the exit
         message = f"({type(e).__name__} while describing the run: {e})"
     sys.stdout.flush()
@@ -61,9 +64,22 @@ def _exit(signum: int) -> None:
 def _on_signal(signum: int) -> None:
     with _lock:
         if _state["depth"]:
+            if _state["pending"] is None:
+                timer = threading.Timer(GRACE_S, _out_of_grace, (signum,))
+                timer.daemon = True
+                timer.start()
             _state["pending"] = _state["pending"] or signum
             return
     _exit(signum)
+
+
+def _out_of_grace(signum: int) -> None:
+    """A ``critical()`` section still running ``GRACE_S`` after the signal (a write that
+    hangs: a peer process gone from a collective save, a stalled filesystem) ends anyway."""
+    with _lock:
+        if _state["pending"] is None:
+            return
+    _exit(signum, f" (what was being written did not finish within {GRACE_S:g} s: not kept)")
 
 
 @contextlib.contextmanager

@@ -201,13 +201,16 @@ def test_distributed_arguments_are_checked_before_anything_starts():
     distributed.check_arguments("node-1.cluster:1234", 4, 3)
 
 
-def _both_stop_with_one_line(tmp_path, report, case: str, *args) -> list[str]:
-    """Processes 0 and 1 started with ``args`` (a sequence of two: each one's own flags);
-    each process's one ``error:`` line, each having exited 1 within 60 s of its start."""
+def _all_stop_with_one_line(tmp_path, report, case: str, *starts, processes=2) -> list[str]:
+    """Processes started as ``starts`` (each ``(process_id, own flags)``) of a run of
+    ``processes``; each process's one ``error:`` line, each having exited 1 within 60 s of
+    its start."""
     port, started = _free_port(), time.monotonic()
     procs = [
-        _start(tmp_path, *SMALL, "--cpu-devices", 1, *own, process_id=i, port=port)
-        for i, own in enumerate(args)
+        _start(
+            tmp_path, *SMALL, "--cpu-devices", 1, *own, process_id=i, port=port, processes=processes
+        )
+        for i, own in starts
     ]
     lines = []
     try:
@@ -223,8 +226,13 @@ def _both_stop_with_one_line(tmp_path, report, case: str, *args) -> list[str]:
         for p in procs:
             p.kill()
             p.communicate()
-    report(f"{case}: both processes exited 1 within {seconds:.1f} s of their start: {lines[0]}")
+    report(f"{case}: every process exited 1 within {seconds:.1f} s of their start: {lines}")
     return lines
+
+
+def _both_stop_with_one_line(tmp_path, report, case: str, *args) -> list[str]:
+    """Processes 0 and 1 started with ``args`` (a sequence of two: each one's own flags)."""
+    return _all_stop_with_one_line(tmp_path, report, case, *enumerate(args))
 
 
 @pytest.mark.parametrize(
@@ -262,3 +270,120 @@ def test_workdirs_that_are_not_one_directory_stop_every_process(tmp_path, report
     for line in lines:
         assert "is not one directory for all 2 processes: process 1 cannot read" in line, line
     assert not (tmp_path / "wd0").exists() and not (tmp_path / "wd1").exists()
+
+
+def test_two_processes_with_one_process_id_both_stop(tmp_path, report):
+    run = tmp_path / "run"
+    lines = _all_stop_with_one_line(
+        tmp_path, report, "--process-id 0 twice", (0, ("--workdir", run)), (0, ("--workdir", run))
+    )
+    assert (
+        lines
+        == [
+            "error: two processes started as --process-id 0: each of the 2 processes needs its "
+            "own, from 0 to 1; every process stops."
+        ]
+        * 2
+    )
+    assert not run.exists()
+
+
+def test_a_taken_process_id_while_the_others_join_stops_every_process(tmp_path, report):
+    run = tmp_path / "run"
+    lines = _all_stop_with_one_line(
+        tmp_path,
+        report,
+        "--process-id 0, 1, 1 of 3",
+        *[(i, ("--workdir", run)) for i in (0, 1, 1)],
+        processes=3,
+    )
+    assert set(lines) == {
+        "error: two processes started as --process-id 1: each of the 3 processes needs its "
+        "own, from 0 to 2; every process stops."
+    }
+    assert not run.exists()
+
+
+def test_a_coordinator_port_in_use_stops_every_process(tmp_path, report):
+    run = tmp_path / "run"
+    with socket.socket() as other_program:  # holds the port; never answers
+        other_program.bind(("127.0.0.1", 0))
+        other_program.listen()
+        port = other_program.getsockname()[1]
+        started = time.monotonic()
+        procs = [
+            _start(tmp_path, *SMALL, "--cpu-devices", 1, "--workdir", run, process_id=i, port=port)
+            for i in (0, 1)
+        ]
+        ended = [p.communicate(timeout=120) + (p.returncode,) for p in procs]
+        seconds = time.monotonic() - started
+    lines = [[line for line in err.splitlines() if line.strip()] for _, err, _ in ended]
+    assert [code for *_, code in ended] == [1, 1] and seconds < 60, lines
+    assert lines[0] == [
+        f"error: process 0 cannot be the coordinator at 127.0.0.1:{port}: port {port} is in "
+        "use on this machine (by another program, or by a run that has begun); choose a free "
+        "port and give it to every process."
+    ]
+    assert lines[1] == [
+        f"error: process 1 of 2: what answers at 127.0.0.1:{port} is not an lstm_jax process 0 "
+        "taking the roll call (another program holds the port, or the run there has begun: is "
+        "--process-id 1 taken?); give each process its own --process-id and the run's free port."
+    ]
+    assert not run.exists()
+    report(f"coordinator port in use: both processes exited 1 within {seconds:.1f} s: {lines}")
+
+
+def test_sigterm_ends_a_run_waiting_for_its_processes(tmp_path):
+    port, run = _free_port(), tmp_path / "run"
+    alone = _start(tmp_path, *SMALL, "--cpu-devices", 1, "--workdir", run, process_id=0, port=port)
+    _wait_for_listener(alone, port)
+    alone.send_signal(signal.SIGTERM)
+    _, err = alone.communicate(timeout=60)
+    assert alone.returncode == 143
+    assert [line for line in err.splitlines() if line.strip()] == [
+        "interrupted by SIGTERM. No checkpoint was saved. (no epoch had finished)"
+    ]
+    assert not run.exists()
+
+
+def _wait_for_listener(process, port) -> None:
+    """Until ``process`` (process 0 of a run) listens for the others' roll call (it drops a
+    connection that says nothing)."""
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port)).close()
+            return
+        except OSError:
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.05)
+
+
+def test_sigterm_ends_every_process_of_a_run_mid_epoch(tmp_path, report):
+    """SIGTERM to both processes while process 0 runs epoch 2 and process 1 waits in its
+    collectives: both end at once, as one process does, keeping epoch 1's checkpoint."""
+    port, run = _free_port(), tmp_path / "run"
+    args = (*SMALL, "--epochs", 3, "--workdir", run, "--cpu-devices", 1)
+    procs = [
+        _start(tmp_path, *args, process_id=i, port=port, held=h)
+        for i, h in enumerate(("epoch:2", "none"))
+    ]
+    try:
+        seen = iter(procs[0].stdout.readline, "")
+        printed = list(itertools.takewhile(lambda line: line != "held: epoch:2\n", seen))
+        assert procs[0].poll() is None, [*printed, procs[0].communicate()]
+        signalled = time.monotonic()
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        ended = [p.communicate(timeout=60) for p in procs]
+        seconds = time.monotonic() - signalled
+    finally:
+        for p in procs:
+            p.kill()
+            p.communicate()
+    assert [p.returncode for p in procs] == [143, 143], [err[-2000:] for _, err in ended]
+    for _, err in ended:
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("interrupted by SIGTERM. "), err[-3000:]
+    assert finished_epochs(run / "checkpoints") == [1]
+    report(f"SIGTERM to both processes in epoch 2: both ended in {seconds:.1f} s: {lines[0]}")

@@ -270,6 +270,23 @@ def test_4_sigint_during_a_save_finishes_that_checkpoint_first(tmp_path):
     assert lstm_jax.load_run(run).epoch == 1  # whole and loadable
 
 
+def test_4_sigterm_during_a_save_that_hangs_ends_after_the_grace(tmp_path):
+    run = tmp_path / "run"
+    p = _start_held(tmp_path, "hung:2", *SMALL, "--epochs", "3", "--workdir", run)
+    _wait_for(p, "held: hung:2")  # in a save that never ends
+    signalled = time.monotonic()
+    p.send_signal(signal.SIGTERM)
+    stderr = p.communicate(timeout=60)[1]
+    assert p.returncode == 143 and time.monotonic() - signalled < 30
+    assert stderr.strip().splitlines()[-1] == (
+        "interrupted by SIGTERM. The checkpoint of epoch 1 is kept. Continue with: python "
+        f"train.py --workdir {run} --resume (what was being written did not finish within "
+        "2 s: not kept)"
+    ), stderr[-3000:]
+    assert _epochs_on_disk(run) == [1]
+    assert lstm_jax.load_run(run).epoch == 1
+
+
 # ------------------------------------------------------- 5. files, full disks, paths
 
 

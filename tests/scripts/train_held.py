@@ -11,6 +11,8 @@ POINT is one of:
 * ``before:N``: in Python, just before epoch N starts (epoch N-1's checkpoint is saved);
 * ``saving:N``: inside the save of epoch N's checkpoint, until a SIGINT or SIGTERM has been
   heard, which then waits for the save;
+* ``hung:N``: inside the save of epoch N's checkpoint, for good (as a save that waits on a
+  process that is gone, or on a stalled filesystem); a signal's grace is 2 s here;
 * ``none``: never held (the same program, for the other processes of a run).
 
 At the point it prints ``held: POINT`` and waits for a line on standard input before it goes
@@ -31,7 +33,7 @@ from lstm_jax import checkpoints, reporting, sharding, shutdown, steps  # noqa: 
 
 point = sys.argv[1]
 kind, _, number = point.partition(":")
-if kind not in ("compiling", "epoch", "before", "saving", "none"):
+if kind not in ("compiling", "epoch", "before", "saving", "hung", "none"):
     sys.exit(f"train_held.py: unknown point {point!r}")
 at_epoch = int(number) if number else None
 
@@ -84,6 +86,10 @@ def held_save(self, epoch, state, meta):
         print(f"held: {point}", flush=True)
         while shutdown._state["pending"] is None:  # the signal the test sends, heard
             time.sleep(0.01)
+    if kind == "hung" and epoch == at_epoch:
+        shutdown.GRACE_S = 2.0
+        hold()
+        threading.Event().wait()
     save(self, epoch, state, meta)
 
 
