@@ -67,7 +67,10 @@ def _settings() -> dict[str, dict[str, dict]]:
             ),
         },
         "data": {
-            "dataset": dict(help="a TFDS image classification data set: mnist, fashion_mnist, ..."),
+            "dataset": dict(
+                help="a TFDS image classification data set (mnist, fashion_mnist, ...), or a "
+                "FILE.npz in Keras's mnist.npz layout, read without TensorFlow"
+            ),
             "sequence": dict(
                 choices=data.SEQUENCES,
                 help="rows: 28 steps of 28 pixels; pixels: 784 steps of 1; permuted: "
@@ -199,6 +202,10 @@ def main(argv=None) -> int:
     _check_flags(parser, args)
     # One path for the run, in every message: "~" expanded, made absolute, once.
     workdir = None if args.workdir is None else _absolute(args.workdir)
+    if str(args.dataset).endswith(".npz"):  # a data file: the same one from any directory
+        args.dataset = _absolute(args.dataset)
+        if "dataset" in given:
+            given["dataset"] = args.dataset
     try:
         config = _config(parser, args, given, workdir)
     except training.USER_ERRORS as e:

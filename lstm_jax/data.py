@@ -1,4 +1,5 @@
-"""Image classification data from TensorFlow Datasets, read as sequences.
+"""Image classification data, from TensorFlow Datasets or from a ``.npz`` file in Keras's
+``mnist.npz`` layout (no TensorFlow needed), read as sequences.
 
 Each image ``[H, W, C]`` becomes a sequence in one of three ways (``sequence=``):
 
@@ -168,6 +169,11 @@ def _tfds():
                 "installed one (seen on Google Colab): `pip install 'tensorflow-metadata<1.21'`"
                 ", then restart the Python session."
             )
+        if isinstance(e, ModuleNotFoundError) and e.name in ("tensorflow", "tensorflow_datasets"):
+            hint = (
+                " Without them, give the data as a FILE.npz in Keras's mnist.npz layout "
+                "(--dataset FILE.npz; lstm_jax.data.load('FILE.npz'))."
+            )
         raise DataError(
             f"TensorFlow Datasets cannot be imported here: {type(e).__name__}: "
             f"{str(e)[:300]}.{hint}"
@@ -247,14 +253,15 @@ def load(
     validation_split: float = 0.2,
     download: bool = True,
 ) -> Dataset:
-    """Loads a TFDS image classification data set; holds out the end of ``train``.
+    """Loads an image classification data set; holds out the end of ``train``.
 
     As Keras's ``validation_split``, the *last* ``validation_split`` of the training set
     (before any shuffling) is the validation set: 48,000 / 12,000 for MNIST at 0.2.
 
     Args:
       name: a TFDS name with ``image`` and ``label`` features, e.g. ``mnist``,
-        ``fashion_mnist``.
+        ``fashion_mnist``; or the path of a ``.npz`` file (``load_npz``), read without
+        TensorFlow.
       data_dir: a TFDS data directory; ``None`` is TFDS's own (``TFDS_DATA_DIR`` or
         ``~/tensorflow_datasets``).
       validation_split: the fraction held out, in ``[0, 1)``.
@@ -266,6 +273,9 @@ def load(
     """
     if not 0 <= validation_split < 1:
         raise ValueError(f"validation_split must be in [0, 1); got {validation_split}")
+    if str(name).endswith(".npz"):
+        train, test = load_npz(name)
+        return _held_out(str(name), train, test, validation_split)
     _check_name(name)
     tfds = _tfds()
     try:
@@ -315,7 +325,13 @@ def load(
             ) from None
         train, test = (_load_split(name, s, data_dir, download=True) for s in ("train", "test"))
 
-    cut = math.floor(len(train) * (1 - validation_split))  # Keras's split point
+    return _held_out(name, train, test, validation_split, int(features["label"].num_classes))
+
+
+def _held_out(name, train: Split, test: Split, validation_split: float, num_classes=None):
+    """The ``Dataset`` with the last ``validation_split`` of ``train`` held out (Keras's
+    split point); ``num_classes`` from the labels when not given."""
+    cut = math.floor(len(train) * (1 - validation_split))
     splits = (
         Split(train.images[:cut], train.labels[:cut]),
         Split(train.images[cut:], train.labels[cut:]),
@@ -323,4 +339,50 @@ def load(
     )
     for split in splits:  # read-only: every epoch gathers its batches from these
         split.images.flags.writeable = split.labels.flags.writeable = False
-    return Dataset(name, *splits, num_classes=int(features["label"].num_classes))
+    if num_classes is None:
+        num_classes = int(max(train.labels.max(), test.labels.max())) + 1
+    return Dataset(name, *splits, num_classes=num_classes)
+
+
+_NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def load_npz(path: str | os.PathLike) -> tuple[Split, Split]:
+    """``(train, test)`` from a ``.npz`` in Keras's ``mnist.npz`` layout, the file
+    ``keras.datasets.mnist.load_data()`` caches: ``x_train`` and ``x_test`` uint8 images
+    ``[N, H, W]`` (or ``[N, H, W, C]``), ``y_train`` and ``y_test`` integer labels ``[N]``.
+    TFDS's MNIST training set is in the file's order, so both give the same validation split.
+
+    Raises:
+      DataError: the file is missing or unreadable, lacks a key, or holds arrays of another
+        shape or type; says which.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = [k for k in _NPZ_KEYS if k not in f.files]
+            if missing:
+                raise DataError(
+                    f"{path} lacks {', '.join(missing)}: a data file needs x_train, y_train, "
+                    f"x_test, y_test (Keras's mnist.npz layout); it has {', '.join(f.files)}"
+                )
+            arrays = {k: f[k] for k in _NPZ_KEYS}
+    except (OSError, ValueError, EOFError) as e:
+        raise DataError(f"cannot read the data file {path}: {e}") from None
+    return tuple(_npz_split(path, arrays, part) for part in ("train", "test"))
+
+
+def _npz_split(path, arrays: dict, part: str) -> Split:
+    x, y = arrays[f"x_{part}"], arrays[f"y_{part}"]
+    if x.dtype != np.uint8 or x.ndim not in (3, 4):
+        raise DataError(
+            f"{path}: x_{part} must be uint8 images [N, H, W] or [N, H, W, C]; got "
+            f"{x.dtype} {list(x.shape)}"
+        )
+    y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
+    if not np.issubdtype(y.dtype, np.integer) or y.shape != x.shape[:1] or (y < 0).any():
+        raise DataError(
+            f"{path}: y_{part} must be integer labels from 0, one per image ([{len(x)}]); "
+            f"got {y.dtype} {list(y.shape)}"
+        )
+    images = x[..., None] if x.ndim == 3 else x
+    return Split(np.ascontiguousarray(images), y.astype(np.int32))

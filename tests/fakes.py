@@ -1,8 +1,12 @@
 """Small runs on fake data for the tests: TFDS's mock_data (512 random images), batch 64,
 LSTM(16), 2 epochs, unless overridden."""
 
+import os
+import pathlib
+
 import jax
 import numpy as np
+import pytest
 import tensorflow_datasets as tfds
 
 from lstm_jax import training
@@ -22,3 +26,14 @@ def run_fake(workdir, *, num_examples=512, model=None, **overrides):
 
 def params_of(result):
     return jax.tree.map(np.asarray, jax.device_get(result["state"].params))
+
+
+def real_data_dir() -> str:
+    """The TFDS directory holding the prepared MNIST (``TFDS_DATA_DIR``): CI must have it;
+    elsewhere a test that needs it is skipped, saying how to run it."""
+    path = os.environ.get("TFDS_DATA_DIR")
+    if path and (pathlib.Path(path) / "mnist").is_dir():
+        return path
+    if os.environ.get("CI"):
+        pytest.fail(f"CI needs the prepared MNIST: TFDS_DATA_DIR={path!r} holds no mnist/")
+    pytest.skip("set TFDS_DATA_DIR to a TFDS directory holding mnist to run the real-data test")

@@ -13,7 +13,7 @@ import pytest
 
 from lstm_jax import data, reporting, training
 from tests import reference
-from tests.fakes import FAKE, params_of, run_fake
+from tests.fakes import FAKE, params_of, real_data_dir, run_fake
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "tests" / "scripts"
@@ -139,18 +139,9 @@ def test_data_parallel_epoch_never_gathers_the_batch(bidirectional, on_two_cpu_d
 # ---------------------------------------------------------------- the lesson, real MNIST
 
 
-def _real_data_dir():
-    path = os.environ.get("TFDS_DATA_DIR")
-    if path and (pathlib.Path(path) / "mnist").is_dir():
-        return path
-    if os.environ.get("CI"):
-        pytest.fail(f"CI needs the prepared MNIST: TFDS_DATA_DIR={path!r} holds no mnist/")
-    pytest.skip("set TFDS_DATA_DIR to a TFDS directory holding mnist to run the real-data test")
-
-
 def test_lesson_recipe_on_real_mnist_reaches_95_percent(tmp_path, report):
     """LSTM(50) + Dense(10), Adam 1e-3, batch 128, 3 epochs, validation_split 0.2; seeds 0-2."""
-    data_dir = _real_data_dir()
+    data_dir = real_data_dir()
     accuracies = []
     for seed in (0, 1, 2):
         result = training.train_and_evaluate(
@@ -358,7 +349,7 @@ def test_cli_bad_input_is_one_error_line_and_leaves_nothing(args, tmp_path):
 
 def test_cli_first_line_is_the_projects_own(tmp_path):
     """No TensorFlow or absl start-up noise: the first line is train.py's own."""
-    data_dir = _real_data_dir()
+    data_dir = real_data_dir()
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     out = subprocess.run(
         [
