@@ -152,12 +152,14 @@ def _recurrent(layer) -> tuple[nn.Module, dict]:
     if cls == "SimpleRNN":
         del expected["recurrent_activation"]
     dtype = _check_options(layer.name, cls, config, expected)
+    cudnn = {"use_cudnn": getattr(layer, "use_cudnn", "auto")} if cls == "LSTM" else {}
     module = lnn.LAYERS[{"LSTM": "lstm", "GRU": "gru", "SimpleRNN": "simple_rnn"}[cls]](
         config["units"],
         return_sequences=config["return_sequences"],
         go_backwards=config["go_backwards"],
         zero_output_for_mask=config["zero_output_for_mask"],
         dtype=dtype,
+        **cudnn,
     )
     cell = layer.cell
     params = {
@@ -260,12 +262,14 @@ def _keras_layer(keras, module: nn.Module, params):
         if module.return_state:
             raise UnsupportedError(f"to_keras: {type(module).__name__}(return_state=True)")
         cls = getattr(keras.layers, type(module).__name__)
+        cudnn = {"use_cudnn": module.use_cudnn} if isinstance(module, lnn.LSTM) else {}
         layer = cls(
             module.units,
             return_sequences=module.return_sequences,
             go_backwards=module.go_backwards,
             zero_output_for_mask=module.zero_output_for_mask,
             **_policy(module.dtype),
+            **cudnn,
         )
         weights = [params["kernel"], params["recurrent_kernel"], params["bias"]]
         return layer, weights

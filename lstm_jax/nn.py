@@ -45,6 +45,9 @@ class _Recurrent(nn.Module):
     def _init_params(self, key: Array, input_dim: int) -> dict[str, Array]:
         return self.cell.init(key, input_dim, self.units, dtype=self.param_dtype)
 
+    def _run(self, params, inputs, **options):
+        return recurrent.run_cell(self.cell, params, inputs, **options)
+
     @nn.compact
     def __call__(
         self, inputs: Array, *, mask: Array | None = None, initial_state=None
@@ -68,8 +71,7 @@ class _Recurrent(nn.Module):
         if self.dtype is not None:
             inputs = inputs.astype(self.dtype)
             params = {k: v.astype(self.dtype) for k, v in params.items()}
-        out = recurrent.run_cell(
-            self.cell,
+        out = self._run(
             params,
             inputs,
             return_sequences=self.return_sequences,
@@ -89,8 +91,8 @@ class _Recurrent(nn.Module):
 
 class LSTM(_Recurrent):
     """Keras-style LSTM layer: ``LSTM(units, return_sequences=..., return_state=...,
-    go_backwards=..., unroll=..., zero_output_for_mask=False, unit_forget_bias=True)``;
-    see ``recurrent.lstm``.
+    go_backwards=..., unroll=..., zero_output_for_mask=False, unit_forget_bias=True,
+    use_cudnn="auto")``; see ``recurrent.lstm`` (``use_cudnn`` too).
 
     >>> import jax, jax.numpy as jnp
     >>> layer = LSTM(50)
@@ -101,7 +103,11 @@ class LSTM(_Recurrent):
     """
 
     unit_forget_bias: bool = True
+    use_cudnn: str | bool = "auto"
     cell = recurrent.CELLS["lstm"]
+
+    def _run(self, params, inputs, **options):
+        return recurrent.lstm(params, inputs, use_cudnn=self.use_cudnn, **options)
 
     def _init_params(self, key, input_dim):
         return recurrent.init_lstm(
@@ -194,7 +200,8 @@ class Classifier(nn.Module):
     ``Classifier(cell="lstm", units=(50,), num_classes=10)`` is ``LSTM(50)`` then
     ``Dense(10)``; with several ``units`` the layers stack, each but the last returning
     sequences. ``bidirectional`` wraps each layer in ``Bidirectional``. ``dtype`` is the
-    compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32.
+    compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32. ``use_cudnn`` is each
+    LSTM layer's (``recurrent.lstm``).
     """
 
     cell: str = "lstm"
@@ -203,6 +210,7 @@ class Classifier(nn.Module):
     bidirectional: bool = False
     dtype: Any = None
     unroll: int = 1
+    use_cudnn: str | bool = "auto"
 
     def __post_init__(self):
         # ``units=50`` as in Keras's ``LSTM(50)``; a tuple either way (hashable, for jit).
@@ -229,6 +237,8 @@ class Classifier(nn.Module):
         for n, units in enumerate(self.units):
             last = n == len(self.units) - 1
             options = {"return_sequences": not last, "dtype": self.dtype, "unroll": self.unroll}
+            if self.cell == "lstm":
+                options["use_cudnn"] = self.use_cudnn
             if self.bidirectional:
                 layer = Bidirectional(
                     LAYERS[self.cell](units, **options), name=f"Bidirectional_{n}"

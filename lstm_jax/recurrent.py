@@ -16,6 +16,7 @@ from typing import Any, TypedDict, Unpack
 import jax
 import jax.numpy as jnp
 
+from lstm_jax import lstm_cudnn
 from lstm_jax.cells import (
     Array,
     Params,
@@ -269,13 +270,25 @@ def run_cell(
     return outputs
 
 
-def lstm(params: Params, inputs: Array, **options: Unpack[SequenceOptions]):
+def lstm(
+    params: Params,
+    inputs: Array,
+    *,
+    use_cudnn: str | bool = "auto",
+    **options: Unpack[SequenceOptions],
+):
     """Runs ``lstm_cell`` over ``[batch, time, features]`` with ``jax.lax.scan``, as Keras's
     ``LSTM`` layer does; ``options`` are ``SequenceOptions``, ``params`` from ``init_lstm``.
 
     Without a mask the scan runs the same equations in a transposed, feature-major layout
     with a hand-written gradient (``jax.custom_vjp``), both chosen for speed; its outputs and
     gradients equal ``lstm_cell``'s and autodiff's.
+
+    ``use_cudnn`` (Keras 3's option): ``"auto"`` runs cuDNN's LSTM (``lstm_jax.lstm_cudnn``)
+    where it can serve: on an NVIDIA GPU, float32, ``unroll=1``, and no mask or a
+    right-padded one (checked as the program runs; any other mask scans). ``True`` requires
+    it: where cuDNN cannot serve it is a ``ValueError`` saying why, and a mask is taken as
+    right-padded (one known when traced is checked). ``False`` always scans.
 
     >>> import jax, jax.numpy as jnp
     >>> p = init_lstm(jax.random.key(0), input_dim=28, units=50)
@@ -286,7 +299,72 @@ def lstm(params: Params, inputs: Array, **options: Unpack[SequenceOptions]):
     >>> bool((out == h).all())
     True
     """
-    return run_cell(CELLS["lstm"], params, inputs, **options)
+    cell = CELLS["lstm"]
+    if use_cudnn not in lstm_cudnn.USE_CUDNN:
+        raise ValueError(f"lstm: use_cudnn must be 'auto', True or False; got {use_cudnn!r}")
+    why = None if use_cudnn is False else lstm_cudnn.why_not(params, inputs, **_unroll(options))
+    if use_cudnn is True and why is not None:
+        raise ValueError(f"lstm: use_cudnn=True, but cuDNN cannot run this LSTM: {why}")
+    if use_cudnn is False or why is not None:
+        return run_cell(cell, params, inputs, **options)
+    return _lstm_on_cudnn(params, inputs, required=use_cudnn is True, **options)
+
+
+def _unroll(options: SequenceOptions) -> dict:
+    return {"unroll": options.get("unroll", 1)}
+
+
+def _lstm_on_cudnn(
+    params: Params,
+    inputs: Array,
+    *,
+    required: bool,
+    return_sequences: bool = False,
+    return_state: bool = False,
+    initial_state=None,
+    go_backwards: bool = False,
+    mask: Array | None = None,
+    unroll: int | bool = 1,
+):
+    """``lstm`` through ``lstm_cudnn.run``; with a mask, ``required`` or not (``"auto"``:
+    the scan for a mask that is not right-padded)."""
+    cell = CELLS["lstm"]
+    units = _check_params(cell, params)
+    _check_inputs(cell.name, params, inputs, mask)
+    carry = _initial_carry(cell, initial_state, jnp.shape(inputs)[0], units, inputs.dtype)
+
+    def cudnn():
+        return lstm_cudnn.run(params, inputs, carry, mask, go_backwards)
+
+    def scan():
+        return run_cell(
+            cell,
+            params,
+            inputs,
+            return_sequences=True,
+            return_state=True,
+            initial_state=carry,
+            go_backwards=go_backwards,
+            mask=mask,
+        )
+
+    if mask is None:
+        hs, h, c = cudnn()
+    elif not required:
+        hs, h, c = jax.lax.cond(lstm_cudnn.right_padded(mask), cudnn, scan)
+    else:
+        try:
+            padded = bool(lstm_cudnn.right_padded(mask))
+        except jax.errors.ConcretizationTypeError:  # traced: taken as right-padded
+            padded = True
+        if not padded:
+            raise ValueError(
+                "lstm: use_cudnn=True, but cuDNN cannot run this LSTM: its mask is not "
+                "right-padded (each row's valid steps first); use_cudnn='auto' scans it"
+            )
+        hs, h, c = cudnn()
+    outputs = hs if return_sequences else h
+    return (outputs, h, c) if return_state else outputs
 
 
 def gru(params: Params, inputs: Array, **options: Unpack[SequenceOptions]):
