@@ -302,7 +302,8 @@ def lstm(
     cell = CELLS["lstm"]
     if use_cudnn not in lstm_cudnn.USE_CUDNN:
         raise ValueError(f"lstm: use_cudnn must be 'auto', True or False; got {use_cudnn!r}")
-    why = None if use_cudnn is False else lstm_cudnn.why_not(params, inputs, **_unroll(options))
+    unroll = options.get("unroll", 1)
+    why = None if use_cudnn is False else lstm_cudnn.why_not(params, inputs, unroll=unroll)
     if use_cudnn is True and why is not None:
         raise ValueError(f"lstm: use_cudnn=True, but cuDNN cannot run this LSTM: {why}")
     if use_cudnn is False or why is not None:
@@ -310,28 +311,18 @@ def lstm(
     return _lstm_on_cudnn(params, inputs, required=use_cudnn is True, **options)
 
 
-def _unroll(options: SequenceOptions) -> dict:
-    return {"unroll": options.get("unroll", 1)}
-
-
 def _lstm_on_cudnn(
-    params: Params,
-    inputs: Array,
-    *,
-    required: bool,
-    return_sequences: bool = False,
-    return_state: bool = False,
-    initial_state=None,
-    go_backwards: bool = False,
-    mask: Array | None = None,
-    unroll: int | bool = 1,
+    params: Params, inputs: Array, *, required: bool, **options: Unpack[SequenceOptions]
 ):
     """``lstm`` through ``lstm_cudnn.run``; with a mask, ``required`` or not (``"auto"``:
     the scan for a mask that is not right-padded)."""
     cell = CELLS["lstm"]
+    mask, go_backwards = options.get("mask"), options.get("go_backwards", False)
     units = _check_params(cell, params)
     _check_inputs(cell.name, params, inputs, mask)
+    initial_state = options.get("initial_state")
     carry = _initial_carry(cell, initial_state, jnp.shape(inputs)[0], units, inputs.dtype)
+    carry = varying_like(carry, inputs)  # inside shard_map, the state varies as inputs do
 
     def cudnn():
         return lstm_cudnn.run(params, inputs, carry, mask, go_backwards)
@@ -363,8 +354,8 @@ def _lstm_on_cudnn(
                 "right-padded (each row's valid steps first); use_cudnn='auto' scans it"
             )
         hs, h, c = cudnn()
-    outputs = hs if return_sequences else h
-    return (outputs, h, c) if return_state else outputs
+    outputs = hs if options.get("return_sequences", False) else h
+    return (outputs, h, c) if options.get("return_state", False) else outputs
 
 
 def gru(params: Params, inputs: Array, **options: Unpack[SequenceOptions]):
