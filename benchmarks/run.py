@@ -35,15 +35,24 @@ import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SYSTEMS = ("lstm_jax", "lstm_jax_1dev", "keras_jax", "flax_linen", "plain_scan", "torch")
+SYSTEMS = (
+    "lstm_jax",
+    "lstm_jax_1dev",
+    "lstm_jax_scan",
+    "keras_jax",
+    "flax_linen",
+    "plain_scan",
+    "torch",
+)
 # The systems, in the order they take turns; each has its worker in ``systems.WORKERS``.
 LABELS = {
-    "lstm_jax": "lstm_jax, as train.py runs it (one XLA device per core)",
+    "lstm_jax": "lstm_jax, as train.py runs it (one XLA device per core; cuDNN on a GPU)",
     "lstm_jax_1dev": "lstm_jax, XLA's default CPU settings (1 device)",
+    "lstm_jax_scan": "lstm_jax, use_cudnn=False (its scan, transposed layout, own gradient)",
     "keras_jax": "Keras 3 LSTM, JAX backend (model.fit)",
     "flax_linen": "Flax linen nn.RNN(OptimizedLSTMCell), jit per step",
     "plain_scan": "plain lax.scan LSTM, autodiff, whole-epoch jit",
-    "torch": "PyTorch nn.LSTM (CPU)",
+    "torch": "PyTorch nn.LSTM",
 }
 
 
@@ -54,7 +63,7 @@ def run_worker(args) -> None:
     # Before load_data: TFDS imports TensorFlow, which imports Keras, and Keras picks its
     # backend once, at import (left to itself, TensorFlow).
     os.environ["KERAS_BACKEND"] = "jax"
-    if args.worker == "lstm_jax":  # what train.py does before JAX starts
+    if args.worker in ("lstm_jax", "lstm_jax_scan"):  # what train.py does before JAX starts
         from lstm_jax import cpu
 
         cpu.limit_malloc_arenas()
@@ -103,7 +112,11 @@ def _parser() -> argparse.ArgumentParser:
         "--epochs", type=int, default=3, help="epochs per process (the first includes compiling)"
     )
     p.add_argument("--rounds", type=int, default=2, help="turns each system takes")
-    p.add_argument("--systems", default=",".join(SYSTEMS))
+    p.add_argument(
+        "--systems",
+        default=",".join(s for s in SYSTEMS if s != "lstm_jax_scan"),  # the same on a CPU
+        help=f"some of {', '.join(SYSTEMS)}",
+    )
     p.add_argument("--dataset", default="mnist")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -112,6 +125,12 @@ def _parser() -> argparse.ArgumentParser:
         "--results-dir",
         default=str(ROOT / "benchmarks" / "results"),
         help="where <name>.json and <name>.md go (default: benchmarks/results)",
+    )
+    p.add_argument(
+        "--worker-timeout",
+        type=float,
+        default=None,
+        help="seconds one system's process may take; past it, that system is left out",
     )
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return p
@@ -133,9 +152,10 @@ def main(argv=None) -> int:
     systems = [s for s in asked if available(s)]
     skipped = [s for s in asked if s not in systems]
     forwarded = [a for a in (argv if argv is not None else sys.argv[1:])]
-    results = _rounds(args, systems, forwarded)
-    if results is None:
+    results, failed = _rounds(args, systems, forwarded)
+    if not results.get("lstm_jax"):
         return 1
+    systems = [s for s in systems if results[s]]
     rows = _rows(systems, results)
     first_result = results[systems[0]][0]
     meta = {
@@ -149,7 +169,9 @@ def main(argv=None) -> int:
         "data": first_result["data"],
         "epochs_per_process": args.epochs,
         "rounds": args.rounds,
+        "device": first_result.get("device", "cpu"),
         "skipped": skipped,
+        "failed": failed,
         "versions": _versions(),
     }
     name = args.name or f"u{args.units}_b{args.batch_size}_{args.sequence}"
@@ -162,19 +184,36 @@ def main(argv=None) -> int:
     return 0
 
 
-def _rounds(args, systems: list[str], forwarded: list[str]) -> dict[str, list[dict]] | None:
+def _rounds(args, systems: list[str], forwarded: list[str]) -> tuple[dict, dict]:
     """Each system's worker, ``args.rounds`` times in turn, each in a process of its own:
-    the results by system, or None (said on standard error) if one failed."""
+    the results by system, and why each system that failed (or ran past
+    ``--worker-timeout``) did, said on standard error as it happens; a failed system takes
+    no more turns."""
     results: dict[str, list[dict]] = {s: [] for s in systems}
+    failed: dict[str, str] = {}
     for round_ in range(args.rounds):
-        for system in systems:
+        for system in [s for s in systems if s not in failed]:
             cmd = [sys.executable, __file__, *forwarded, "--worker", system]
             env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-            out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+            try:
+                out = subprocess.run(
+                    cmd,
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                    cwd=ROOT,
+                    timeout=args.worker_timeout,
+                )
+            except subprocess.TimeoutExpired:
+                failed[system] = f"ran past --worker-timeout {args.worker_timeout:g} s"
+                print(f"{system}: {failed[system]}", file=sys.stderr)
+                continue
             line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if line is None:
+                last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+                failed[system] = f"exit {out.returncode}: {last[:300]}"
                 print(f"{system} failed:\n{out.stderr[-3000:]}", file=sys.stderr)
-                return None
+                continue
             r = json.loads(line[len("RESULT ") :])
             results[system].append(r)
             print(
@@ -183,8 +222,7 @@ def _rounds(args, systems: list[str], forwarded: list[str]) -> dict[str, list[di
                 + f" s/epoch, accuracy {r['accuracy']:.4f}",
                 flush=True,
             )
-
-    return results
+    return results, failed
 
 
 def _rows(systems: list[str], results: dict[str, list[dict]]) -> list[dict]:
@@ -207,6 +245,7 @@ def _rows(systems: list[str], results: dict[str, list[dict]]) -> list[dict]:
                 "first_epoch_compile_seconds": compile_first,
                 "peak_mib": max(r["peak_mib"] for r in runs),
                 "accuracy": statistics.median(r["accuracy"] for r in runs),
+                "cudnn": runs[0].get("cudnn"),
                 "steady_epochs": steady,
             }
         )
@@ -220,23 +259,28 @@ def markdown(meta, rows) -> str:
     lines = [
         f"LSTM({meta['units']}) + Dense(10), batch {meta['batch_size']}, {meta['sequence']} "
         f"sequences, {meta['examples_per_epoch']:,} {meta['data']} examples per epoch; "
-        f"{meta['machine']}; {meta['date']}",
+        f"{meta['machine']}; device: {meta.get('device', 'cpu')}; {meta['date']}",
         f"`{meta['command']}`",
         "",
         "| system | s / epoch (median) | samples / s | first epoch (s, incl. compile) "
-        "| of which JAX compiling (s) | peak RSS (MiB) | test accuracy | time vs lstm_jax |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| of which JAX compiling (s) | peak RSS (MiB) | test accuracy | cuDNN "
+        "| time vs lstm_jax |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         compile_s = r["first_epoch_compile_seconds"]
+        cudnn = {True: "yes", False: "no", None: "-"}[r.get("cudnn")]
         lines.append(
             f"| {r['label']} | {r['seconds_per_epoch']:.2f} | {r['samples_per_second']:,.0f} | "
             f"{r['first_epoch_seconds']:.2f} | "
             + ("none (no JAX)" if compile_s is None else f"{compile_s:.2f}")
-            + f" | {r['peak_mib']:,.0f} | {r['accuracy']:.2%} | {r['ratio_to_lstm_jax']:.2f}x |"
+            + f" | {r['peak_mib']:,.0f} | {r['accuracy']:.2%} | {cudnn} "
+            f"| {r['ratio_to_lstm_jax']:.2f}x |"
         )
     if meta["skipped"]:
         lines.append(f"\nNot installed, skipped: {', '.join(meta['skipped'])}.")
+    for system, why in meta.get("failed", {}).items():
+        lines.append(f"\n{LABELS[system]}: failed, left out ({why}).")
     return "\n".join(lines) + "\n"
 
 

@@ -65,7 +65,17 @@ def timed_epochs(epochs, run_epoch, jax_compiles=True):
     return times, compiles
 
 
-def worker_lstm_jax(args, images, labels, test_images, test_labels):
+def _uses_cudnn(use_cudnn) -> bool:
+    """Whether lstm_jax's LSTM runs cuDNN here with ``use_cudnn`` (float32, no mask)."""
+    import jax.numpy as jnp
+
+    from lstm_jax import lstm_cudnn
+
+    probe = lstm_cudnn.why_not({"kernel": jnp.zeros((1, 4))}, jnp.zeros((1, 1, 1)), unroll=1)
+    return use_cudnn is not False and probe is None
+
+
+def worker_lstm_jax(args, images, labels, test_images, test_labels, *, use_cudnn="auto"):
     import jax
 
     from lstm_jax import data, sharding, steps, training
@@ -78,7 +88,7 @@ def worker_lstm_jax(args, images, labels, test_images, test_labels):
         seed=args.seed,
     )
     mesh = sharding.data_mesh()
-    model = steps.make_model(config, 10)
+    model = steps.make_model(config, 10).clone(use_cudnn=use_cudnn)
     time_steps, features = data.sequence_shape(images.shape[1:], args.sequence)
     state = jax.device_put(
         steps.create_train_state(config, model, (time_steps, features)), sharding.replicated(mesh)
@@ -96,10 +106,15 @@ def worker_lstm_jax(args, images, labels, test_images, test_labels):
     times, compiles = timed_epochs(args.epochs, run_epoch)
     test_batches = sharding.eval_batches(data.Split(test_images, test_labels), config, mesh)
     sums = jax.device_get(evaluate(state.params, test_batches))
-    return times, compiles, float(sums[1] / sums[2]), {"devices": len(jax.devices())}
+    extra = {"devices": len(jax.devices()), "device": jax.devices()[0].device_kind}
+    return times, compiles, float(sums[1] / sums[2]), {**extra, "cudnn": _uses_cudnn(use_cudnn)}
 
 
 worker_lstm_jax_1dev = worker_lstm_jax
+
+
+def worker_lstm_jax_scan(*args):
+    return worker_lstm_jax(*args, use_cudnn=False)
 
 
 def worker_keras_jax(args, images, labels, test_images, test_labels):
@@ -132,7 +147,21 @@ def worker_keras_jax(args, images, labels, test_images, test_labels):
         ),
     )
     accuracy = model.evaluate(tx, test_labels, batch_size=1024, verbose=0)[1]
-    return times, compiles, float(accuracy), {}
+    return times, compiles, float(accuracy), {"cudnn": _keras_uses_cudnn(model.layers[0])}
+
+
+def _keras_uses_cudnn(layer) -> bool | None:
+    """Whether Keras's JAX backend runs ``layer`` through cuDNN (its own test), or None where
+    that test cannot be read."""
+    try:
+        from keras.src.backend.jax.rnn import cudnn_ok
+    except ImportError:
+        return None
+    cell = layer.cell
+    return bool(
+        layer.use_cudnn is not False
+        and cudnn_ok(cell.activation, cell.recurrent_activation, layer.unroll, cell.use_bias)
+    )
 
 
 def _flax_model(units):
@@ -271,13 +300,15 @@ def worker_plain_scan(args, images, labels, test_images, test_labels):
 
 
 def worker_torch(args, images, labels, test_images, test_labels):
+    """On a GPU (CUDA), with the data on it: ``nn.LSTM`` is cuDNN's there."""
     import numpy as np
     import torch
 
     torch.manual_seed(args.seed)
-    x = torch.from_numpy(sequences(images, args.sequence))
-    y = torch.from_numpy(labels.astype(np.int64))
-    tx = torch.from_numpy(sequences(test_images, args.sequence))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    x = torch.from_numpy(sequences(images, args.sequence)).to(device)
+    y = torch.from_numpy(labels.astype(np.int64)).to(device)
+    tx = torch.from_numpy(sequences(test_images, args.sequence)).to(device)
 
     class Model(torch.nn.Module):
         def __init__(self):
@@ -288,26 +319,32 @@ def worker_torch(args, images, labels, test_images, test_labels):
         def forward(self, xb):
             return self.dense(self.lstm(xb)[0][:, -1])
 
-    model = Model()
+    model = Model().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
     loss_fn = torch.nn.CrossEntropyLoss()
 
     def run_epoch(_):
-        for idx in torch.randperm(len(y)).split(args.batch_size):
+        for idx in torch.randperm(len(y), device=device).split(args.batch_size):
             opt.zero_grad()
             loss_fn(model(x[idx]), y[idx]).backward()
             opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
 
     times, compiles = timed_epochs(args.epochs, run_epoch, jax_compiles=False)
     with torch.no_grad():
         pred = torch.cat([model(tx[i : i + 1000]).argmax(-1) for i in range(0, len(tx), 1000)])
-    accuracy = float((pred.numpy() == test_labels).mean())
-    return times, compiles, accuracy, {"threads": torch.get_num_threads()}
+    accuracy = float((pred.cpu().numpy() == test_labels).mean())
+    extra = {"threads": torch.get_num_threads(), "cudnn": device.type == "cuda"}
+    if device.type == "cuda":
+        extra["device"] = torch.cuda.get_device_name()
+    return times, compiles, accuracy, extra
 
 
 WORKERS = {
     "lstm_jax": worker_lstm_jax,
     "lstm_jax_1dev": worker_lstm_jax_1dev,
+    "lstm_jax_scan": worker_lstm_jax_scan,
     "keras_jax": worker_keras_jax,
     "flax_linen": worker_flax_linen,
     "plain_scan": worker_plain_scan,

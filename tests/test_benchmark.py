@@ -7,6 +7,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -48,3 +49,41 @@ def test_systems_that_cannot_be_compared_are_refused(systems, message):
     command = [sys.executable, "benchmarks/run.py", "--systems", systems]
     out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 2 and message in out.stderr, out.stderr
+
+
+def test_the_gpu_script_runs_every_step_at_tiny_sizes(tmp_path):
+    """``benchmarks/gpu.sh`` as on the GPU machine, from an npz of random images, with
+    ``GPU_SMOKE=1`` (tiny sizes, lstm_jax alone): every step ends well and writes its file."""
+    gpu_dir, results = tmp_path / ".gpu", tmp_path / "results"
+    gpu_dir.mkdir()
+    rng = np.random.default_rng(0)
+    np.savez_compressed(
+        gpu_dir / "mnist.npz",
+        x_train=rng.integers(0, 256, (512, 28, 28), np.uint8),
+        y_train=rng.integers(0, 10, 512).astype(np.uint8),
+        x_test=rng.integers(0, 256, (128, 28, 28), np.uint8),
+        y_test=rng.integers(0, 10, 128).astype(np.uint8),
+    )
+    env = {
+        **os.environ,
+        "GPU_SMOKE": "1",
+        "GPU_DIR": str(gpu_dir),
+        "RESULTS_DIR": str(results),
+        "PYTHON": sys.executable,
+    }
+    out = subprocess.run(
+        ["bash", "benchmarks/gpu.sh"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    steps = (results / "gpu_steps.md").read_text()
+    assert out.returncode == 0, steps + out.stdout[-3000:] + out.stderr[-3000:]
+    for step in ("check", "lesson", "u256_b1024", "pixels784", "train"):
+        assert f"| {step} | 0 |" in steps
+    assert (
+        "Not compared: cuDNN cannot run here: there is no GPU here"
+        in (results / "gpu_check.md").read_text()
+    )
+    for table in ("gpu_lesson", "gpu_u256_b1024", "gpu_pixels784"):
+        text = (results / f"{table}.md").read_text()
+        assert "examples per epoch" in text and "mnist.npz" in text, text
+        assert "| lstm_jax, use_cudnn=False (its scan, transposed layout, own gradient) |" in text
+    assert "test accuracy:" in (results / "gpu_train.log").read_text()
