@@ -2,6 +2,7 @@
 its plots on the notebook's own (inline) matplotlib backend."""
 
 import importlib.util
+import json
 import os
 import pathlib
 import re
@@ -51,15 +52,65 @@ def test_readme_links_every_notebook_with_its_badge():
         assert colab.badge(path.name) in readme, path.name
 
 
+# Cells the test adds around a notebook: the first records, at each ``plt.show()``, what the
+# figure shows (its titles and axis labels, read from the figure objects); the last prints
+# the records as one JSON line.
+_RECORD_FIGURES = """
+import json as _json
+import matplotlib.pyplot as _plt
+
+_figures, _show = [], _plt.show
+
+
+def _recorded_show(*args, **kwargs):
+    for number in _plt.get_fignums():
+        figure = _plt.figure(number)
+        suptitle = figure._suptitle.get_text() if figure._suptitle else ""
+        axes = [
+            dict(title=ax.get_title(), x=ax.get_xlabel(), y=ax.get_ylabel(), shown=ax.axison)
+            for ax in figure.axes
+            if ax.get_label() != "<colorbar>"
+        ]
+        _figures.append(dict(suptitle=suptitle, axes=axes))
+    return _show(*args, **kwargs)
+
+
+_plt.show = _recorded_show
+"""
+_PRINT_FIGURES = "print('FIGURES ' + _json.dumps(_figures))"
+
+
 def execute(path: pathlib.Path, workdir: pathlib.Path) -> nbformat.NotebookNode:
-    """Runs the notebook in QUICK mode in a fresh kernel, in ``workdir``."""
+    """Runs the notebook in QUICK mode in a fresh kernel, in ``workdir``, recording each
+    figure it shows (``figures``)."""
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:  # the one switch between the lesson and the small CI setting
         cell.source = cell.source.replace("QUICK = False  # @param", "QUICK = True  # @param")
+    nb.cells.insert(0, nbformat.v4.new_code_cell(_RECORD_FIGURES))
+    nb.cells.append(nbformat.v4.new_code_cell(_PRINT_FIGURES))
     NotebookClient(
         nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}
     ).execute()
     return nb
+
+
+def figures(nb: nbformat.NotebookNode) -> list[dict]:
+    """What each figure the notebook showed had: ``suptitle``, and per axes (colorbars
+    aside) its ``title``, ``x`` and ``y`` labels and whether it is ``shown``."""
+    line = nb.cells[-1].outputs[0]["text"]
+    return json.loads(line.removeprefix("FIGURES "))
+
+
+def unexplained(figure: dict) -> list[str]:
+    """What a figure lacks: a title (its own or one per panel), and on every panel that
+    shows its axes, both axis labels."""
+    lacks = []
+    if not figure["suptitle"] and not all(ax["title"] for ax in figure["axes"]):
+        lacks.append("a title")
+    for n, ax in enumerate(figure["axes"]):
+        if ax["shown"] and not (ax["x"] and ax["y"]):
+            lacks.append(f"axis labels on panel {n} ({ax['title'] or 'untitled'})")
+    return lacks
 
 
 def cells_missing_a_plot(nb: nbformat.NotebookNode) -> list[int]:
@@ -83,17 +134,30 @@ def test_notebook_executes_and_shows_every_plot(path, tmp_path, report, monkeypa
     nb = execute(path, tmp_path)
     seconds = time.perf_counter() - start
     assert cells_missing_a_plot(nb) == [], "a plt.show() that showed nothing"
+    shown = figures(nb)
+    plot_cells = [c for c in nb.cells if c.cell_type == "code" and "plt.show()" in c.source]
+    assert len(shown) == len(plot_cells), "one figure per plot cell"
+    assert {n: unexplained(f) for n, f in enumerate(shown) if unexplained(f)} == {}
     text = "\n".join(
         out.get("text", "") for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs
     )
-    figures = re.findall(
+    if path.name.startswith("02_"):  # the JAX training loop reaches the lesson's accuracy
+        loop = float(re.search(r"the loop's test accuracy: ([\d.]+)%", text).group(1))
+        assert loop >= 94.0, loop
+    found = re.findall(
         r"Total params: [\d,]+|test accuracy: [\d.]+%|largest difference[^\n]*", text
     )
-    report(f"notebook {path.name}: executed in {seconds:.1f} s; " + "; ".join(figures))
+    titles = [f["suptitle"] or " / ".join(ax["title"] for ax in f["axes"]) for f in shown]
+    report(
+        f"notebook {path.name}: executed in {seconds:.1f} s; "
+        + "; ".join(found)
+        + f"; figures: {titles}"
+    )
 
 
 def test_notebook_02_ends_by_loading_its_run_and_predicting():
     nb = nbformat.read(ROOT / "notebooks" / "02_sequential_mnist.ipynb", as_version=4)
     code = [cell.source for cell in nb.cells if cell.cell_type == "code"]
     assert "training.train_and_evaluate(config, workdir)" in "\n".join(code)
+    assert "jax.value_and_grad" in "\n".join(code) and "@jax.jit" in "\n".join(code)
     assert "lstm_jax.load_run(workdir)" in code[-1] and "run.predict(" in code[-1]
