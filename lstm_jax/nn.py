@@ -43,10 +43,7 @@ class _Recurrent(nn.Module):
     cell: ClassVar[recurrent.Cell]  # the registry's entry (``recurrent.CELLS``)
 
     def _init_params(self, key: Array, input_dim: int) -> dict[str, Array]:
-        return self.cell.init(key, input_dim, self.units, dtype=self.param_dtype)
-
-    def _run(self, params, inputs, **options):
-        return recurrent.run_cell(self.cell, params, inputs, **options)
+        return init_layer_params(self, key, input_dim)
 
     @nn.compact
     def __call__(
@@ -68,25 +65,47 @@ class _Recurrent(nn.Module):
             )
             for name in ("kernel", "recurrent_kernel", "bias")
         }
-        if self.dtype is not None:
-            inputs = inputs.astype(self.dtype)
-            params = {k: v.astype(self.dtype) for k, v in params.items()}
-        out = self._run(
-            params,
-            inputs,
-            return_sequences=self.return_sequences,
-            return_state=self.return_state,
-            initial_state=initial_state,
-            go_backwards=self.go_backwards,
-            mask=mask,
-            unroll=self.unroll,
+        return recurrent_call(self, params, inputs, mask=mask, initial_state=initial_state)
+
+
+def init_layer_params(layer, key: Array, input_dim: int) -> dict[str, Array]:
+    """The parameters of a recurrent ``layer`` (this module's, or ``lstm_jax.nnx``'s: its
+    ``cell``, ``units``, ``param_dtype`` and, for the LSTM, ``unit_forget_bias``)."""
+    if layer.cell.name == "lstm":
+        return recurrent.init_lstm(
+            key,
+            input_dim,
+            layer.units,
+            unit_forget_bias=layer.unit_forget_bias,
+            dtype=layer.param_dtype,
         )
-        if not (self.zero_output_for_mask and self.return_sequences and mask is not None):
-            return out
-        steps = jnp.flip(mask, axis=1) if self.go_backwards else mask  # the outputs' order
-        if self.return_state:
-            return (jnp.where(steps[..., None], out[0], 0), *out[1:])
-        return jnp.where(steps[..., None], out, 0)
+    return layer.cell.init(key, input_dim, layer.units, dtype=layer.param_dtype)
+
+
+def recurrent_call(layer, params, inputs: Array, *, mask=None, initial_state=None):
+    """The forward pass of a recurrent ``layer`` (this module's, or ``lstm_jax.nnx``'s, which
+    have the same options) with its ``params``: Keras's layer over ``recurrent.run_cell``."""
+    if layer.dtype is not None:
+        inputs = inputs.astype(layer.dtype)
+        params = {k: v.astype(layer.dtype) for k, v in params.items()}
+    options = dict(
+        return_sequences=layer.return_sequences,
+        return_state=layer.return_state,
+        initial_state=initial_state,
+        go_backwards=layer.go_backwards,
+        mask=mask,
+        unroll=layer.unroll,
+    )
+    if layer.cell.name == "lstm":
+        out = recurrent.lstm(params, inputs, use_cudnn=layer.use_cudnn, **options)
+    else:
+        out = recurrent.run_cell(layer.cell, params, inputs, **options)
+    if not (layer.zero_output_for_mask and layer.return_sequences and mask is not None):
+        return out
+    steps = jnp.flip(mask, axis=1) if layer.go_backwards else mask  # the outputs' order
+    if layer.return_state:
+        return (jnp.where(steps[..., None], out[0], 0), *out[1:])
+    return jnp.where(steps[..., None], out, 0)
 
 
 class LSTM(_Recurrent):
@@ -105,18 +124,6 @@ class LSTM(_Recurrent):
     unit_forget_bias: bool = True
     use_cudnn: str | bool = "auto"
     cell = recurrent.CELLS["lstm"]
-
-    def _run(self, params, inputs, **options):
-        return recurrent.lstm(params, inputs, use_cudnn=self.use_cudnn, **options)
-
-    def _init_params(self, key, input_dim):
-        return recurrent.init_lstm(
-            key,
-            input_dim,
-            self.units,
-            unit_forget_bias=self.unit_forget_bias,
-            dtype=self.param_dtype,
-        )
 
 
 class GRU(_Recurrent):
@@ -161,10 +168,7 @@ class Bidirectional(nn.Module):
     merge_mode: str | None = "concat"
 
     def setup(self):
-        if self.merge_mode is not None and self.merge_mode not in _MERGES:
-            raise ValueError(
-                f"merge_mode must be one of {sorted(_MERGES)} or None; got {self.merge_mode!r}"
-            )
+        check_merge_mode(self.merge_mode)
         zero = self.layer.return_sequences  # as Keras's Bidirectional sets it
         self.forward = self.layer.clone(parent=self, name="forward", zero_output_for_mask=zero)
         self.backward = self.layer.clone(
@@ -175,23 +179,60 @@ class Bidirectional(nn.Module):
         )
 
     def __call__(self, inputs: Array, *, mask: Array | None = None):
-        fwd = self.forward(inputs, mask=mask)
-        bwd = self.backward(inputs, mask=mask)
-        states_f, states_b = (), ()
-        if self.layer.return_state:
-            fwd, *states_f = fwd
-            bwd, *states_b = bwd
-        if self.layer.return_sequences:
-            bwd = jnp.flip(bwd, axis=1)
-        out = (fwd, bwd) if self.merge_mode is None else _MERGES[self.merge_mode](fwd, bwd)
-        if self.layer.return_state:
-            return (out, *states_f, *states_b)
-        return out
+        return bidirectional_call(self, inputs, mask=mask)
+
+
+def check_merge_mode(merge_mode) -> None:
+    if merge_mode is not None and merge_mode not in _MERGES:
+        raise ValueError(f"merge_mode must be one of {sorted(_MERGES)} or None; got {merge_mode!r}")
+
+
+def bidirectional_call(wrapper, inputs: Array, *, mask: Array | None = None):
+    """The forward pass of a ``Bidirectional`` ``wrapper`` (this module's or
+    ``lstm_jax.nnx``'s): its ``forward`` and ``backward`` halves, merged as Keras merges them."""
+    fwd = wrapper.forward(inputs, mask=mask)
+    bwd = wrapper.backward(inputs, mask=mask)
+    states_f, states_b = (), ()
+    if wrapper.layer.return_state:
+        fwd, *states_f = fwd
+        bwd, *states_b = bwd
+    if wrapper.layer.return_sequences:
+        bwd = jnp.flip(bwd, axis=1)
+    merge_mode = wrapper.merge_mode
+    out = (fwd, bwd) if merge_mode is None else _MERGES[merge_mode](fwd, bwd)
+    if wrapper.layer.return_state:
+        return (out, *states_f, *states_b)
+    return out
 
 
 # The layer of each registered cell (``recurrent.CELLS``), by its name.
 LAYERS = {layer.cell.name: layer for layer in (LSTM, GRU, SimpleRNN)}
 assert LAYERS.keys() == recurrent.CELLS.keys(), "each registered cell needs its layer"
+
+
+def classifier_chain(model) -> list[tuple[str, int, dict]]:
+    """The recurrent layers of a ``Classifier`` (this module's or ``lstm_jax.nnx``'s), as
+    ``(name, units, options)``: ``LSTM_0`` (or ``Bidirectional_0`` wrapping it), ``LSTM_1``,
+    ...; each but the last returns sequences. ``Dense_0`` follows them."""
+    if model.cell not in LAYERS:
+        raise ValueError(f"cell must be one of {sorted(LAYERS)}; got {model.cell!r}")
+    if not model.units:
+        raise ValueError("units must hold at least one layer's size, e.g. (50,); got ()")
+    classes = model.num_classes
+    if isinstance(classes, bool) or not isinstance(classes, int | np.integer) or classes < 1:
+        raise ValueError(f"num_classes must be a positive int; got {classes!r}")
+    chain = []
+    for n, units in enumerate(model.units):
+        options = {
+            "return_sequences": n < len(model.units) - 1,
+            "dtype": model.dtype,
+            "unroll": model.unroll,
+        }
+        if model.cell == "lstm":
+            options["use_cudnn"] = model.use_cudnn
+        kind = "Bidirectional" if model.bidirectional else LAYERS[model.cell].__name__
+        chain.append((f"{kind}_{n}", units, options))
+    return chain
 
 
 class Classifier(nn.Module):
@@ -223,41 +264,28 @@ class Classifier(nn.Module):
         """The model as a chain of this module's layers, each named as its parameters are
         (``LSTM_0`` or ``Bidirectional_0``, ..., ``Dense_0``): what ``__call__`` runs, and
         what ``to_keras`` and ``describe_model`` read."""
-        if self.cell not in LAYERS:
-            raise ValueError(f"cell must be one of {sorted(LAYERS)}; got {self.cell!r}")
-        if not self.units:
-            raise ValueError("units must hold at least one layer's size, e.g. (50,); got ()")
-        if (
-            isinstance(self.num_classes, bool)
-            or not isinstance(self.num_classes, int | np.integer)
-            or self.num_classes < 1
-        ):
-            raise ValueError(f"num_classes must be a positive int; got {self.num_classes!r}")
         chain = []
-        for n, units in enumerate(self.units):
-            last = n == len(self.units) - 1
-            options = {"return_sequences": not last, "dtype": self.dtype, "unroll": self.unroll}
-            if self.cell == "lstm":
-                options["use_cudnn"] = self.use_cudnn
-            if self.bidirectional:
-                layer = Bidirectional(
-                    LAYERS[self.cell](units, **options), name=f"Bidirectional_{n}"
-                )
+        for name, units, options in classifier_chain(self):
+            if name.startswith("Bidirectional"):
+                chain.append(Bidirectional(LAYERS[self.cell](units, **options), name=name))
             else:
-                layer = LAYERS[self.cell](
-                    units, **options, name=f"{LAYERS[self.cell].__name__}_{n}"
-                )
-            chain.append(layer)
+                chain.append(LAYERS[self.cell](units, **options, name=name))
         return (*chain, Dense(self.num_classes, dtype=self.dtype, name="Dense_0"))
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         """``x: [batch, time, features]`` -> logits ``[batch, num_classes]``."""
-        if self.dtype is not None:
-            x = x.astype(self.dtype)
-        for layer in self.layers():
-            x = layer(x)
-        return x.astype(jnp.float32)
+        return classifier_call(self, x)
+
+
+def classifier_call(model, x: Array) -> Array:
+    """A ``Classifier``'s (this module's or ``lstm_jax.nnx``'s) layers over ``x``; float32
+    logits whatever the compute dtype."""
+    if model.dtype is not None:
+        x = x.astype(model.dtype)
+    for layer in model.layers():
+        x = layer(x)
+    return x.astype(jnp.float32)
 
 
 # Keras's activations by name, for ``Dense``.
@@ -288,21 +316,31 @@ class Dense(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        if self.activation is not None and self.activation not in ACTIVATIONS:
-            raise ValueError(
-                f"Dense: activation must be one of {sorted(ACTIVATIONS)} or None; "
-                f"got {self.activation!r}"
-            )
+        check_activation(self.activation)
         kernel = self.param(
             "kernel", nn.initializers.glorot_uniform(), (jnp.shape(x)[-1], self.units)
         )
-        if self.dtype is not None:
-            x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-        y = x @ kernel
+        bias = None
         if self.use_bias:
             bias = self.param("bias", nn.initializers.zeros_init(), (self.units,))
-            y = y + jnp.broadcast_to(bias.astype(y.dtype), y.shape)
-        return ACTIVATIONS[self.activation or "linear"](y)
+        return dense_call(self, x, kernel, bias)
+
+
+def check_activation(activation) -> None:
+    if activation is not None and activation not in ACTIVATIONS:
+        raise ValueError(
+            f"Dense: activation must be one of {sorted(ACTIVATIONS)} or None; got {activation!r}"
+        )
+
+
+def dense_call(layer, x: Array, kernel: Array, bias: Array | None) -> Array:
+    """``activation(x W + b)`` for a ``Dense`` ``layer`` (this module's or ``lstm_jax.nnx``'s)."""
+    if layer.dtype is not None:
+        x, kernel = x.astype(layer.dtype), kernel.astype(layer.dtype)
+    y = x @ kernel
+    if bias is not None:
+        y = y + jnp.broadcast_to(bias.astype(y.dtype), y.shape)
+    return ACTIVATIONS[layer.activation or "linear"](y)
 
 
 class Masking(nn.Module):
@@ -314,10 +352,16 @@ class Masking(nn.Module):
     mask_value: float = 0.0
 
     def compute_mask(self, x: Array) -> Array:
-        return jnp.any(x != self.mask_value, axis=-1)
+        return valid_steps(x, self.mask_value)
 
     def __call__(self, x: Array) -> Array:
         return x * self.compute_mask(x)[..., None].astype(x.dtype)
+
+
+def valid_steps(x: Array, mask_value: float) -> Array:
+    """Keras's ``Masking``: a step is valid unless all its features equal ``mask_value``;
+    bool ``[batch, time]``."""
+    return jnp.any(x != mask_value, axis=-1)
 
 
 class Sequential(nn.Module):
@@ -343,15 +387,26 @@ class Sequential(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, *, mask: Array | None = None) -> Array:
-        for layer in self.layers:
-            if isinstance(layer, Masking):
-                mask = layer.compute_mask(x)
-                x = layer(x)
-            elif isinstance(layer, _Recurrent | Bidirectional):
-                recurrent_layer = layer.layer if isinstance(layer, Bidirectional) else layer
-                x = layer(x, mask=mask)
-                if not recurrent_layer.return_sequences:
-                    mask = None
-            else:
-                x = layer(x)
-        return x
+        return chain_call(self.layers, x, mask=mask)
+
+
+def _recurrent_in(layer):
+    """The recurrent layer that ``layer`` is or wraps (``Bidirectional``), or ``None``."""
+    inner = getattr(layer, "layer", layer)
+    return inner if isinstance(getattr(inner, "cell", None), recurrent.Cell) else None
+
+
+def chain_call(layers, x: Array, *, mask: Array | None = None) -> Array:
+    """``layers`` applied in turn as Keras's ``Sequential`` applies them, the mask carried
+    to each recurrent layer (this module's layers, or ``lstm_jax.nnx``'s)."""
+    for layer in layers:
+        if hasattr(layer, "compute_mask"):  # Masking
+            mask = layer.compute_mask(x)
+            x = layer(x)
+        elif _recurrent_in(layer) is not None:
+            x = layer(x, mask=mask)
+            if not _recurrent_in(layer).return_sequences:
+                mask = None
+        else:
+            x = layer(x)
+    return x

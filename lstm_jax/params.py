@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from lstm_jax.cells import check_sizes
 
@@ -38,7 +39,10 @@ def simple_rnn_param_count(input_dim: int, units: int) -> int:
 
 
 def count_params(tree: Any) -> int:
-    """Number of scalars in a pytree of arrays or ``jax.ShapeDtypeStruct``s."""
+    """Number of scalars in a pytree of arrays or ``jax.ShapeDtypeStruct``s, or in the
+    parameters (``nnx.Param``) of a Flax NNX module."""
+    if isinstance(tree, nnx.Module):
+        tree = nnx.state(tree, nnx.Param)
     return int(sum(np.prod(np.shape(leaf), dtype=np.int64) for leaf in jax.tree.leaves(tree)))
 
 

@@ -1,0 +1,278 @@
+"""Flax NNX layers over the same cells: ``LSTM``, ``GRU``, ``SimpleRNN``, ``Bidirectional``,
+``Dense``, ``Masking``, ``Sequential`` and the lesson's ``Classifier``.
+
+Each is the linen layer of ``lstm_jax.nn`` as an NNX module: built eagerly from its input
+size and ``rngs=nnx.Rngs(...)``, holding its parameters (``kernel``, ``recurrent_kernel``,
+``bias``, Keras's layout and initialisers) as ``nnx.Param``, and computed by the same
+functions as the linen layer (``nn.recurrent_call``, ``nn.bidirectional_call``,
+``nn.dense_call``, ``nn.chain_call``), so no equation is written twice. Parameters are named
+and nested as the linen model's (``Sequential``'s ``layers_0``, ``Classifier``'s ``LSTM_0``,
+``Bidirectional``'s ``forward``), so weights move between the two by name:
+``to_linen_variables(model)`` gives ``{"params": ...}`` as the linen model's ``init`` does, and
+``load_linen_variables(model, variables)`` takes them.
+
+>>> from flax import nnx
+>>> import jax.numpy as jnp
+>>> layer = LSTM(28, 50, rngs=nnx.Rngs(0))
+>>> layer(jnp.ones((4, 28, 28))).shape
+(4, 50)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from lstm_jax import nn as lnn
+from lstm_jax import recurrent
+
+Array = jax.Array
+_PARAMS = ("kernel", "recurrent_kernel", "bias")
+
+
+class _Recurrent(nnx.Module):
+    """Shared body of the three recurrent layers: the options of ``lstm_jax.nn``'s, with
+    ``in_features`` (the ``D`` of ``[batch, time, D]``) first, since NNX builds eagerly."""
+
+    cell: ClassVar[recurrent.Cell]
+
+    def __init__(
+        self,
+        in_features: int,
+        units: int,
+        *,
+        return_sequences: bool = False,
+        return_state: bool = False,
+        go_backwards: bool = False,
+        unroll: int = 1,
+        zero_output_for_mask: bool = False,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        rngs: nnx.Rngs,
+        **cell_options,
+    ):
+        self.in_features, self.units = in_features, units
+        self.return_sequences, self.return_state = return_sequences, return_state
+        self.go_backwards, self.unroll = go_backwards, unroll
+        self.zero_output_for_mask, self.dtype, self.param_dtype = (
+            zero_output_for_mask,
+            dtype,
+            param_dtype,
+        )
+        for name, value in cell_options.items():  # the LSTM's unit_forget_bias, use_cudnn
+            setattr(self, name, value)
+        params = lnn.init_layer_params(self, rngs.params(), in_features)
+        for name in _PARAMS:
+            setattr(self, name, nnx.Param(params[name]))
+
+    def options(self) -> dict:
+        """The keyword arguments that build this layer again (``rngs`` aside)."""
+        names = ("return_sequences", "return_state", "go_backwards", "unroll")
+        names += ("zero_output_for_mask", "dtype", "param_dtype", *self._cell_options)
+        return {n: getattr(self, n) for n in names}
+
+    _cell_options: ClassVar[tuple[str, ...]] = ()
+
+    def __call__(self, inputs: Array, *, mask: Array | None = None, initial_state=None):
+        """``inputs: [batch, time, features]``; ``mask: [batch, time]`` bool (optional)."""
+        if jnp.ndim(inputs) != 3:
+            raise ValueError(
+                f"{type(self).__name__}: inputs must be rank 3, [batch, time, features]; "
+                f"got shape {jnp.shape(inputs)}"
+            )
+        params = {name: getattr(self, name)[...] for name in _PARAMS}
+        return lnn.recurrent_call(self, params, inputs, mask=mask, initial_state=initial_state)
+
+
+class LSTM(_Recurrent):
+    """``LSTM(in_features, units, *, return_sequences=..., return_state=..., go_backwards=...,
+    unroll=..., zero_output_for_mask=False, unit_forget_bias=True, use_cudnn="auto",
+    rngs)``: ``lstm_jax.nn.LSTM`` in NNX."""
+
+    cell = recurrent.CELLS["lstm"]
+    _cell_options = ("unit_forget_bias", "use_cudnn")
+
+    def __init__(self, in_features, units, *, unit_forget_bias=True, use_cudnn="auto", **kw):
+        super().__init__(
+            in_features, units, unit_forget_bias=unit_forget_bias, use_cudnn=use_cudnn, **kw
+        )
+
+
+class GRU(_Recurrent):
+    """``lstm_jax.nn.GRU`` (Keras's ``reset_after=True``) in NNX."""
+
+    cell = recurrent.CELLS["gru"]
+
+
+class SimpleRNN(_Recurrent):
+    """``lstm_jax.nn.SimpleRNN`` in NNX."""
+
+    cell = recurrent.CELLS["simple_rnn"]
+
+
+LAYERS = {layer.cell.name: layer for layer in (LSTM, GRU, SimpleRNN)}
+
+
+class Bidirectional(nnx.Module):
+    """``Bidirectional(layer, merge_mode="concat", *, rngs)``: ``layer`` reads forwards, a
+    new layer of the same kind and options (its own weights, from ``rngs``) reads backwards;
+    merged as ``lstm_jax.nn.Bidirectional`` merges them. The halves are ``forward`` and
+    ``backward``."""
+
+    def __init__(self, layer: _Recurrent, merge_mode: str | None = "concat", *, rngs: nnx.Rngs):
+        lnn.check_merge_mode(merge_mode)
+        self.merge_mode = merge_mode
+        zero = layer.return_sequences  # as Keras's Bidirectional sets it
+        layer.zero_output_for_mask = zero
+        self.forward = layer
+        options = {**layer.options(), "go_backwards": not layer.go_backwards}
+        self.backward = type(layer)(layer.in_features, layer.units, **options, rngs=rngs)
+
+    @property
+    def layer(self) -> _Recurrent:
+        return self.forward
+
+    def __call__(self, inputs: Array, *, mask: Array | None = None):
+        return lnn.bidirectional_call(self, inputs, mask=mask)
+
+
+class Dense(nnx.Module):
+    """``Dense(in_features, units, activation=None, use_bias=True, dtype=None, *, rngs)``:
+    ``lstm_jax.nn.Dense`` in NNX (Keras's glorot-uniform kernel, zero bias)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        units: int,
+        activation: str | None = None,
+        use_bias: bool = True,
+        dtype: Any = None,
+        *,
+        rngs: nnx.Rngs,
+    ):
+        lnn.check_activation(activation)
+        self.in_features, self.units = in_features, units
+        self.activation, self.use_bias, self.dtype = activation, use_bias, dtype
+        kernel = jax.nn.initializers.glorot_uniform()(rngs.params(), (in_features, units))
+        self.kernel = nnx.Param(kernel)
+        self.bias = nnx.Param(jnp.zeros((units,))) if use_bias else None
+
+    def __call__(self, x: Array) -> Array:
+        bias = None if self.bias is None else self.bias[...]
+        return lnn.dense_call(self, x, self.kernel[...], bias)
+
+
+class Masking(nnx.Module):
+    """``lstm_jax.nn.Masking`` in NNX (no parameters)."""
+
+    def __init__(self, mask_value: float = 0.0):
+        self.mask_value = mask_value
+
+    def compute_mask(self, x: Array) -> Array:
+        return lnn.valid_steps(x, self.mask_value)
+
+    def __call__(self, x: Array) -> Array:
+        return x * self.compute_mask(x)[..., None].astype(x.dtype)
+
+
+class Sequential(nnx.Module):
+    """``Sequential(layers)``: ``lstm_jax.nn.Sequential`` in NNX; the layers are
+    ``layers_0``, ``layers_1``, ... as in linen."""
+
+    def __init__(self, layers: Sequence[nnx.Module]):
+        self.size = len(layers)
+        for n, layer in enumerate(layers):
+            setattr(self, f"layers_{n}", layer)
+
+    @property
+    def layers(self) -> tuple[nnx.Module, ...]:
+        return tuple(getattr(self, f"layers_{n}") for n in range(self.size))
+
+    def __call__(self, x: Array, *, mask: Array | None = None) -> Array:
+        return lnn.chain_call(self.layers, x, mask=mask)
+
+
+class Classifier(nnx.Module):
+    """The lesson's model in NNX: ``Classifier(in_features=28, cell="lstm", units=(50,),
+    num_classes=10, bidirectional=False, dtype=None, unroll=1, use_cudnn="auto", *, rngs)``,
+    ``lstm_jax.nn.Classifier``'s layers with the same names (``LSTM_0``, ..., ``Dense_0``);
+    returns logits."""
+
+    def __init__(
+        self,
+        in_features: int = 28,
+        cell: str = "lstm",
+        units: int | Sequence[int] = (50,),
+        num_classes: int = 10,
+        bidirectional: bool = False,
+        dtype: Any = None,
+        unroll: int = 1,
+        use_cudnn: str | bool = "auto",
+        *,
+        rngs: nnx.Rngs,
+    ):
+        units = (units,) if isinstance(units, int | np.integer) else tuple(units)
+        self.in_features, self.cell, self.units = in_features, cell, units
+        self.num_classes, self.bidirectional, self.dtype = num_classes, bidirectional, dtype
+        self.unroll, self.use_cudnn = unroll, use_cudnn
+        names = []
+        features = in_features
+        for name, size, options in lnn.classifier_chain(self):
+            layer = LAYERS[cell](features, size, **options, rngs=rngs)
+            if name.startswith("Bidirectional"):
+                layer = Bidirectional(layer, rngs=rngs)
+            setattr(self, name, layer)
+            names.append(name)
+            features = size * (2 if bidirectional else 1)
+        self.Dense_0 = Dense(features, num_classes, dtype=dtype, rngs=rngs)
+        self.names = (*names, "Dense_0")
+
+    def layers(self) -> tuple[nnx.Module, ...]:
+        return tuple(getattr(self, name) for name in self.names)
+
+    def __call__(self, x: Array) -> Array:
+        """``x: [batch, time, features]`` -> logits ``[batch, num_classes]``."""
+        return lnn.classifier_call(self, x)
+
+
+def to_linen_variables(model: nnx.Module) -> dict:
+    """``{"params": ...}`` of ``model``, nested and named as the same linen model's
+    ``init`` gives them."""
+    return {"params": nnx.to_pure_dict(nnx.state(model, nnx.Param))}
+
+
+def load_linen_variables(model: nnx.Module, variables: dict) -> nnx.Module:
+    """Sets ``model``'s parameters from the linen model's ``variables`` (``{"params": ...}``,
+    the same names and shapes); returns ``model``.
+
+    Raises:
+      ValueError: the names or shapes differ; says which.
+    """
+    params = variables.get("params", variables)
+    state = nnx.state(model, nnx.Param)
+    mine, theirs = nnx.to_pure_dict(state), jax.tree.map(jnp.asarray, dict(params))
+    if jax.tree.structure(mine) != jax.tree.structure(theirs):
+        raise ValueError(
+            f"the variables do not name this model's parameters: the model has "
+            f"{_paths(mine)}; the variables have {_paths(theirs)}"
+        )
+    for (path, a), b in zip(
+        jax.tree_util.tree_leaves_with_path(mine), jax.tree.leaves(theirs), strict=True
+    ):
+        if jnp.shape(a) != jnp.shape(b):
+            raise ValueError(
+                f"{jax.tree_util.keystr(path)}: the model's parameter is {jnp.shape(a)}, the "
+                f"variables' {jnp.shape(b)}"
+            )
+    nnx.replace_by_pure_dict(state, theirs)
+    nnx.update(model, state)
+    return model
+
+
+def _paths(tree) -> list[str]:
+    return [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)]

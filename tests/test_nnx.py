@@ -1,0 +1,164 @@
+"""The Flax NNX layers (``lstm_jax.nnx``) against the linen layers (``lstm_jax.nn``) with the
+same weights: outputs and gradients within 1e-6, every option; weights both ways."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import lstm_jax
+from lstm_jax import nn
+from lstm_jax import nnx as lx
+from tests import reference
+
+B, T, D = 3, 6, 4
+TOL = 1e-6
+X = jnp.asarray(np.random.default_rng(0).normal(size=(B, T, D)), jnp.float32)
+MASK = jnp.arange(T)[None] < jnp.array([6, 2, 4])[:, None]
+KINDS = {
+    "lstm": (nn.LSTM, lx.LSTM),
+    "gru": (nn.GRU, lx.GRU),
+    "simple_rnn": (nn.SimpleRNN, lx.SimpleRNN),
+}
+
+
+def _same(nnx_model, linen_model, x=X, **call):
+    """Outputs and parameter gradients of both, the linen model given the NNX model's
+    weights (``to_linen_variables``)."""
+    variables = lx.to_linen_variables(nnx_model)
+
+    def linen_loss(variables):
+        out = linen_model.apply(variables, x, **call)
+        return jnp.sum(jnp.sin(jnp.concatenate([jnp.ravel(o) for o in jax.tree.leaves(out)]))), out
+
+    def nnx_loss(model):
+        out = model(x, **call)
+        return jnp.sum(jnp.sin(jnp.concatenate([jnp.ravel(o) for o in jax.tree.leaves(out)]))), out
+
+    (_, want), want_grads = jax.value_and_grad(linen_loss, has_aux=True)(variables)
+    (_, got), got_grads = nnx.value_and_grad(nnx_loss, has_aux=True)(nnx_model)
+    reference.assert_trees_close(got, want, atol=TOL, rtol=TOL)
+    got_grads = {"params": nnx.to_pure_dict(nnx.state(got_grads, nnx.Param))}
+    reference.assert_trees_close(got_grads, want_grads, atol=TOL, rtol=TOL)
+
+
+OPTIONS = [
+    {},
+    {"return_sequences": True},
+    {"return_state": True},
+    {"go_backwards": True, "return_sequences": True},
+    {"return_sequences": True, "zero_output_for_mask": True},
+    {"unroll": 3},
+]
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(o) or "default")
+@pytest.mark.parametrize("masked", [False, True], ids=["no_mask", "mask"])
+def test_recurrent_layers_equal_the_linen_ones(kind, options, masked):
+    linen_cls, nnx_cls = KINDS[kind]
+    call = {"mask": MASK} if masked else {}
+    _same(nnx_cls(D, 5, **options, rngs=nnx.Rngs(0)), linen_cls(5, **options), **call)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_initial_state_and_bfloat16_as_linen(kind):
+    linen_cls, nnx_cls = KINDS[kind]
+    layer = nnx_cls(D, 5, return_state=True, rngs=nnx.Rngs(1))
+    state = tuple(jnp.full((B, 5), 0.3) for _ in range(2 if kind == "lstm" else 1))
+    variables = lx.to_linen_variables(layer)
+    want = linen_cls(5, return_state=True).apply(variables, X, initial_state=state)
+    reference.assert_trees_close(layer(X, initial_state=state), want, atol=TOL)
+    half = nnx_cls(D, 5, dtype=jnp.bfloat16, rngs=nnx.Rngs(1))
+    got, want = half(X), linen_cls(5, dtype=jnp.bfloat16).apply(lx.to_linen_variables(half), X)
+    assert got.dtype == jnp.bfloat16
+    reference.assert_trees_close(got, want, atol=0)
+
+
+@pytest.mark.parametrize("merge_mode", ["concat", "sum", "mul", "ave", None])
+def test_bidirectional_equals_linen(merge_mode):
+    _same(
+        lx.Bidirectional(
+            lx.LSTM(D, 5, return_sequences=True, rngs=nnx.Rngs(0)), merge_mode, rngs=nnx.Rngs(1)
+        ),
+        nn.Bidirectional(nn.LSTM(5, return_sequences=True), merge_mode),
+        mask=MASK,
+    )
+
+
+def test_sequential_with_masking_equals_linen():
+    x = X.at[1, 3:].set(0.0)  # padded steps, for Masking
+    model = lx.Sequential(
+        [
+            lx.Masking(),
+            lx.Bidirectional(
+                lx.GRU(D, 5, return_sequences=True, rngs=nnx.Rngs(0)), rngs=nnx.Rngs(1)
+            ),
+            lx.LSTM(10, 4, rngs=nnx.Rngs(2)),
+            lx.Dense(4, 3, activation="tanh", rngs=nnx.Rngs(3)),
+        ]
+    )
+    linen = nn.Sequential(
+        [
+            nn.Masking(),
+            nn.Bidirectional(nn.GRU(5, return_sequences=True)),
+            nn.LSTM(4),
+            nn.Dense(3, activation="tanh"),
+        ]
+    )
+    _same(model, linen, x=x)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_the_classifier_equals_linen_and_weights_move_both_ways(cell, bidirectional):
+    x = jnp.ones((2, 28, 28)) * 0.5
+    model = lx.Classifier(
+        28, cell=cell, units=(8, 4), bidirectional=bidirectional, rngs=nnx.Rngs(0)
+    )
+    linen = nn.Classifier(cell=cell, units=(8, 4), bidirectional=bidirectional)
+    _same(model, linen, x=x)
+    theirs = linen.init(jax.random.key(5), x)  # linen -> NNX -> linen
+    lx.load_linen_variables(model, theirs)
+    reference.assert_trees_close(lx.to_linen_variables(model), theirs, atol=0)
+    reference.assert_trees_close(model(x), linen.apply(theirs, x), atol=0)
+
+
+def test_weights_of_another_model_are_refused():
+    model = lx.Classifier(28, units=(8,), rngs=nnx.Rngs(0))
+    other = nn.Classifier(units=(16,)).init(jax.random.key(0), jnp.ones((1, 28, 28)))
+    with pytest.raises(
+        ValueError,
+        match=r"\['Dense_0'\]\['kernel'\]: the model's parameter is \(8, 10\), the "
+        r"variables' \(16, 10\)",
+    ):
+        lx.load_linen_variables(model, other)
+    gru = nn.Classifier(cell="gru", units=(8,)).init(jax.random.key(0), jnp.ones((1, 28, 28)))
+    with pytest.raises(ValueError, match="do not name this model's parameters"):
+        lx.load_linen_variables(model, gru)
+
+
+def test_parameter_counts_of_the_lesson():
+    model = lx.Classifier(28, units=(50,), rngs=nnx.Rngs(0))
+    assert lstm_jax.count_params(model) == 16_310
+    assert lstm_jax.count_params(model.LSTM_0) == 15_800 == lstm_jax.lstm_param_count(28, 50)
+
+
+def test_nnx_optimizer_trains_these_layers():
+    model = lx.Sequential([lx.LSTM(D, 8, rngs=nnx.Rngs(0)), lx.Dense(8, 2, rngs=nnx.Rngs(1))])
+    optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+    y = jnp.array([0, 1, 1])
+
+    @nnx.jit
+    def step(model, optimizer):
+        def loss_fn(model):
+            return optax.softmax_cross_entropy_with_integer_labels(model(X), y).mean()
+
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        optimizer.update(model, grads)
+        return loss
+
+    losses = [float(step(model, optimizer)) for _ in range(30)]
+    assert losses[-1] < 0.5 * losses[0], losses
