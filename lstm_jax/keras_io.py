@@ -219,8 +219,9 @@ def _layer(layer) -> tuple[nn.Module, dict | None]:
     raise AssertionError(cls)  # InputLayer never reaches here (``_chain`` leaves it out)
 
 
-def from_keras(keras_model) -> tuple[lnn.Sequential, dict]:
-    """``(module, variables)`` computing what ``keras_model`` computes.
+def from_keras(keras_model, *, api: str = "linen"):
+    """``(module, variables)`` computing what ``keras_model`` computes; with ``api="nnx"``,
+    the ``lstm_jax.nnx.Sequential`` holding them instead.
 
     ``module`` is an ``lstm_jax.nn.Sequential`` of the model's layers; ``variables`` is
     ``{"params": ...}`` holding copies of its weights. ``module.apply(variables, x)`` equals
@@ -237,7 +238,14 @@ def from_keras(keras_model) -> tuple[lnn.Sequential, dict]:
         if layer_params is not None:
             params[f"layers_{len(layers)}"] = layer_params
         layers.append(module)
-    return lnn.Sequential(tuple(layers)), {"params": params}
+    module, variables = lnn.Sequential(tuple(layers)), {"params": params}
+    if api == "linen":
+        return module, variables
+    if api != "nnx":
+        raise ValueError(f"from_keras: api must be 'linen' or 'nnx'; got {api!r}")
+    from lstm_jax import nnx as lnnx
+
+    return lnnx.from_linen(module, variables, keras_model.inputs[0].shape[-1])
 
 
 # --------------------------------------------------------------------------------------
@@ -294,11 +302,17 @@ def _keras_layer(keras, module: nn.Module, params):
     )
 
 
-def to_keras(module: nn.Module, variables: dict):
+def to_keras(module, variables: dict | None = None):
     """A ``keras.Sequential`` computing what ``module.apply(variables, x)`` computes, for
-    inputs ``[batch, time, features]`` (any number of steps)."""
+    inputs ``[batch, time, features]`` (any number of steps); or what an ``lstm_jax.nnx``
+    model computes (``variables`` then left out: the model holds them)."""
     import keras
+    from flax import nnx
 
+    if isinstance(module, nnx.Module):
+        from lstm_jax import nnx as lnnx
+
+        module, variables = lnnx.to_linen(module), lnnx.to_linen_variables(module)
     params = variables.get("params", variables)
     chain = _as_layers(module, params)
     layers, weights = [], []

@@ -71,12 +71,15 @@ class _Recurrent(nnx.Module):
             setattr(self, name, nnx.Param(params[name]))
 
     def options(self) -> dict:
-        """The keyword arguments that build this layer again (``rngs`` aside)."""
-        names = ("return_sequences", "return_state", "go_backwards", "unroll")
-        names += ("zero_output_for_mask", "dtype", "param_dtype", *self._cell_options)
-        return {n: getattr(self, n) for n in names}
+        """The keyword arguments that build this layer again (``rngs`` aside), as those of
+        its linen twin."""
+        return {n: getattr(self, n) for n in self.option_names(self.cell.name)}
 
-    _cell_options: ClassVar[tuple[str, ...]] = ()
+    @staticmethod
+    def option_names(cell: str) -> tuple[str, ...]:
+        names = ("return_sequences", "return_state", "go_backwards", "unroll")
+        names += ("zero_output_for_mask", "dtype", "param_dtype")
+        return names + (("unit_forget_bias", "use_cudnn") if cell == "lstm" else ())
 
     def __call__(self, inputs: Array, *, mask: Array | None = None, initial_state=None):
         """``inputs: [batch, time, features]``; ``mask: [batch, time]`` bool (optional)."""
@@ -95,7 +98,6 @@ class LSTM(_Recurrent):
     rngs)``: ``lstm_jax.nn.LSTM`` in NNX."""
 
     cell = recurrent.CELLS["lstm"]
-    _cell_options = ("unit_forget_bias", "use_cudnn")
 
     def __init__(self, in_features, units, *, unit_forget_bias=True, use_cudnn="auto", **kw):
         super().__init__(
@@ -206,6 +208,7 @@ class Classifier(nnx.Module):
     def __init__(
         self,
         in_features: int = 28,
+        *,
         cell: str = "lstm",
         units: int | Sequence[int] = (50,),
         num_classes: int = 10,
@@ -213,7 +216,6 @@ class Classifier(nnx.Module):
         dtype: Any = None,
         unroll: int = 1,
         use_cudnn: str | bool = "auto",
-        *,
         rngs: nnx.Rngs,
     ):
         units = (units,) if isinstance(units, int | np.integer) else tuple(units)
@@ -276,3 +278,71 @@ def load_linen_variables(model: nnx.Module, variables: dict) -> nnx.Module:
 
 def _paths(tree) -> list[str]:
     return [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)]
+
+
+def to_linen(model: nnx.Module) -> lnn.nn.Module:
+    """The ``lstm_jax.nn`` (linen) model of the same layers and options as ``model``: with
+    ``to_linen_variables(model)`` it computes what ``model`` computes. ``to_keras``,
+    ``summary`` and the trainer take NNX models through it.
+
+    Raises:
+      ValueError: ``model`` holds a module that is not one of this module's layers.
+    """
+    if isinstance(model, _Recurrent):
+        return lnn.LAYERS[model.cell.name](model.units, **model.options())
+    if isinstance(model, Bidirectional):
+        return lnn.Bidirectional(to_linen(model.forward), model.merge_mode)
+    if isinstance(model, Dense):
+        return lnn.Dense(model.units, model.activation, model.use_bias, model.dtype)
+    if isinstance(model, Masking):
+        return lnn.Masking(model.mask_value)
+    if isinstance(model, Sequential):
+        return lnn.Sequential([to_linen(layer) for layer in model.layers])
+    if isinstance(model, Classifier):
+        options = ("cell", "units", "num_classes", "bidirectional", "dtype", "unroll", "use_cudnn")
+        return lnn.Classifier(**{name: getattr(model, name) for name in options})
+    raise ValueError(
+        f"{type(model).__name__} is not an lstm_jax.nnx layer: only those (LSTM, GRU, "
+        "SimpleRNN, Bidirectional, Dense, Masking, Sequential, Classifier) have a linen twin"
+    )
+
+
+def from_linen(module: lnn.nn.Module, variables: dict, in_features: int) -> nnx.Module:
+    """The NNX model of the same layers and options as the linen ``module``, holding
+    ``variables`` (``{"params": ...}``); ``in_features`` is the ``D`` of its inputs
+    ``[batch, time, D]``.
+
+    Raises:
+      ValueError: ``module`` holds a layer this module has no NNX form of.
+    """
+    model, _ = _nnx_of(module, in_features, nnx.Rngs(0))
+    return load_linen_variables(model, variables)
+
+
+def _nnx_of(module, features: int, rngs: nnx.Rngs) -> tuple[nnx.Module, int]:
+    """The NNX form of ``module`` reading ``features``, and the features it outputs."""
+    if isinstance(module, lnn._Recurrent):
+        options = {f: getattr(module, f) for f in _Recurrent.option_names(module.cell.name)}
+        return LAYERS[module.cell.name](features, module.units, **options, rngs=rngs), module.units
+    if isinstance(module, lnn.Bidirectional):
+        inner, units = _nnx_of(module.layer, features, rngs)
+        merged = 2 * units if module.merge_mode == "concat" else units
+        return Bidirectional(inner, module.merge_mode, rngs=rngs), merged
+    if isinstance(module, lnn.Dense):
+        dense = Dense(
+            features, module.units, module.activation, module.use_bias, module.dtype, rngs=rngs
+        )
+        return dense, module.units
+    if isinstance(module, lnn.Masking):
+        return Masking(module.mask_value), features
+    if isinstance(module, lnn.Sequential):
+        layers = []
+        for layer in module.layers:
+            layer, features = _nnx_of(layer, features, rngs)
+            layers.append(layer)
+        return Sequential(layers), features
+    if isinstance(module, lnn.Classifier):
+        options = ("cell", "units", "num_classes", "bidirectional", "dtype", "unroll", "use_cudnn")
+        kwargs = {name: getattr(module, name) for name in options}
+        return Classifier(features, **kwargs, rngs=rngs), module.num_classes
+    raise ValueError(f"{type(module).__name__} has no lstm_jax.nnx form")

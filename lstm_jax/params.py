@@ -76,6 +76,19 @@ def _shape_str(out: Any, batch_is_none: bool) -> str:
     return texts[0] if len(texts) == 1 else "[" + ", ".join(texts) + "]"
 
 
+def _traced_shape(input_shape) -> tuple[bool, tuple[int, ...]]:
+    """Whether ``input_shape``'s batch is ``None``, and the shape traced (batch 1 for it)."""
+    input_shape = tuple(input_shape)
+    if any(d is not None and (not isinstance(d, int) or d <= 0) for d in input_shape):
+        raise ValueError(
+            f"input_shape must hold positive ints (or None for the batch); got {input_shape}"
+        )
+    if any(d is None for d in input_shape[1:]):
+        raise ValueError(f"only the batch dimension may be None; got {input_shape}")
+    batch_is_none = input_shape[0] is None if input_shape else False
+    return batch_is_none, tuple(1 if d is None else d for d in input_shape)
+
+
 def summary(
     model: nn.Module,
     input_shape: Sequence[int | None],
@@ -90,7 +103,8 @@ def summary(
     allocated: the model is traced with ``jax.eval_shape``.
 
     Args:
-      model: a Flax linen module, e.g. ``lstm_jax.nn.Classifier()`` or an ``nn.Sequential``.
+      model: a Flax linen module, e.g. ``lstm_jax.nn.Classifier()`` or an ``nn.Sequential``,
+        or an ``lstm_jax.nnx`` model.
       input_shape: ``[batch, time, features]``; ``None`` for the batch prints as ``None``,
         as Keras does.
       dtype: the dtype of the traced input.
@@ -103,15 +117,11 @@ def summary(
      Total params: 480 (1.88 KB)
     ...
     """
-    input_shape = tuple(input_shape)
-    if any(d is not None and (not isinstance(d, int) or d <= 0) for d in input_shape):
-        raise ValueError(
-            f"input_shape must hold positive ints (or None for the batch); got {input_shape}"
-        )
-    if any(d is None for d in input_shape[1:]):
-        raise ValueError(f"only the batch dimension may be None; got {input_shape}")
-    batch_is_none = input_shape[0] is None if input_shape else False
-    concrete = tuple(1 if d is None else d for d in input_shape)
+    if isinstance(model, nnx.Module):  # its linen twin: the same layers and counts
+        from lstm_jax import nnx as lnnx
+
+        model = lnnx.to_linen(model)
+    batch_is_none, concrete = _traced_shape(input_shape)
 
     calls: list[tuple[tuple[str, ...], str, Any]] = []
 

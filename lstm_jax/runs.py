@@ -246,6 +246,16 @@ class Run:
     def __post_init__(self):
         self._logits = jax.jit(lambda params, x: self.model.apply({"params": params}, x))
 
+    @property
+    def nnx_model(self):
+        """The run's model as a Flax NNX model (``lstm_jax.nnx``) holding its parameters,
+        for a model made of lstm_jax's layers (as every model ``train.py`` trains, and any
+        ``lstm_jax.nnx`` model given to ``train_and_evaluate``)."""
+        from lstm_jax import nnx as lnnx
+
+        variables = {"params": jax.device_get(self.params)}
+        return lnnx.from_linen(self.model, variables, self.input_shape[-1])
+
     def sequences(self, inputs) -> jax.Array:
         """``inputs`` as the model reads them, float32 ``[N, T, F]``: ``uint8`` images
         ``[N, H, W]`` or ``[N, H, W, C]`` (as TFDS gives them) are scaled to ``[0, 1]`` and

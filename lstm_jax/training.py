@@ -33,12 +33,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx as flax_nnx
 from jax.sharding import Mesh
 
 import lstm_jax
 from lstm_jax import data as data_lib
 from lstm_jax import distributed, reporting, runs, sharding, shutdown, steps
 from lstm_jax import nn as lnn
+from lstm_jax import nnx as lnnx
 from lstm_jax import workdir as workdir_lib
 from lstm_jax.checkpoints import Checkpointer
 from lstm_jax.config import CELLS as CELLS
@@ -66,18 +68,21 @@ def train_and_evaluate(
     config: Config,
     workdir: str | os.PathLike,
     *,
-    model: nn.Module | None = None,
+    model: nn.Module | flax_nnx.Module | None = None,
     print_fn: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Trains, validates each epoch, tests; writes metrics.json, curves.png, checkpoints.
 
-    ``model`` is any Flax module mapping ``[batch, time, features]`` to logits ``[batch,
-    num_classes]``; by default the ``Classifier`` that ``config`` describes (``make_model``).
+    ``model`` is any Flax linen module mapping ``[batch, time, features]`` to logits
+    ``[batch, num_classes]``, or an ``lstm_jax.nnx`` model (which trains from the weights it
+    holds, as its linen twin, and holds the trained weights afterwards); by default the
+    ``Classifier`` that ``config`` describes (``make_model``).
     When resuming, the run's own model is used unless one is given, and ``config`` must
     match the run's settings except those in ``RESUMABLE`` (``resume_config`` reads them).
 
     Returns the metrics that ``metrics.json`` holds, plus ``"state"``: the final training
-    state (parameters and optimizer state), for notebooks and tests.
+    state (parameters and optimizer state), and ``"model"``: the model trained (the NNX model,
+    for one given).
 
     Raises:
       ConfigError, data.DataError, CheckpointError, TrainingDiverged, DeviceError,
@@ -94,6 +99,7 @@ def train_and_evaluate(
     print_fn = print_fn if writer else reporting.silent
     ds, train = steps.load_data(config)
     input_shape = data_lib.sequence_shape(train.images.shape[1:], config.sequence)
+    model, nnx_model = _linen(model)
     model = _the_model(config, model, saved, ds.num_classes)
     _check_model(model, input_shape, ds.num_classes)
     if distributed.is_multiprocess():  # all alike, or all stop
@@ -112,7 +118,7 @@ def train_and_evaluate(
         _check_run_in(path, config)  # again, now that the run is ours
         checkpointer = Checkpointer(path / "checkpoints")
         stack.callback(checkpointer.close)
-        state = steps.create_train_state(config, model, input_shape)
+        state = _initial_state(config, model, input_shape, nnx_model)
         workdir_lib.check_free_space(path, state, checkpointer.max_to_keep)
         state, history = _restore(config, checkpointer, mesh, state, print_fn)
         epochs = _Epochs.build(
@@ -140,7 +146,29 @@ def train_and_evaluate(
             title = f"{describe_model(model)} on {ds.name}: test accuracy {test_acc:.2%}"
             _write_run_files(path, metrics, title)
     print_fn(f"test accuracy: {test_acc:.2%}")
-    return {**metrics, "state": state}
+    if nnx_model is not None:  # NNX's way: the model holds the trained weights
+        lnnx.load_linen_variables(nnx_model, {"params": jax.device_get(state.params)})
+    return {**metrics, "state": state, "model": nnx_model or model}
+
+
+def _linen(model) -> tuple[nn.Module | None, Any]:
+    """``(the linen module to train, the NNX model it stands for or None)``: an
+    ``lstm_jax.nnx`` model trains as its linen twin (``lstm_jax.nnx.to_linen``)."""
+    if not isinstance(model, flax_nnx.Module):
+        return model, None
+    try:
+        return lnnx.to_linen(model), model
+    except ValueError as e:
+        raise ConfigError("model", f"model: {e}") from None
+
+
+def _initial_state(config: Config, model: nn.Module, input_shape, nnx_model):
+    """The train state before the first epoch: parameters from ``config.seed``, or those
+    the NNX model holds."""
+    state = steps.create_train_state(config, model, input_shape)
+    if nnx_model is None:
+        return state
+    return state.replace(params=lnnx.to_linen_variables(nnx_model)["params"])
 
 
 def _check_run_in(path: pathlib.Path, config: Config) -> dict | None:

@@ -162,3 +162,62 @@ def test_nnx_optimizer_trains_these_layers():
 
     losses = [float(step(model, optimizer)) for _ in range(30)]
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_to_linen_and_from_linen_are_the_same_model():
+    x = jnp.ones((2, 28, 28)) * 0.3
+    model = lx.Sequential(
+        [
+            lx.Masking(),
+            lx.Bidirectional(
+                lx.GRU(28, 5, return_sequences=True, rngs=nnx.Rngs(0)), "sum", rngs=nnx.Rngs(1)
+            ),
+            lx.LSTM(5, 3, go_backwards=True, rngs=nnx.Rngs(2)),
+            lx.Dense(3, 2, "tanh", rngs=nnx.Rngs(3)),
+        ]
+    )
+    linen, variables = lx.to_linen(model), lx.to_linen_variables(model)
+    reference.assert_trees_close(linen.apply(variables, x), model(x), atol=0)
+    back = lx.from_linen(linen, variables, 28)
+    assert type(back) is lx.Sequential and lx.to_linen(back) == linen
+    reference.assert_trees_close(back(x), model(x), atol=0)
+    with pytest.raises(ValueError, match="Linear is not an lstm_jax.nnx layer"):
+        lx.to_linen(nnx.Linear(2, 2, rngs=nnx.Rngs(0)))
+
+
+def test_summary_and_keras_take_nnx_models(capsys):
+    keras = pytest.importorskip("keras")
+    model = lx.Classifier(28, units=(50,), rngs=nnx.Rngs(0))
+    assert lstm_jax.summary(model, (None, 28, 28)) == 16_310
+    assert "LSTM_0 (LSTM)" in capsys.readouterr().out
+    x = jnp.asarray(np.random.default_rng(0).uniform(size=(4, 28, 28)), jnp.float32)
+    with jax.numpy_rank_promotion("allow"):  # Keras's own code broadcasts ranks
+        keras_model = lstm_jax.to_keras(model)
+        reference.assert_trees_close(np.asarray(keras_model(x)), model(x), atol=1e-5)
+        back = lstm_jax.from_keras(keras_model, api="nnx")  # Keras -> NNX
+    assert isinstance(back, lx.Sequential) and isinstance(keras_model, keras.Sequential)
+    reference.assert_trees_close(back(x), model(x), atol=1e-5)
+
+
+def test_the_trainer_trains_an_nnx_model_as_its_linen_twin(tmp_path):
+    """From the same initial weights, the NNX Classifier's run is the linen Classifier's, to
+    the bit; the NNX model then holds the trained weights, and ``load_run`` gives it back."""
+    from lstm_jax import steps, training
+    from tests.fakes import FAKE, params_of, run_fake
+
+    config = training.Config(**FAKE)
+    linen = run_fake(tmp_path / "linen", model=nn.Classifier(units=(16,)))
+    initial = steps.create_train_state(config, nn.Classifier(units=(16,)), (28, 28)).params
+    model = lx.load_linen_variables(
+        lx.Classifier(28, units=(16,), rngs=nnx.Rngs(0)), {"params": initial}
+    )
+    result = run_fake(tmp_path / "nnx", model=model)
+    assert result["model"] is model
+    assert result["test_accuracy"] == linen["test_accuracy"]
+    reference.assert_trees_close(params_of(result), params_of(linen), atol=0)
+    reference.assert_trees_close(lx.to_linen_variables(model)["params"], params_of(linen), atol=0)
+    run = lstm_jax.load_run(tmp_path / "nnx" / "run")
+    again = run.nnx_model
+    assert isinstance(again, lx.Classifier)
+    x = jnp.ones((2, 28, 28)) * 0.5
+    reference.assert_trees_close(again(x), model(x), atol=1e-6)
