@@ -221,6 +221,10 @@ def test_the_trainer_trains_an_nnx_model_as_its_linen_twin(tmp_path):
     assert isinstance(again, lx.Classifier)
     x = jnp.ones((2, 28, 28)) * 0.5
     reference.assert_trees_close(again(x), model(x), atol=1e-6)
+    # Resumed with the NNX model: it continues from the checkpoint, not from its weights.
+    resumed = run_fake(tmp_path / "nnx", model=again, epochs=3, resume=True)
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
+    reference.assert_trees_close(lx.to_linen_variables(again)["params"], params_of(resumed), atol=0)
 
 
 def test_the_lesson_trained_from_an_nnx_classifier_as_from_the_linen_one(tmp_path, report):
