@@ -81,8 +81,8 @@ def train_and_evaluate(
     match the run's settings except those in ``RESUMABLE`` (``resume_config`` reads them).
 
     Returns the metrics that ``metrics.json`` holds, plus ``"state"``: the final training
-    state (parameters and optimizer state), and ``"model"``: the model trained (the NNX model,
-    for one given).
+    state (parameters and optimizer state); for an NNX model, ``"nnx_model"``: that model,
+    now holding the trained weights.
 
     Raises:
       ConfigError, data.DataError, CheckpointError, TrainingDiverged, DeviceError,
@@ -146,9 +146,11 @@ def train_and_evaluate(
             title = f"{describe_model(model)} on {ds.name}: test accuracy {test_acc:.2%}"
             _write_run_files(path, metrics, title)
     print_fn(f"test accuracy: {test_acc:.2%}")
-    if nnx_model is not None:  # NNX's way: the model holds the trained weights
-        lnnx.load_linen_variables(nnx_model, {"params": jax.device_get(state.params)})
-    return {**metrics, "state": state, "model": nnx_model or model}
+    if nnx_model is None:
+        return {**metrics, "state": state}
+    # NNX's way: the model holds the trained weights.
+    lnnx.load_linen_variables(nnx_model, {"params": jax.device_get(state.params)})
+    return {**metrics, "state": state, "nnx_model": nnx_model}
 
 
 def _linen(model) -> tuple[nn.Module | None, Any]:

@@ -212,7 +212,7 @@ def test_the_trainer_trains_an_nnx_model_as_its_linen_twin(tmp_path):
         lx.Classifier(28, units=(16,), rngs=nnx.Rngs(0)), {"params": initial}
     )
     result = run_fake(tmp_path / "nnx", model=model)
-    assert result["model"] is model
+    assert result["nnx_model"] is model
     assert result["test_accuracy"] == linen["test_accuracy"]
     reference.assert_trees_close(params_of(result), params_of(linen), atol=0)
     reference.assert_trees_close(lx.to_linen_variables(model)["params"], params_of(linen), atol=0)
