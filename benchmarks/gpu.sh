@@ -22,19 +22,8 @@ PYTHON=${PYTHON:-python3}
 if [ "${1:-}" = prepare ]; then
   set -e
   mkdir -p "$GPU_DIR/wheels"
-  "$PYTHON" - "$GPU_DIR/mnist.npz" <<'EOF'
-import sys
-import numpy as np
-from lstm_jax import data
-ds = data.load("mnist", download=False)
-np.savez_compressed(
-    sys.argv[1],
-    x_train=np.concatenate([ds.train.images, ds.validation.images])[..., 0],
-    y_train=np.concatenate([ds.train.labels, ds.validation.labels]).astype(np.uint8),
-    x_test=ds.test.images[..., 0],
-    y_test=ds.test.labels.astype(np.uint8),
-)
-EOF
+  "$PYTHON" -c "import sys; from lstm_jax import data
+data.save_npz(data.load('mnist', download=False), sys.argv[1])" "$GPU_DIR/mnist.npz"
   "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
     --platform manylinux_2_17_x86_64 -d "$GPU_DIR/wheels" keras==3.15.1 namex optree

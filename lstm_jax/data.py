@@ -371,6 +371,25 @@ def load_npz(path: str | os.PathLike) -> tuple[Split, Split]:
     return tuple(_npz_split(path, arrays, part) for part in ("train", "test"))
 
 
+def save_npz(ds: Dataset, path: str | os.PathLike) -> None:
+    """Writes ``ds`` in Keras's ``mnist.npz`` layout, compressed, for a machine without
+    TensorFlow: its training set with the validation split back at its end, then its test
+    set; single-channel images as ``[N, H, W]``. ``load_npz`` reads it back."""
+
+    def images(*splits: Split) -> np.ndarray:
+        x = np.concatenate([s.images for s in splits])
+        return x[..., 0] if x.shape[-1] == 1 else x
+
+    labels = np.uint8 if ds.num_classes <= 256 else np.int32
+    np.savez_compressed(
+        path,
+        x_train=images(ds.train, ds.validation),
+        y_train=np.concatenate([ds.train.labels, ds.validation.labels]).astype(labels),
+        x_test=images(ds.test),
+        y_test=ds.test.labels.astype(labels),
+    )
+
+
 def _npz_split(path, arrays: dict, part: str) -> Split:
     x, y = arrays[f"x_{part}"], arrays[f"y_{part}"]
     if x.dtype != np.uint8 or x.ndim not in (3, 4):

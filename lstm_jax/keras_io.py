@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lstm_jax import nn as lnn
+from lstm_jax.params import is_nnx_module
 
 SUPPORTED = ("InputLayer", "Masking", "LSTM", "GRU", "SimpleRNN", "Bidirectional", "Dense")
 
@@ -307,9 +308,8 @@ def to_keras(module, variables: dict | None = None):
     inputs ``[batch, time, features]`` (any number of steps); or what an ``lstm_jax.nnx``
     model computes (``variables`` then left out: the model holds them)."""
     import keras
-    from flax import nnx
 
-    if isinstance(module, nnx.Module):
+    if is_nnx_module(module):
         from lstm_jax import nnx as lnnx
 
         module, variables = lnnx.to_linen(module), lnnx.to_linen_variables(module)

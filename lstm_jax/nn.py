@@ -50,11 +50,7 @@ class _Recurrent(nn.Module):
         self, inputs: Array, *, mask: Array | None = None, initial_state=None
     ) -> Array | tuple[Array, ...]:
         """``inputs: [batch, time, features]``; ``mask: [batch, time]`` bool (optional)."""
-        if jnp.ndim(inputs) != 3:
-            raise ValueError(
-                f"{type(self).__name__}: inputs must be rank 3, [batch, time, features]; "
-                f"got shape {jnp.shape(inputs)}"
-            )
+        check_rank(self, inputs)
         input_dim = jnp.shape(inputs)[-1]
         # Flax hands each parameter its own key; drawing all three from one
         # ``init_*`` call keeps one source of truth for Keras's initialisers.
@@ -66,6 +62,14 @@ class _Recurrent(nn.Module):
             for name in ("kernel", "recurrent_kernel", "bias")
         }
         return recurrent_call(self, params, inputs, mask=mask, initial_state=initial_state)
+
+
+def check_rank(layer, inputs: Array) -> None:
+    if jnp.ndim(inputs) != 3:
+        raise ValueError(
+            f"{type(layer).__name__}: inputs must be rank 3, [batch, time, features]; "
+            f"got shape {jnp.shape(inputs)}"
+        )
 
 
 def init_layer_params(layer, key: Array, input_dim: int) -> dict[str, Array]:
@@ -355,13 +359,18 @@ class Masking(nn.Module):
         return valid_steps(x, self.mask_value)
 
     def __call__(self, x: Array) -> Array:
-        return x * self.compute_mask(x)[..., None].astype(x.dtype)
+        return masked(x, self.mask_value)
 
 
 def valid_steps(x: Array, mask_value: float) -> Array:
     """Keras's ``Masking``: a step is valid unless all its features equal ``mask_value``;
     bool ``[batch, time]``."""
     return jnp.any(x != mask_value, axis=-1)
+
+
+def masked(x: Array, mask_value: float) -> Array:
+    """``x`` with the steps ``valid_steps`` masks zeroed, as Keras's ``Masking`` outputs."""
+    return x * valid_steps(x, mask_value)[..., None].astype(x.dtype)
 
 
 class Sequential(nn.Module):

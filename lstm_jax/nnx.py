@@ -83,11 +83,7 @@ class _Recurrent(nnx.Module):
 
     def __call__(self, inputs: Array, *, mask: Array | None = None, initial_state=None):
         """``inputs: [batch, time, features]``; ``mask: [batch, time]`` bool (optional)."""
-        if jnp.ndim(inputs) != 3:
-            raise ValueError(
-                f"{type(self).__name__}: inputs must be rank 3, [batch, time, features]; "
-                f"got shape {jnp.shape(inputs)}"
-            )
+        lnn.check_rank(self, inputs)
         params = {name: getattr(self, name)[...] for name in _PARAMS}
         return lnn.recurrent_call(self, params, inputs, mask=mask, initial_state=initial_state)
 
@@ -179,7 +175,7 @@ class Masking(nnx.Module):
         return lnn.valid_steps(x, self.mask_value)
 
     def __call__(self, x: Array) -> Array:
-        return x * self.compute_mask(x)[..., None].astype(x.dtype)
+        return lnn.masked(x, self.mask_value)
 
 
 class Sequential(nnx.Module):
@@ -280,6 +276,18 @@ def _paths(tree) -> list[str]:
     return [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)]
 
 
+# The options both APIs' Classifier take, under the same names.
+_CLASSIFIER_OPTIONS = (
+    "cell",
+    "units",
+    "num_classes",
+    "bidirectional",
+    "dtype",
+    "unroll",
+    "use_cudnn",
+)
+
+
 def to_linen(model: nnx.Module) -> lnn.nn.Module:
     """The ``lstm_jax.nn`` (linen) model of the same layers and options as ``model``: with
     ``to_linen_variables(model)`` it computes what ``model`` computes. ``to_keras``,
@@ -299,8 +307,7 @@ def to_linen(model: nnx.Module) -> lnn.nn.Module:
     if isinstance(model, Sequential):
         return lnn.Sequential([to_linen(layer) for layer in model.layers])
     if isinstance(model, Classifier):
-        options = ("cell", "units", "num_classes", "bidirectional", "dtype", "unroll", "use_cudnn")
-        return lnn.Classifier(**{name: getattr(model, name) for name in options})
+        return lnn.Classifier(**{name: getattr(model, name) for name in _CLASSIFIER_OPTIONS})
     raise ValueError(
         f"{type(model).__name__} is not an lstm_jax.nnx layer: only those (LSTM, GRU, "
         "SimpleRNN, Bidirectional, Dense, Masking, Sequential, Classifier) have a linen twin"
@@ -342,7 +349,6 @@ def _nnx_of(module, features: int, rngs: nnx.Rngs) -> tuple[nnx.Module, int]:
             layers.append(layer)
         return Sequential(layers), features
     if isinstance(module, lnn.Classifier):
-        options = ("cell", "units", "num_classes", "bidirectional", "dtype", "unroll", "use_cudnn")
-        kwargs = {name: getattr(module, name) for name in options}
+        kwargs = {name: getattr(module, name) for name in _CLASSIFIER_OPTIONS}
         return Classifier(features, **kwargs, rngs=rngs), module.num_classes
     raise ValueError(f"{type(module).__name__} has no lstm_jax.nnx form")

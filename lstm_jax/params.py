@@ -8,6 +8,7 @@ the same weights are applied at every step.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -15,7 +16,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from lstm_jax.cells import check_sizes
 
@@ -38,10 +38,19 @@ def simple_rnn_param_count(input_dim: int, units: int) -> int:
     return input_dim * units + units * units + units
 
 
+def is_nnx_module(obj: Any) -> bool:
+    """Whether ``obj`` is a Flax NNX module, without importing ``flax.nnx`` (nothing can be
+    one before it is imported)."""
+    nnx = sys.modules.get("flax.nnx")
+    return nnx is not None and isinstance(obj, nnx.Module)
+
+
 def count_params(tree: Any) -> int:
     """Number of scalars in a pytree of arrays or ``jax.ShapeDtypeStruct``s, or in the
     parameters (``nnx.Param``) of a Flax NNX module."""
-    if isinstance(tree, nnx.Module):
+    if is_nnx_module(tree):
+        from flax import nnx
+
         tree = nnx.state(tree, nnx.Param)
     return int(sum(np.prod(np.shape(leaf), dtype=np.int64) for leaf in jax.tree.leaves(tree)))
 
@@ -117,7 +126,7 @@ def summary(
      Total params: 480 (1.88 KB)
     ...
     """
-    if isinstance(model, nnx.Module):  # its linen twin: the same layers and counts
+    if is_nnx_module(model):  # its linen twin: the same layers and counts
         from lstm_jax import nnx as lnnx
 
         model = lnnx.to_linen(model)

@@ -27,7 +27,7 @@ import os
 import pathlib
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax
@@ -36,11 +36,13 @@ import numpy as np
 from flax import nnx as flax_nnx
 from jax.sharding import Mesh
 
+if TYPE_CHECKING:
+    from flax import nnx as flax_nnx
+
 import lstm_jax
 from lstm_jax import data as data_lib
 from lstm_jax import distributed, reporting, runs, sharding, shutdown, steps
 from lstm_jax import nn as lnn
-from lstm_jax import nnx as lnnx
 from lstm_jax import workdir as workdir_lib
 from lstm_jax.checkpoints import Checkpointer
 from lstm_jax.config import CELLS as CELLS
@@ -55,6 +57,7 @@ from lstm_jax.errors import ConfigError as ConfigError
 from lstm_jax.errors import DeviceError as DeviceError
 from lstm_jax.errors import RunFileError as RunFileError
 from lstm_jax.errors import TrainingDiverged as TrainingDiverged
+from lstm_jax.params import is_nnx_module
 from lstm_jax.reporting import describe_model as describe_model
 from lstm_jax.runs import resume_config as resume_config
 from lstm_jax.sharding import devices as devices
@@ -148,6 +151,8 @@ def train_and_evaluate(
     print_fn(f"test accuracy: {test_acc:.2%}")
     if nnx_model is None:
         return {**metrics, "state": state}
+    from lstm_jax import nnx as lnnx
+
     # NNX's way: the model holds the trained weights.
     lnnx.load_linen_variables(nnx_model, {"params": jax.device_get(state.params)})
     return {**metrics, "state": state, "nnx_model": nnx_model}
@@ -156,8 +161,10 @@ def train_and_evaluate(
 def _linen(model) -> tuple[nn.Module | None, Any]:
     """``(the linen module to train, the NNX model it stands for or None)``: an
     ``lstm_jax.nnx`` model trains as its linen twin (``lstm_jax.nnx.to_linen``)."""
-    if not isinstance(model, flax_nnx.Module):
+    if not is_nnx_module(model):
         return model, None
+    from lstm_jax import nnx as lnnx
+
     try:
         return lnnx.to_linen(model), model
     except ValueError as e:
@@ -170,6 +177,8 @@ def _initial_state(config: Config, model: nn.Module, input_shape, nnx_model):
     state = steps.create_train_state(config, model, input_shape)
     if nnx_model is None:
         return state
+    from lstm_jax import nnx as lnnx
+
     return state.replace(params=lnnx.to_linen_variables(nnx_model)["params"])
 
 
