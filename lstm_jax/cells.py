@@ -141,12 +141,24 @@ def _project(x: Array, kernel: Array, bias: Array) -> Array:
     return z + jnp.reshape(bias, (1,) * (z.ndim - 1) + bias.shape)
 
 
+def _dropped(v: Array, kernel: Array, mask: Array | None, gates: int) -> Array:
+    """``v W`` with dropout's mask on ``v``: none; one ``[B, D]`` mask for every gate block
+    of ``W``; or ``[gates, B, D]``, one for each block (Keras's masks with recurrent
+    dropout)."""
+    if mask is None:
+        return v @ kernel
+    if mask.ndim == 2:
+        return (v * mask) @ kernel
+    blocks = jnp.split(kernel, gates, axis=-1)
+    return jnp.concatenate([(v * mask[g]) @ blocks[g] for g in range(gates)], axis=-1)
+
+
 # --------------------------------------------------------------------------------------
 # Cells: cell(params, carry, x_t) -> (carry, y_t)
 # --------------------------------------------------------------------------------------
 
 
-def lstm_cell(params: Params, carry: tuple[Array, Array], x_t: Array):
+def lstm_cell(params: Params, carry: tuple[Array, Array], x_t: Array, masks=None):
     r"""One LSTM step, with the signature ``jax.lax.scan`` wants.
 
     With ``W = params["kernel"]``, ``U = params["recurrent_kernel"]``, ``b = params["bias"]``
@@ -158,6 +170,12 @@ def lstm_cell(params: Params, carry: tuple[Array, Array], x_t: Array):
         o   = sigmoid(x_t W_o + h_{t-1} U_o + b_o)     output gate
         c_t = f * c_{t-1} + i * g
         h_t = o * tanh(c_t)
+
+    With dropout (training), ``masks = (m_x, m_h)``: ``x_t W_i`` is ``(x_t * m_x_i) W_i`` and
+    ``h_{t-1} U_i`` is ``(h_{t-1} * m_h_i) U_i``, and so for each gate, ``c_{t-1}`` and the
+    carried ``h_{t-1}`` untouched, as Keras 3 computes it; each mask is ``[B, D]`` (``[B,
+    U]``), one for all gates, or ``[4, B, D]``, one per gate; ``None`` drops nothing
+    (``recurrent.dropout_masks`` draws them, once per sequence).
 
     No constant is added to the forget gate here: Keras's ``unit_forget_bias`` lives in the
     initial value of ``b_f`` (see ``init_lstm``). ``lstm`` without a mask computes the same
@@ -180,7 +198,12 @@ def lstm_cell(params: Params, carry: tuple[Array, Array], x_t: Array):
     """
     h, c = carry
     W, U, b = params["kernel"], params["recurrent_kernel"], params["bias"]
-    z_i, z_f, z_c, z_o = jnp.split(_project(x_t, W, b) + h @ U, 4, axis=-1)  # [B, U] each
+    if masks is None:
+        z = _project(x_t, W, b) + h @ U  # [B, 4U]
+    else:
+        m_x, m_h = masks
+        z = _dropped(x_t, W, m_x, 4) + b[None, :] + _dropped(h, U, m_h, 4)
+    z_i, z_f, z_c, z_o = jnp.split(z, 4, axis=-1)  # [B, U] each
     i, f, o = jax.nn.sigmoid(z_i), jax.nn.sigmoid(z_f), jax.nn.sigmoid(z_o)
     g = jnp.tanh(z_c)
     c = f * c + i * g
@@ -188,7 +211,7 @@ def lstm_cell(params: Params, carry: tuple[Array, Array], x_t: Array):
     return (h, c), h
 
 
-def gru_cell(params: Params, carry: Array, x_t: Array):
+def gru_cell(params: Params, carry: Array, x_t: Array, masks=None):
     r"""One GRU step (Keras ``reset_after=True``, the cuDNN variant), scan signature.
 
     With ``W = params["kernel"]``, ``U = params["recurrent_kernel"]``, gate blocks z, r, h,
@@ -199,7 +222,10 @@ def gru_cell(params: Params, carry: Array, x_t: Array):
         h~  = tanh   (x_t W_h + b_xh + r * (h_{t-1} U_h + b_hh)) candidate
         h_t = z * h_{t-1} + (1 - z) * h~
 
-    The reset gate multiplies the recurrent projection *after* the matmul.
+    The reset gate multiplies the recurrent projection *after* the matmul. With dropout,
+    ``masks = (m_x, m_h)`` multiply ``x_t`` and ``h_{t-1}`` before each gate's projection
+    (``[B, D]`` for all gates, or ``[3, B, D]`` one per gate); ``h_t`` mixes the unmasked
+    ``h_{t-1}``, as Keras 3 does.
 
     Args:
       params: ``{"kernel": [D, 3U], "recurrent_kernel": [U, 3U], "bias": [2, 3U]}``.
@@ -216,8 +242,13 @@ def gru_cell(params: Params, carry: Array, x_t: Array):
     (2, 5)
     """
     h = carry
-    zx = _project(x_t, params["kernel"], params["bias"][0])  # [B, 3U]
-    zh = _project(h, params["recurrent_kernel"], params["bias"][1])  # [B, 3U]
+    if masks is None:
+        zx = _project(x_t, params["kernel"], params["bias"][0])  # [B, 3U]
+        zh = _project(h, params["recurrent_kernel"], params["bias"][1])  # [B, 3U]
+    else:
+        m_x, m_h = masks
+        zx = _dropped(x_t, params["kernel"], m_x, 3) + params["bias"][0][None, :]
+        zh = _dropped(h, params["recurrent_kernel"], m_h, 3) + params["bias"][1][None, :]
     xz, xr, xh = jnp.split(zx, 3, axis=-1)
     hz, hr, hh = jnp.split(zh, 3, axis=-1)
     z = jax.nn.sigmoid(xz + hz)
@@ -227,13 +258,15 @@ def gru_cell(params: Params, carry: Array, x_t: Array):
     return h, h
 
 
-def simple_rnn_cell(params: Params, carry: Array, x_t: Array):
+def simple_rnn_cell(params: Params, carry: Array, x_t: Array, masks=None):
     r"""One SimpleRNN step, scan signature::
 
         h_t = tanh(x_t W + h_{t-1} U + b)
 
-    with ``params`` ``{"kernel": [D, U], "recurrent_kernel": [U, U], "bias": [U]}``, the
-    carry ``h`` ``[B, U]`` and ``x_t`` ``[B, D]``; returns ``(h_t, h_t)``, each ``[B, U]``.
+    or, with dropout's ``masks = (m_x, m_h)`` (``[B, D]``, ``[B, U]``),
+    ``tanh((x_t * m_x) W + (h_{t-1} * m_h) U + b)``; with ``params`` ``{"kernel": [D, U],
+    "recurrent_kernel": [U, U], "bias": [U]}``, the carry ``h`` ``[B, U]`` and ``x_t`` ``[B,
+    D]``; returns ``(h_t, h_t)``, each ``[B, U]``.
 
     >>> import jax, jax.numpy as jnp
     >>> p = init_simple_rnn(jax.random.key(0), input_dim=3, units=5)
@@ -241,6 +274,8 @@ def simple_rnn_cell(params: Params, carry: Array, x_t: Array):
     >>> h.shape
     (2, 5)
     """
+    if masks is not None:
+        x_t, carry = (v if m is None else v * m for v, m in zip((x_t, carry), masks, strict=True))
     h = jnp.tanh(
         _project(x_t, params["kernel"], params["bias"]) + carry @ params["recurrent_kernel"]
     )

@@ -5,7 +5,8 @@ A Keras model made of ``Input``, ``Masking``, ``LSTM``, ``GRU``, ``SimpleRNN``,
 becomes an ``lstm_jax.nn.Sequential`` and its variables, with the same weights in the same
 layout, so that ``module.apply(variables, x)`` returns what ``keras_model(x)`` returns, and
 back. A layer computing in bfloat16 (``dtype=jnp.bfloat16``, float32 parameters) is Keras's
-``mixed_bfloat16`` policy. What this project does not implement (dropout, stateful layers,
+``mixed_bfloat16`` policy; ``dropout`` and ``recurrent_dropout`` come and go with their
+rates. What this project does not implement (stateful layers,
 other activations, regularizers, other dtype policies, ...) is refused, naming the layer and
 the option; nothing is dropped quietly.
 
@@ -30,8 +31,6 @@ _RECURRENT_DEFAULTS = {
     "activation": "tanh",
     "recurrent_activation": "sigmoid",  # not SimpleRNN's
     "use_bias": True,
-    "dropout": 0.0,
-    "recurrent_dropout": 0.0,
     "stateful": False,
     "return_state": False,
     "reset_after": True,  # GRU's
@@ -160,6 +159,8 @@ def _recurrent(layer) -> tuple[nn.Module, dict]:
         go_backwards=config["go_backwards"],
         zero_output_for_mask=config["zero_output_for_mask"],
         dtype=dtype,
+        dropout=float(config.get("dropout", 0.0)),
+        recurrent_dropout=float(config.get("recurrent_dropout", 0.0)),
         **cudnn,
     )
     cell = layer.cell
@@ -277,6 +278,8 @@ def _keras_layer(keras, module: nn.Module, params):
             return_sequences=module.return_sequences,
             go_backwards=module.go_backwards,
             zero_output_for_mask=module.zero_output_for_mask,
+            dropout=module.dropout,
+            recurrent_dropout=module.recurrent_dropout,
             **_policy(module.dtype),
             **cudnn,
         )

@@ -14,6 +14,7 @@ layer, as Keras does, and ``lstm_jax.from_keras`` builds one from a Keras model.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -39,6 +40,9 @@ class _Recurrent(nn.Module):
     param_dtype: Any = jnp.float32
     # With a mask and return_sequences: zeros at masked steps, not the previous output.
     zero_output_for_mask: bool = False
+    # Keras's rates: inputs' and h's units dropped in training (``deterministic=False``).
+    dropout: float = 0.0
+    recurrent_dropout: float = 0.0
 
     cell: ClassVar[recurrent.Cell]  # the registry's entry (``recurrent.CELLS``)
 
@@ -47,9 +51,16 @@ class _Recurrent(nn.Module):
 
     @nn.compact
     def __call__(
-        self, inputs: Array, *, mask: Array | None = None, initial_state=None
+        self,
+        inputs: Array,
+        *,
+        mask: Array | None = None,
+        initial_state=None,
+        deterministic: bool | None = None,
     ) -> Array | tuple[Array, ...]:
-        """``inputs: [batch, time, features]``; ``mask: [batch, time]`` bool (optional)."""
+        """``inputs: [batch, time, features]``; ``mask: [batch, time]`` bool (optional).
+        ``deterministic=False`` (training) applies dropout, from the ``"dropout"`` rng;
+        ``None`` or ``True`` (inference, Keras's default) does not."""
         check_rank(self, inputs)
         input_dim = jnp.shape(inputs)[-1]
         # Flax hands each parameter its own key; drawing all three from one
@@ -61,7 +72,10 @@ class _Recurrent(nn.Module):
             )
             for name in ("kernel", "recurrent_kernel", "bias")
         }
-        return recurrent_call(self, params, inputs, mask=mask, initial_state=initial_state)
+        key = None
+        if deterministic is False and (self.dropout or self.recurrent_dropout):
+            key = self.make_rng("dropout")
+        return recurrent_call(self, params, inputs, mask=mask, initial_state=initial_state, key=key)
 
 
 def check_rank(layer, inputs: Array) -> None:
@@ -86,9 +100,10 @@ def init_layer_params(layer, key: Array, input_dim: int) -> dict[str, Array]:
     return layer.cell.init(key, input_dim, layer.units, dtype=layer.param_dtype)
 
 
-def recurrent_call(layer, params, inputs: Array, *, mask=None, initial_state=None):
+def recurrent_call(layer, params, inputs: Array, *, mask=None, initial_state=None, key=None):
     """The forward pass of a recurrent ``layer`` (this module's, or ``lstm_jax.nnx``'s, which
-    have the same options) with its ``params``: Keras's layer over ``recurrent.run_cell``."""
+    have the same options) with its ``params``: Keras's layer over ``recurrent.run_cell``;
+    ``key`` draws dropout's masks (training), ``None`` drops nothing."""
     if layer.dtype is not None:
         inputs = inputs.astype(layer.dtype)
         params = {k: v.astype(layer.dtype) for k, v in params.items()}
@@ -100,6 +115,8 @@ def recurrent_call(layer, params, inputs: Array, *, mask=None, initial_state=Non
         mask=mask,
         unroll=layer.unroll,
     )
+    if key is not None:
+        options.update(dropout=layer.dropout, recurrent_dropout=layer.recurrent_dropout, key=key)
     if layer.cell.name == "lstm":
         out = recurrent.lstm(params, inputs, use_cudnn=layer.use_cudnn, **options)
     else:
@@ -182,8 +199,10 @@ class Bidirectional(nn.Module):
             zero_output_for_mask=zero,
         )
 
-    def __call__(self, inputs: Array, *, mask: Array | None = None):
-        return bidirectional_call(self, inputs, mask=mask)
+    def __call__(
+        self, inputs: Array, *, mask: Array | None = None, deterministic: bool | None = None
+    ):
+        return bidirectional_call(self, inputs, mask=mask, deterministic=deterministic)
 
 
 def check_merge_mode(merge_mode) -> None:
@@ -191,11 +210,12 @@ def check_merge_mode(merge_mode) -> None:
         raise ValueError(f"merge_mode must be one of {sorted(_MERGES)} or None; got {merge_mode!r}")
 
 
-def bidirectional_call(wrapper, inputs: Array, *, mask: Array | None = None):
+def bidirectional_call(wrapper, inputs: Array, *, mask: Array | None = None, deterministic=None):
     """The forward pass of a ``Bidirectional`` ``wrapper`` (this module's or
-    ``lstm_jax.nnx``'s): its ``forward`` and ``backward`` halves, merged as Keras merges them."""
-    fwd = wrapper.forward(inputs, mask=mask)
-    bwd = wrapper.backward(inputs, mask=mask)
+    ``lstm_jax.nnx``'s): its ``forward`` and ``backward`` halves, merged as Keras merges them;
+    each half draws its own dropout masks."""
+    fwd = wrapper.forward(inputs, mask=mask, deterministic=deterministic)
+    bwd = wrapper.backward(inputs, mask=mask, deterministic=deterministic)
     states_f, states_b = (), ()
     if wrapper.layer.return_state:
         fwd, *states_f = fwd
@@ -231,6 +251,8 @@ def classifier_chain(model) -> list[tuple[str, int, dict]]:
             "return_sequences": n < len(model.units) - 1,
             "dtype": model.dtype,
             "unroll": model.unroll,
+            "dropout": model.dropout,
+            "recurrent_dropout": model.recurrent_dropout,
         }
         if model.cell == "lstm":
             options["use_cudnn"] = model.use_cudnn
@@ -245,8 +267,9 @@ class Classifier(nn.Module):
     ``Classifier(cell="lstm", units=(50,), num_classes=10)`` is ``LSTM(50)`` then
     ``Dense(10)``; with several ``units`` the layers stack, each but the last returning
     sequences. ``bidirectional`` wraps each layer in ``Bidirectional``. ``dtype`` is the
-    compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32. ``use_cudnn`` is each
-    LSTM layer's (``recurrent.lstm``).
+    compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32. ``use_cudnn``,
+    ``dropout`` and ``recurrent_dropout`` are each recurrent layer's (``recurrent.lstm``).
+    ``mask`` (bool ``[batch, time]``) marks each sequence's valid steps, as ``Sequential``'s.
     """
 
     cell: str = "lstm"
@@ -256,6 +279,8 @@ class Classifier(nn.Module):
     dtype: Any = None
     unroll: int = 1
     use_cudnn: str | bool = "auto"
+    dropout: float = 0.0
+    recurrent_dropout: float = 0.0
 
     def __post_init__(self):
         # ``units=50`` as in Keras's ``LSTM(50)``; a tuple either way (hashable, for jit).
@@ -277,18 +302,21 @@ class Classifier(nn.Module):
         return (*chain, Dense(self.num_classes, dtype=self.dtype, name="Dense_0"))
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
-        """``x: [batch, time, features]`` -> logits ``[batch, num_classes]``."""
-        return classifier_call(self, x)
+    def __call__(
+        self, x: Array, *, mask: Array | None = None, deterministic: bool | None = None
+    ) -> Array:
+        """``x: [batch, time, features]`` -> logits ``[batch, num_classes]``; dropout in
+        training (``deterministic=False``) only."""
+        deterministic = True if deterministic is None else deterministic
+        return classifier_call(self, x, mask=mask, deterministic=deterministic)
 
 
-def classifier_call(model, x: Array) -> Array:
+def classifier_call(model, x: Array, *, mask=None, deterministic=None) -> Array:
     """A ``Classifier``'s (this module's or ``lstm_jax.nnx``'s) layers over ``x``; float32
     logits whatever the compute dtype."""
     if model.dtype is not None:
         x = x.astype(model.dtype)
-    for layer in model.layers():
-        x = layer(x)
+    x = chain_call(model.layers(), x, mask=mask, deterministic=deterministic)
     return x.astype(jnp.float32)
 
 
@@ -395,8 +423,12 @@ class Sequential(nn.Module):
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, x: Array, *, mask: Array | None = None) -> Array:
-        return chain_call(self.layers, x, mask=mask)
+    def __call__(
+        self, x: Array, *, mask: Array | None = None, deterministic: bool | None = None
+    ) -> Array:
+        """``deterministic=False`` trains (dropout on); ``None`` or ``True`` infers."""
+        deterministic = True if deterministic is None else deterministic
+        return chain_call(self.layers, x, mask=mask, deterministic=deterministic)
 
 
 def _recurrent_in(layer):
@@ -405,17 +437,29 @@ def _recurrent_in(layer):
     return inner if isinstance(getattr(inner, "cell", None), recurrent.Cell) else None
 
 
-def chain_call(layers, x: Array, *, mask: Array | None = None) -> Array:
+def chain_call(layers, x: Array, *, mask: Array | None = None, deterministic=None) -> Array:
     """``layers`` applied in turn as Keras's ``Sequential`` applies them, the mask carried
-    to each recurrent layer (this module's layers, or ``lstm_jax.nnx``'s)."""
+    to each recurrent layer (this module's layers, or ``lstm_jax.nnx``'s), and
+    ``deterministic``, unless None, to each layer whose call takes it (the recurrent
+    layers, ``nn.Dropout``, a module of your own)."""
     for layer in layers:
+        switch = {}
+        if deterministic is not None and _takes_deterministic(layer):
+            switch = {"deterministic": deterministic}
         if hasattr(layer, "compute_mask"):  # Masking
             mask = layer.compute_mask(x)
             x = layer(x)
         elif _recurrent_in(layer) is not None:
-            x = layer(x, mask=mask)
+            x = layer(x, mask=mask, **switch)
             if not _recurrent_in(layer).return_sequences:
                 mask = None
         else:
-            x = layer(x)
+            x = layer(x, **switch)
     return x
+
+
+def _takes_deterministic(layer) -> bool:
+    try:
+        return "deterministic" in inspect.signature(type(layer).__call__).parameters
+    except (TypeError, ValueError):
+        return False

@@ -53,6 +53,8 @@ class _Recurrent(nnx.Module):
         zero_output_for_mask: bool = False,
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
+        dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
         rngs: nnx.Rngs,
         **cell_options,
     ):
@@ -64,6 +66,10 @@ class _Recurrent(nnx.Module):
             dtype,
             param_dtype,
         )
+        self.dropout, self.recurrent_dropout = dropout, recurrent_dropout
+        # As nnx.Dropout: its rngs draw the masks; model.train() / .eval() set deterministic.
+        self.rngs = rngs if dropout or recurrent_dropout else None
+        self.deterministic = False
         for name, value in cell_options.items():  # the LSTM's unit_forget_bias, use_cudnn
             setattr(self, name, value)
         params = lnn.init_layer_params(self, rngs.params(), in_features)
@@ -78,14 +84,31 @@ class _Recurrent(nnx.Module):
     @staticmethod
     def option_names(cell: str) -> tuple[str, ...]:
         names = ("return_sequences", "return_state", "go_backwards", "unroll")
-        names += ("zero_output_for_mask", "dtype", "param_dtype")
+        names += ("zero_output_for_mask", "dtype", "param_dtype", "dropout", "recurrent_dropout")
         return names + (("unit_forget_bias", "use_cudnn") if cell == "lstm" else ())
 
-    def __call__(self, inputs: Array, *, mask: Array | None = None, initial_state=None):
-        """``inputs: [batch, time, features]``; ``mask: [batch, time]`` bool (optional)."""
+    def __call__(
+        self,
+        inputs: Array,
+        *,
+        mask: Array | None = None,
+        initial_state=None,
+        deterministic: bool | None = None,
+        rngs: nnx.Rngs | None = None,
+    ):
+        """``inputs: [batch, time, features]``; ``mask: [batch, time]`` bool (optional).
+        With a dropout rate, training (``deterministic`` False, the attribute's value when
+        ``None``, as ``nnx.Dropout``) draws masks from ``rngs`` (or those given when built)."""
         lnn.check_rank(self, inputs)
         params = {name: getattr(self, name)[...] for name in _PARAMS}
-        return lnn.recurrent_call(self, params, inputs, mask=mask, initial_state=initial_state)
+        deterministic = self.deterministic if deterministic is None else deterministic
+        key = None
+        if not deterministic and (self.dropout or self.recurrent_dropout):
+            rngs = rngs if rngs is not None else self.rngs
+            key = rngs.dropout()
+        return lnn.recurrent_call(
+            self, params, inputs, mask=mask, initial_state=initial_state, key=key
+        )
 
 
 class LSTM(_Recurrent):
@@ -135,8 +158,8 @@ class Bidirectional(nnx.Module):
     def layer(self) -> _Recurrent:
         return self.forward
 
-    def __call__(self, inputs: Array, *, mask: Array | None = None):
-        return lnn.bidirectional_call(self, inputs, mask=mask)
+    def __call__(self, inputs: Array, *, mask: Array | None = None, deterministic=None):
+        return lnn.bidirectional_call(self, inputs, mask=mask, deterministic=deterministic)
 
 
 class Dense(nnx.Module):
@@ -191,8 +214,8 @@ class Sequential(nnx.Module):
     def layers(self) -> tuple[nnx.Module, ...]:
         return tuple(getattr(self, f"layers_{n}") for n in range(self.size))
 
-    def __call__(self, x: Array, *, mask: Array | None = None) -> Array:
-        return lnn.chain_call(self.layers, x, mask=mask)
+    def __call__(self, x: Array, *, mask: Array | None = None, deterministic=None) -> Array:
+        return lnn.chain_call(self.layers, x, mask=mask, deterministic=deterministic)
 
 
 class Classifier(nnx.Module):
@@ -212,12 +235,15 @@ class Classifier(nnx.Module):
         dtype: Any = None,
         unroll: int = 1,
         use_cudnn: str | bool = "auto",
+        dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
         rngs: nnx.Rngs,
     ):
         units = (units,) if isinstance(units, int | np.integer) else tuple(units)
         self.in_features, self.cell, self.units = in_features, cell, units
         self.num_classes, self.bidirectional, self.dtype = num_classes, bidirectional, dtype
         self.unroll, self.use_cudnn = unroll, use_cudnn
+        self.dropout, self.recurrent_dropout = dropout, recurrent_dropout
         names = []
         features = in_features
         for name, size, options in lnn.classifier_chain(self):
@@ -233,9 +259,9 @@ class Classifier(nnx.Module):
     def layers(self) -> tuple[nnx.Module, ...]:
         return tuple(getattr(self, name) for name in self.names)
 
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, *, mask: Array | None = None, deterministic=None) -> Array:
         """``x: [batch, time, features]`` -> logits ``[batch, num_classes]``."""
-        return lnn.classifier_call(self, x)
+        return lnn.classifier_call(self, x, mask=mask, deterministic=deterministic)
 
 
 def to_linen_variables(model: nnx.Module) -> dict:
@@ -285,6 +311,8 @@ _CLASSIFIER_OPTIONS = (
     "dtype",
     "unroll",
     "use_cudnn",
+    "dropout",
+    "recurrent_dropout",
 )
 
 

@@ -189,6 +189,12 @@ class SequenceOptions(TypedDict, total=False):
         previous output (the initial ``h``, zeros by default, before any valid step), as
         Keras 3 does. A row with no valid step returns its initial state.
       unroll: ``jax.lax.scan``'s unroll factor (``True`` unrolls fully).
+      dropout, recurrent_dropout: Keras's rates, from 0 (the default) to below 1, of the
+        inputs' and of ``h``'s units dropped before their projections, with masks drawn
+        once per sequence from ``key`` (``dropout_masks``); kept units are scaled by
+        ``1 / (1 - rate)``.
+      key: a ``jax.random`` key for dropout's masks; ``None`` (inference, Keras's
+        ``training=False``) drops nothing.
     """
 
     return_sequences: bool
@@ -197,6 +203,62 @@ class SequenceOptions(TypedDict, total=False):
     go_backwards: bool
     mask: Array | None
     unroll: int | bool
+    dropout: float
+    recurrent_dropout: float
+    key: Array | None
+
+
+def dropout_masks(
+    cell: Cell,
+    key: Array,
+    shape: tuple[int, int, int],
+    dropout: float,
+    recurrent_dropout: float,
+    dtype: Any = jnp.float32,
+) -> tuple[Array | None, Array | None]:
+    """``(m_x, m_h)``: dropout's masks for ``cell`` over sequences of ``shape`` ``(B, D,
+    U)``, as Keras 3 draws them, once per sequence (the same at every step): each kept unit
+    is ``1 / (1 - rate)``, each dropped one 0; ``None`` for a rate of 0. With recurrent
+    dropout, the LSTM and GRU draw one mask per gate, ``[gates, B, D]`` and ``[gates, B,
+    U]`` (Keras's ``implementation=1``); otherwise one for all gates, ``[B, D]``, ``[B, U]``.
+
+    >>> import jax
+    >>> m_x, m_h = dropout_masks(CELLS["lstm"], jax.random.key(0), (2, 3, 5), 0.5, 0.0)
+    >>> m_x.shape, m_h, sorted(set(m_x.ravel().tolist())) == [0.0, 2.0]
+    ((2, 3), None, True)
+    """
+    batch, input_dim, units = shape
+    per_gate = recurrent_dropout > 0 and cell.gates > 1
+
+    def draw(key, rate, size):
+        if rate == 0:
+            return None
+        keep = jax.random.bernoulli(
+            key, 1 - rate, (cell.gates, batch, size) if per_gate else (batch, size)
+        )
+        return jnp.where(keep, 1 / (1 - rate), 0).astype(dtype)
+
+    k_x, k_h = jax.random.split(key)
+    return draw(k_x, dropout, input_dim), draw(k_h, recurrent_dropout, units)
+
+
+def _dropout(cell: Cell, params: Params, inputs: Array, options: dict):
+    """``(inputs, masks)``: takes the dropout options out of ``options``; a mask shared by
+    every gate and step multiplies ``inputs`` here, once; ``masks`` are what the cell must
+    apply at each step (``(m_x, m_h)``), or None when it has none to apply."""
+    rates = options.pop("dropout", 0.0), options.pop("recurrent_dropout", 0.0)
+    key = options.pop("key", None)
+    for name, rate in zip(("dropout", "recurrent_dropout"), rates, strict=True):
+        if not 0 <= rate < 1:
+            raise ValueError(f"{cell.name}: {name} must be at least 0 and below 1; got {rate!r}")
+    if key is None or not any(rates):
+        return inputs, None
+    batch, _, input_dim = jnp.shape(inputs)
+    shape = (batch, input_dim, jnp.shape(params["recurrent_kernel"])[0])
+    m_x, m_h = dropout_masks(cell, key, shape, *rates, jnp.result_type(inputs))
+    if m_x is not None and m_x.ndim == 2:
+        inputs, m_x = inputs * m_x[:, None, :], None
+    return inputs, None if m_x is None and m_h is None else (m_x, m_h)
 
 
 def run_cell(
@@ -210,6 +272,7 @@ def run_cell(
     go_backwards: bool = False,
     mask: Array | None = None,
     unroll: int | bool = 1,
+    **dropout: Any,
 ):
     """Runs ``cell.step`` over ``inputs`` ``[batch, time, features]`` (floating point) with
     ``jax.lax.scan``, as Keras's recurrent layers do; ``lstm``, ``gru`` and ``simple_rnn``
@@ -228,6 +291,12 @@ def run_cell(
     """
     units = _check_params(cell, params)
     _check_inputs(cell.name, params, inputs, mask)
+    unknown = set(dropout) - {"dropout", "recurrent_dropout", "key", "masks"}
+    if unknown:
+        raise TypeError(f"{cell.name}: unexpected options {sorted(unknown)}")
+    masks = dropout.pop("masks", None)  # from lstm(), which drew them
+    if masks is None:
+        inputs, masks = _dropout(cell, params, inputs, dropout)
     batch = jnp.shape(inputs)[0]
     dtype = jnp.result_type(inputs, params["kernel"])
     carry = _initial_carry(cell, initial_state, batch, units, dtype)
@@ -241,12 +310,12 @@ def run_cell(
         xs = xs[::-1]
     carry = varying_like(carry, xs)  # inside shard_map, the scan's carry varies as xs does
 
-    if mask is None and cell.unmasked_scan is not None:
+    if mask is None and masks is None and cell.unmasked_scan is not None:
         hs, carry = cell.unmasked_scan(params, xs, carry, unroll)
     elif mask is None:
 
         def body(carry, x_t):
-            carry, h = cell.step(params, wrap(carry), x_t)
+            carry, h = _step(cell, params, wrap(carry), x_t, masks)
             return unwrap(carry), h
 
         carry, hs = jax.lax.scan(body, carry, xs, unroll=unroll)  # hs: [T, B, U]
@@ -257,7 +326,7 @@ def run_cell(
 
         def body(carry, step):
             x_t, m_t = step
-            new = unwrap(cell.step(params, wrap(carry), x_t)[0])
+            new = unwrap(_step(cell, params, wrap(carry), x_t, masks)[0])
             # A masked step keeps the previous state; its output repeats h_{t-1}.
             carry = tuple(jnp.where(m_t, n, o) for n, o in zip(new, carry, strict=True))
             return carry, carry[0]
@@ -268,6 +337,13 @@ def run_cell(
     if return_state:
         return (outputs, *carry)
     return outputs
+
+
+def _step(cell: Cell, params: Params, carry, x_t: Array, masks):
+    """``cell.step``, with dropout's ``masks`` when there are any."""
+    if masks is None:
+        return cell.step(params, carry, x_t)
+    return cell.step(params, carry, x_t, masks)
 
 
 def lstm(
@@ -302,6 +378,16 @@ def lstm(
     cell = CELLS["lstm"]
     if use_cudnn not in lstm_cudnn.USE_CUDNN:
         raise ValueError(f"lstm: use_cudnn must be 'auto', True or False; got {use_cudnn!r}")
+    _check_params(cell, params)
+    _check_inputs(cell.name, params, inputs, options.get("mask"))
+    inputs, masks = _dropout(cell, params, inputs, options)
+    if masks is not None:  # recurrent dropout: the cell applies masks at every step
+        if use_cudnn is True:
+            raise ValueError(
+                "lstm: use_cudnn=True, but cuDNN cannot run this LSTM: it has recurrent "
+                "dropout (in training); use_cudnn='auto' scans it"
+            )
+        return run_cell(cell, params, inputs, masks=masks, **options)
     unroll = options.get("unroll", 1)
     why = None if use_cudnn is False else lstm_cudnn.why_not(params, inputs, unroll=unroll)
     if use_cudnn is True and why is not None:

@@ -153,8 +153,6 @@ def _refused(*layers):
 @pytest.mark.parametrize(
     "model, message",
     [
-        (lambda: _refused(keras.layers.LSTM(U, dropout=0.2)), "'lstm.*' \\(LSTM\\): dropout=0.2"),
-        (lambda: _refused(keras.layers.GRU(U, recurrent_dropout=0.1)), "recurrent_dropout=0.1"),
         (lambda: _refused(keras.layers.LSTM(U, stateful=True)), "stateful=True"),
         (lambda: _refused(keras.layers.SimpleRNN(U, activation="relu")), "activation='relu'"),
         (
@@ -166,8 +164,8 @@ def _refused(*layers):
         (lambda: _refused(keras.layers.LSTM(U, return_state=True)), "return_state=True"),
         (lambda: _refused(keras.layers.LSTM(U, kernel_regularizer="l2")), "kernel_regularizer"),
         (
-            lambda: _refused(keras.layers.Bidirectional(keras.layers.LSTM(U, dropout=0.5))),
-            "'forward_lstm.*' \\(LSTM\\): dropout=0.5",
+            lambda: _refused(keras.layers.Bidirectional(keras.layers.LSTM(U, use_bias=False))),
+            "'forward_lstm.*' \\(LSTM\\): use_bias=False",
         ),
         (lambda: _refused(keras.layers.Dense(3, activation="hard_silu")), "activation='hard_silu'"),
         (lambda: _refused(keras.layers.LSTM(U), keras.layers.Dropout(0.5)), "\\(Dropout\\) is not"),
@@ -186,8 +184,6 @@ def _refused(*layers):
         ),
     ],
     ids=[
-        "dropout",
-        "recurrent_dropout",
         "stateful",
         "activation",
         "recurrent_activation",
