@@ -1,5 +1,6 @@
-"""Image classification data, from TensorFlow Datasets or from a ``.npz`` file in Keras's
-``mnist.npz`` layout (no TensorFlow needed), read as sequences.
+"""Classification data: images from TensorFlow Datasets or from a ``.npz`` file in Keras's
+``mnist.npz`` layout (no TensorFlow needed), read as sequences; or your own arrays
+(``from_arrays``): float sequences ``[N, T, F]``, with each one's length if they differ.
 
 Each image ``[H, W, C]`` becomes a sequence in one of three ways (``sequence=``):
 
@@ -34,6 +35,8 @@ import numpy as np
 
 from lstm_jax import console
 from lstm_jax.errors import DataError
+from lstm_jax.npz import load_npz as load_npz
+from lstm_jax.npz import save_npz as save_npz
 
 SEQUENCES = ("rows", "pixels", "permuted")
 PERMUTATION_SEED = 0  # fixed: every run of ``permuted`` reads pixels in the same order
@@ -41,22 +44,39 @@ PERMUTATION_SEED = 0  # fixed: every run of ``permuted`` reads pixels in the sam
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-    """``images: [N, H, W, C]`` uint8 and ``labels: [N]`` int32, on the host."""
+    """``images``: uint8 images ``[N, H, W, C]``, or float32 sequences ``[N, T, F]``
+    (``from_arrays``); ``labels: [N]`` int32; ``lengths``: ``[N]`` int32, each sequence's
+    valid steps (the rest is padding), or None. On the host."""
 
     images: np.ndarray
     labels: np.ndarray
+    lengths: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    def head(self, n: int) -> Split:
+        """The first ``n`` examples."""
+        lengths = None if self.lengths is None else self.lengths[:n]
+        return Split(self.images[:n], self.labels[:n], lengths)
+
+    def tail(self, n: int) -> Split:
+        """The examples from the ``n``-th on."""
+        lengths = None if self.lengths is None else self.lengths[n:]
+        return Split(self.images[n:], self.labels[n:], lengths)
+
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
+    """Three splits and their classes; ``from_arrays``: your own arrays (not a data set a
+    run can load again by its name)."""
+
     name: str
     train: Split
     validation: Split
     test: Split
     num_classes: int
+    from_arrays: bool = False
 
 
 def fingerprint(*splits: Split) -> str:
@@ -69,14 +89,16 @@ def fingerprint(*splits: Split) -> str:
     """
     digest = hashlib.sha256()
     for split in splits:
-        for array in (split.images, split.labels):
+        arrays = (split.images, split.labels)
+        for array in arrays if split.lengths is None else (*arrays, split.lengths):
             digest.update(f"{array.shape} {array.dtype.str};".encode())
             digest.update(np.ascontiguousarray(array).data)
     return digest.hexdigest()[:16]
 
 
 def to_sequences(images: jax.Array, sequence: str = "rows") -> jax.Array:
-    """``[B, H, W, C]`` uint8 images -> float32 ``[batch, time, features]`` in ``[0, 1]``.
+    """``[B, H, W, C]`` uint8 images -> float32 ``[batch, time, features]`` in ``[0, 1]``;
+    sequences ``[B, T, F]`` (``from_arrays``) are already that, and come back as they are.
 
     >>> import numpy as np
     >>> x = np.zeros((2, 28, 28, 1), np.uint8)
@@ -85,6 +107,8 @@ def to_sequences(images: jax.Array, sequence: str = "rows") -> jax.Array:
     """
     if sequence not in SEQUENCES:
         raise ValueError(f"sequence must be one of {SEQUENCES}; got {sequence!r}")
+    if images.ndim == 3:
+        return jnp.asarray(images, jnp.float32)
     b, h, w, c = images.shape
     x = jnp.asarray(images).astype(jnp.float32) / 255.0
     if sequence == "rows":
@@ -99,8 +123,10 @@ def _permutation(n: int) -> np.ndarray:
     return np.random.default_rng(PERMUTATION_SEED).permutation(n)
 
 
-def sequence_shape(image_shape: tuple[int, int, int], sequence: str) -> tuple[int, int]:
-    """``(time, features)`` of one image read as ``sequence``."""
+def sequence_shape(image_shape: tuple[int, ...], sequence: str) -> tuple[int, int]:
+    """``(time, features)`` of one image read as ``sequence``, or of one sequence."""
+    if len(image_shape) == 2:
+        return tuple(image_shape)
     h, w, c = image_shape
     return (h, w * c) if sequence == "rows" else (h * w, c)
 
@@ -332,76 +358,103 @@ def _held_out(name, train: Split, test: Split, validation_split: float, num_clas
     """The ``Dataset`` with the last ``validation_split`` of ``train`` held out (Keras's
     split point); ``num_classes`` from the labels when not given."""
     cut = math.floor(len(train) * (1 - validation_split))
-    splits = (
-        Split(train.images[:cut], train.labels[:cut]),
-        Split(train.images[cut:], train.labels[cut:]),
-        test,
-    )
+    splits = (train.head(cut), train.tail(cut), test)
     for split in splits:  # read-only: every epoch gathers its batches from these
-        split.images.flags.writeable = split.labels.flags.writeable = False
+        for array in (split.images, split.labels, split.lengths):
+            if array is not None:
+                array.flags.writeable = False
     if num_classes is None:
         num_classes = int(max(train.labels.max(), test.labels.max())) + 1
     return Dataset(name, *splits, num_classes=num_classes)
 
 
-_NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+def from_arrays(
+    x_train,
+    y_train,
+    *,
+    x_test,
+    y_test,
+    lengths_train=None,
+    lengths_test=None,
+    validation_split: float = 0.2,
+    num_classes: int | None = None,
+    name: str = "arrays",
+) -> Dataset:
+    """Your own data as the ``Dataset`` the trainer takes (``train_and_evaluate(..., data=)``).
 
-
-def load_npz(path: str | os.PathLike) -> tuple[Split, Split]:
-    """``(train, test)`` from a ``.npz`` in Keras's ``mnist.npz`` layout, the file
-    ``keras.datasets.mnist.load_data()`` caches: ``x_train`` and ``x_test`` uint8 images
-    ``[N, H, W]`` (or ``[N, H, W, C]``), ``y_train`` and ``y_test`` integer labels ``[N]``.
-    TFDS's MNIST training set is in the file's order, so both give the same validation split.
+    ``x_*`` are float sequences ``[N, T, F]`` (any float dtype, kept as float32, taken as
+    they are: scale them yourself), or uint8 images ``[N, H, W]`` / ``[N, H, W, C]`` (read as
+    the config's ``sequence``, as TFDS's are); ``y_*`` integer labels from 0, ``[N]``. With
+    ``lengths_train`` and ``lengths_test`` (ints ``[N]``, each from 1 to ``T``), step ``t``
+    of sequence ``n`` is padding when ``t >= lengths[n]``: the model is given the mask and
+    sees each sequence only up to its length (``lstm_jax.nn``'s layers keep the state across
+    padding, as Keras's masking does). As Keras's ``validation_split``, the last
+    ``validation_split`` of the training set is held out. ``num_classes``: by default one
+    more than the largest label.
 
     Raises:
-      DataError: the file is missing or unreadable, lacks a key, or holds arrays of another
-        shape or type; says which.
+      DataError: an array of another shape, type or range than this says; names which.
     """
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            missing = [k for k in _NPZ_KEYS if k not in f.files]
-            if missing:
-                raise DataError(
-                    f"{path} lacks {', '.join(missing)}: a data file needs x_train, y_train, "
-                    f"x_test, y_test (Keras's mnist.npz layout); it has {', '.join(f.files)}"
-                )
-            arrays = {k: f[k] for k in _NPZ_KEYS}
-    except (OSError, ValueError, EOFError) as e:
-        raise DataError(f"cannot read the data file {path}: {e}") from None
-    return tuple(_npz_split(path, arrays, part) for part in ("train", "test"))
-
-
-def save_npz(ds: Dataset, path: str | os.PathLike) -> None:
-    """Writes ``ds`` in Keras's ``mnist.npz`` layout, compressed, for a machine without
-    TensorFlow: its training set with the validation split back at its end, then its test
-    set; single-channel images as ``[N, H, W]``. ``load_npz`` reads it back."""
-
-    def images(*splits: Split) -> np.ndarray:
-        x = np.concatenate([s.images for s in splits])
-        return x[..., 0] if x.shape[-1] == 1 else x
-
-    labels = np.uint8 if ds.num_classes <= 256 else np.int32
-    np.savez_compressed(
-        path,
-        x_train=images(ds.train, ds.validation),
-        y_train=np.concatenate([ds.train.labels, ds.validation.labels]).astype(labels),
-        x_test=images(ds.test),
-        y_test=ds.test.labels.astype(labels),
-    )
-
-
-def _npz_split(path, arrays: dict, part: str) -> Split:
-    x, y = arrays[f"x_{part}"], arrays[f"y_{part}"]
-    if x.dtype != np.uint8 or x.ndim not in (3, 4):
+    train = _arrays_split("train", x_train, y_train, lengths_train)
+    test = _arrays_split("test", x_test, y_test, lengths_test)
+    if (train.lengths is None) != (test.lengths is None):
         raise DataError(
-            f"{path}: x_{part} must be uint8 images [N, H, W] or [N, H, W, C]; got "
-            f"{x.dtype} {list(x.shape)}"
+            "lengths_train and lengths_test go together: give both (the model is trained "
+            "and tested on masked sequences) or neither"
         )
-    y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
+    if train.images.shape[1:] != test.images.shape[1:] and train.images.ndim == 4:
+        raise DataError(
+            f"x_train's images are {list(train.images.shape[1:])} and x_test's "
+            f"{list(test.images.shape[1:])}: they must match"
+        )
+    if train.images.ndim != test.images.ndim or train.images.shape[-1] != test.images.shape[-1]:
+        raise DataError(
+            f"x_train {list(train.images.shape)} and x_test {list(test.images.shape)} must be "
+            "the same kind of data with the same features (the last axis)"
+        )
+    if not 0 < validation_split < 1:
+        raise DataError(
+            f"validation_split must be strictly between 0 and 1; got {validation_split}"
+        )
+    largest = int(max(train.labels.max(initial=0), test.labels.max(initial=0)))
+    if num_classes is not None and (num_classes <= largest):
+        raise DataError(f"num_classes is {num_classes}, but a label is {largest}")
+    ds = _held_out(name, train, test, validation_split, num_classes or largest + 1)
+    return dataclasses.replace(ds, from_arrays=True)
+
+
+def _arrays_split(part: str, x, y, lengths) -> Split:
+    """One ``from_arrays`` split, checked."""
+    x, y = np.asarray(x), np.asarray(y)
+    images = x.dtype == np.uint8 and x.ndim in (3, 4)
+    if not (images or (np.issubdtype(x.dtype, np.floating) and x.ndim == 3)) or x.size == 0:
+        raise DataError(
+            f"x_{part} must be float sequences [N, T, F] or uint8 images [N, H, W(, C)], none "
+            f"empty; got {x.dtype} {list(x.shape)}"
+        )
+    if not images and not np.isfinite(x).all():
+        raise DataError(f"x_{part} holds NaN or infinite values; pad with finite values (0)")
     if not np.issubdtype(y.dtype, np.integer) or y.shape != x.shape[:1] or (y < 0).any():
         raise DataError(
-            f"{path}: y_{part} must be integer labels from 0, one per image ([{len(x)}]); "
-            f"got {y.dtype} {list(y.shape)}"
+            f"y_{part} must be integer labels from 0, one per example ([{len(x)}]); got "
+            f"{y.dtype} {list(y.shape)}"
         )
-    images = x[..., None] if x.ndim == 3 else x
-    return Split(np.ascontiguousarray(images), y.astype(np.int32))
+    if lengths is not None:
+        lengths = np.asarray(lengths)
+        steps = x.shape[1]
+        if images:
+            raise DataError(f"lengths_{part} are for sequences [N, T, F], not images")
+        if not np.issubdtype(lengths.dtype, np.integer) or lengths.shape != y.shape:
+            raise DataError(
+                f"lengths_{part} must be ints, one per sequence ([{len(x)}]); got "
+                f"{lengths.dtype} {list(lengths.shape)}"
+            )
+        if (lengths < 1).any() or (lengths > steps).any():
+            raise DataError(
+                f"lengths_{part} must be from 1 to {steps} (x_{part}'s time steps); got "
+                f"{int(lengths.min())} to {int(lengths.max())}"
+            )
+        lengths = np.ascontiguousarray(lengths, np.int32)
+    x = x[..., None] if images and x.ndim == 3 else x
+    x = np.ascontiguousarray(x, np.uint8 if images else np.float32)
+    return Split(x, np.ascontiguousarray(y, np.int32), lengths)

@@ -91,7 +91,8 @@ def batches_on_mesh(
     split: data_lib.Split, order: np.ndarray, batch_size: int, mesh: Mesh
 ) -> dict[str, jax.Array]:
     """The examples of ``split`` in ``order`` as batches on ``mesh``: ``image`` (``uint8
-    [steps, batch, H, W, C]``), ``label`` and ``weight`` (``[steps, batch]``), the last
+    [steps, batch, H, W, C]``, or sequences ``[steps, batch, T, F]``), ``label`` and
+    ``weight`` (``[steps, batch]``), and ``length`` where the split has lengths, the last
     batch padded with weight 0, each batch split across the mesh's devices
     (``P(None, "data")``).
 
@@ -113,11 +114,14 @@ def batches_on_mesh(
             shape, sharding, lambda i: data_lib.gather(array, index[i[:2]])
         )
 
-    return {
+    batches = {
         "image": place(split.images),
         "label": place(split.labels),
         "weight": jax.make_array_from_callback(weight.shape, sharding, lambda i: weight[i]),
     }
+    if split.lengths is not None:
+        batches["length"] = place(split.lengths)
+    return batches
 
 
 def eval_batch_size(config: Config, mesh: Mesh) -> int:
