@@ -43,6 +43,10 @@ examples:
 def _settings() -> dict[str, dict[str, dict]]:
     """The flags of ``Config``'s settings, by group: ``add_argument``'s options for each;
     every default is ``Config``'s. ``flag`` names a flag other than ``--setting-name``."""
+    return {**_model_and_recipe(), **_data_and_run()}
+
+
+def _model_and_recipe() -> dict[str, dict[str, dict]]:
     return {
         "model": {
             "cell": dict(choices=training.CELLS, help="the recurrent layer"),
@@ -53,6 +57,12 @@ def _settings() -> dict[str, dict[str, dict]]:
             ),
             "bidirectional": dict(
                 action="store_true", help="read each sequence both ways (Keras's Bidirectional)"
+            ),
+            "dropout": dict(
+                type=float, metavar="RATE", help="inputs' units dropped in training, as Keras's"
+            ),
+            "recurrent_dropout": dict(
+                type=float, metavar="RATE", help="h's units dropped in training, as Keras's"
             ),
         },
         "recipe": {
@@ -65,7 +75,26 @@ def _settings() -> dict[str, dict[str, dict]]:
                 choices=training.PRECISIONS,
                 help="bfloat16: compute in bfloat16, parameters in float32 (for accelerators)",
             ),
+            "clipnorm": dict(
+                type=float, metavar="NORM", help="clip the gradients' global norm to NORM"
+            ),
+            "lr_schedule": dict(
+                choices=training.LR_SCHEDULES,
+                help="the learning rate over the run (optax's schedules; reduce_on_plateau "
+                "halves it after 2 epochs without a lower training loss)",
+            ),
+            "early_stopping": dict(
+                type=int,
+                metavar="PATIENCE",
+                help="stop after PATIENCE epochs without a lower val_loss, keeping the best "
+                "epoch's weights",
+            ),
         },
+    }
+
+
+def _data_and_run() -> dict[str, dict[str, dict]]:
+    return {
         "data": {
             "dataset": dict(
                 help="a TFDS image classification data set (mnist, fashion_mnist, ...), or a "
@@ -91,6 +120,10 @@ def _settings() -> dict[str, dict[str, dict]]:
         },
         "run": {
             "progress": dict(flag="--no-progress", action="store_false", help="no progress bar"),
+            "tensorboard": dict(
+                action="store_true",
+                help="write TensorBoard scalars to WORKDIR/tensorboard (tensorboard --logdir)",
+            ),
         },
     }
 

@@ -18,6 +18,8 @@ OPTIMIZERS = ("adam", "sgd", "rmsprop", "adamw")
 
 PRECISIONS = ("float32", "bfloat16")
 
+LR_SCHEDULES = ("constant", "cosine", "warmup_cosine", "reduce_on_plateau")
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Config:
@@ -42,6 +44,14 @@ class Config:
     progress: bool = True
     # Cap on training examples; None uses them all. For quick runs (notebooks, smoke tests).
     max_train_examples: int | None = None
+    # Keras's LSTM(dropout=..., recurrent_dropout=...) for each recurrent layer.
+    dropout: float = 0.0
+    recurrent_dropout: float = 0.0
+    clipnorm: float | None = None  # clip the gradients' global norm to this
+    lr_schedule: str = "constant"  # one of LR_SCHEDULES (lstm_jax.optim)
+    # Stop after this many epochs without a lower val_loss, keeping the best epoch's weights.
+    early_stopping: int | None = None
+    tensorboard: bool = False  # write TensorBoard scalars into the workdir
 
     def __post_init__(self):
         object.__setattr__(self, "units", tuple(self.units))
@@ -79,6 +89,19 @@ class Config:
             "max_train_examples",
             "positive",
         )
+        for rate in ("dropout", "recurrent_dropout"):
+            need(0 <= getattr(self, rate) < 1, rate, "at least 0 and below 1 (Keras's rates)")
+        need(
+            self.clipnorm is None or 0 < self.clipnorm < float("inf"),
+            "clipnorm",
+            "positive and finite",
+        )
+        need(self.lr_schedule in LR_SCHEDULES, "lr_schedule", one_of(LR_SCHEDULES))
+        need(
+            self.early_stopping is None or self.early_stopping > 0,
+            "early_stopping",
+            "a positive number of epochs (the patience)",
+        )
 
 
 # Settings a resumed run may change; every other one stays as the run was started.
@@ -90,6 +113,7 @@ RESUMABLE = (
     "download",
     "distributed",
     "resume",
+    "tensorboard",
 )
 
 

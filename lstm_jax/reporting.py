@@ -158,9 +158,14 @@ def print_setup(config, ds, train, model, input_shape, print_fn) -> None:
         f"devices: {len(every)} x {', '.join(kinds)} ({jax.default_backend()}), "
         f"{jax.process_count()} process(es)"
     )
+    read = f"each image read as {config.sequence}"
+    if train.images.ndim == 3:
+        _, steps, features = train.images.shape
+        lengths = "" if train.lengths is None else ", each to its length (masked)"
+        read = f"sequences of {steps} steps x {features} features{lengths}"
     print_fn(
         f"data: {ds.name}: {len(train):,} train, {len(ds.validation):,} validation, "
-        f"{len(ds.test):,} test; each image read as {config.sequence}"
+        f"{len(ds.test):,} test; {read}"
     )
     params_lib.summary(model, (None, *input_shape), print_fn=print_fn)
 
@@ -186,6 +191,41 @@ def metrics(config, model, history, *, mesh, splits, params, test) -> dict:
 
 def silent(_: str) -> None:
     pass
+
+
+class Scalars:
+    """``--tensorboard``: each epoch's loss, accuracy, learning rate and time as TensorBoard
+    scalars (``flax.metrics.tensorboard``, as the flax examples write them) in ``directory``,
+    for ``tensorboard --logdir``. A context manager; one writer, on process 0."""
+
+    TAGS = (
+        ("train_loss", "loss/train"),
+        ("val_loss", "loss/validation"),
+        ("train_accuracy", "accuracy/train"),
+        ("val_accuracy", "accuracy/validation"),
+        ("learning_rate", "learning_rate"),
+        ("epoch_seconds", "epoch_seconds"),
+    )
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = directory
+
+    def __enter__(self) -> Scalars:
+        from lstm_jax import console
+
+        with console.native_log_held():  # TensorFlow's start-up lines
+            from flax.metrics import tensorboard
+
+            self._writer = tensorboard.SummaryWriter(str(self.directory))
+        return self
+
+    def write(self, record: dict) -> None:
+        for key, tag in self.TAGS:
+            self._writer.scalar(tag, record[key], record["epoch"])
+        self._writer.flush()
+
+    def __exit__(self, *exc) -> None:
+        self._writer.close()
 
 
 def plot_curves(

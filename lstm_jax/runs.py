@@ -8,7 +8,9 @@ needed to use it without the code that trained it:
 * ``format``: ``FORMAT``, the version of this layout;
 * ``model``: the Flax module as data (``module_spec``), rebuilt by ``module_from_spec``;
 * ``config``: the run's ``Config``, ``history``: one record per epoch;
-* ``num_classes``, ``image_shape`` (``[H, W, C]``) and ``input_shape`` (``[T, F]``).
+* ``num_classes``, ``image_shape`` (``[H, W, C]``, or ``[T, F]`` for sequences) and
+  ``input_shape`` (``[T, F]``);
+* ``data``: the data's name and shapes, whether it was your own arrays and had lengths.
 
 Arrays are restored onto the loading process's own devices, whatever the run trained on::
 
@@ -30,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lstm_jax import calls as calls_lib
 from lstm_jax import data as data_lib
 from lstm_jax import sharding, steps
 from lstm_jax.checkpoints import Checkpointer, CheckpointError, CheckpointGone, finished_epochs
@@ -137,16 +140,22 @@ def model_spec_or_reason(model: nn.Module) -> dict:
 # --------------------------------------------------------------------------------------
 
 
-def new_meta(model: nn.Module, num_classes: int, image_shape, input_shape, config) -> dict:
+def new_meta(model: nn.Module, ds: data_lib.Dataset, image_shape, input_shape, config) -> dict:
     """What every checkpoint of a new run saves besides its history (``history`` is added
     at each save): the module docstring's list."""
     return {
         "format": FORMAT,
         "model": model_spec_or_reason(model),
-        "num_classes": num_classes,
+        "num_classes": ds.num_classes,
         "image_shape": list(image_shape),
         "input_shape": list(input_shape),
         "config": dataclasses.asdict(config),
+        "data": {
+            "name": ds.name,
+            "from_arrays": ds.from_arrays,
+            "train": [len(ds.train), *image_shape],
+            "lengths": ds.train.lengths is not None,
+        },
     }
 
 
@@ -229,8 +238,10 @@ def resume_config(workdir: str | os.PathLike, **changes: Any) -> Config:
 class Run:
     """A trained model with what it was trained on; ``load_run`` makes one.
 
-    ``params`` are on the loading process's default device. ``config`` is the run's
-    ``training.Config``, ``history`` its per-epoch records, ``epoch`` the checkpoint's.
+    ``params`` are on the loading process's default device (with early stopping, the best
+    epoch's), ``model_state`` the model's other collections (e.g. ``batch_stats``).
+    ``config`` is the run's ``training.Config``, ``history`` its per-epoch records,
+    ``epoch`` the checkpoint's; ``data`` what the run's data was (``new_meta``).
     """
 
     workdir: pathlib.Path
@@ -240,11 +251,22 @@ class Run:
     history: list[dict]
     epoch: int
     num_classes: int
-    image_shape: tuple[int, int, int]
+    image_shape: tuple[int, ...]
     input_shape: tuple[int, int]
+    model_state: dict = dataclasses.field(default_factory=dict)
+    data: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
-        self._logits = jax.jit(lambda params, x: self.model.apply({"params": params}, x))
+        calls = calls_lib.calls_of(self.model, {"params": {}, **self.model_state})
+        self._calls = calls
+
+        def logits(variables, x, mask):
+            rngs = calls_lib.eval_rngs(self.config.seed)
+            return calls_lib.apply(
+                self.model.apply, calls, variables, x, train=False, rngs=rngs, mask=mask
+            )[0]
+
+        self._logits = jax.jit(logits)
 
     @property
     def nnx_model(self):
@@ -262,6 +284,8 @@ class Run:
         read as the run's ``config.sequence``; floating-point ``[N, T, F]`` are taken as
         already prepared."""
         x = np.asarray(inputs)
+        if len(self.image_shape) == 2:
+            return self._own_sequences(x)
         h, w, c = self.image_shape
         image, floating = ((h, w), (h, w, c)), np.issubdtype(x.dtype, np.floating)
         if x.dtype == np.uint8 and x.ndim in (3, 4) and x.shape[1:] in image:
@@ -288,9 +312,38 @@ class Run:
             f"{list(x.shape)}"
         )
 
-    def logits(self, inputs, *, batch_size: int = 1024) -> np.ndarray:
+    def _own_sequences(self, x: np.ndarray) -> jax.Array:
+        """``sequences`` for a run of your own sequences: float ``[N, T, F]``, ``T`` any
+        length (padding beyond each sequence's length is masked)."""
+        features = self.input_shape[-1]
+        if not (np.issubdtype(x.dtype, np.floating) and x.ndim == 3 and x.shape[2] == features):
+            raise ValueError(
+                f"expected float sequences [N, T, {features}], as the run's data; got "
+                f"{x.dtype} {list(x.shape)}"
+            )
+        return jnp.asarray(x, jnp.float32)
+
+    def _mask(self, lengths, x: jax.Array) -> jax.Array | None:
+        if lengths is None:
+            return None
+        lengths = np.asarray(lengths)
+        if not self._calls.takes_mask:
+            raise ValueError(
+                f"lengths: the run's model, a {type(self.model).__name__}, takes no mask"
+            )
+        if lengths.shape != x.shape[:1] or not np.issubdtype(lengths.dtype, np.integer):
+            raise ValueError(
+                f"lengths must be ints, one per sequence ([{len(x)}]); got {lengths.dtype} "
+                f"{list(lengths.shape)}"
+            )
+        if len(lengths) and ((lengths < 1).any() or (lengths > x.shape[1]).any()):
+            raise ValueError(f"lengths must be from 1 to {x.shape[1]} (the sequences' steps)")
+        return calls_lib.lengths_mask(lengths, x.shape[1])
+
+    def logits(self, inputs, *, lengths=None, batch_size: int = 1024) -> np.ndarray:
         """The model's output for ``inputs`` (see ``sequences``), ``[N, num_classes]``,
-        computed ``batch_size`` examples at a time."""
+        computed ``batch_size`` examples at a time; ``lengths`` (ints ``[N]``) masks each
+        sequence's steps from its length on, as the run's data was."""
         if (
             isinstance(batch_size, bool)
             or not isinstance(batch_size, int | np.integer)
@@ -298,8 +351,15 @@ class Run:
         ):
             raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
         x = self.sequences(inputs)
+        mask = self._mask(lengths, x)
+        variables = {"params": self.params, **self.model_state}
         out = [
-            self._logits(self.params, x[i : i + batch_size]) for i in range(0, len(x), batch_size)
+            self._logits(
+                variables,
+                x[i : i + batch_size],
+                None if mask is None else mask[i : i + batch_size],
+            )
+            for i in range(0, len(x), batch_size)
         ]
         return (
             np.concatenate([np.asarray(o) for o in out])
@@ -307,19 +367,41 @@ class Run:
             else np.zeros((0, self.num_classes), np.float32)
         )
 
-    def predict_proba(self, inputs, *, batch_size: int = 1024) -> np.ndarray:
+    def predict_proba(self, inputs, *, lengths=None, batch_size: int = 1024) -> np.ndarray:
         """Class probabilities ``[N, num_classes]`` (the softmax of ``logits``)."""
-        return np.asarray(jax.nn.softmax(self.logits(inputs, batch_size=batch_size), axis=-1))
+        logits = self.logits(inputs, lengths=lengths, batch_size=batch_size)
+        return np.asarray(jax.nn.softmax(logits, axis=-1))
 
-    def predict(self, inputs, *, batch_size: int = 1024) -> np.ndarray:
-        """Class ids ``[N]`` for ``inputs``: uint8 images or prepared sequences."""
-        return np.argmax(self.logits(inputs, batch_size=batch_size), axis=-1)
+    def predict(self, inputs, *, lengths=None, batch_size: int = 1024) -> np.ndarray:
+        """Class ids ``[N]`` for ``inputs``: uint8 images or prepared sequences (with
+        ``lengths``, as ``logits``)."""
+        return np.argmax(self.logits(inputs, lengths=lengths, batch_size=batch_size), axis=-1)
 
-    def evaluate(self, split: str = "test", *, data_dir: str | None = None, download: bool = True):
+    def evaluate(
+        self,
+        split: str = "test",
+        *,
+        data_dir: str | None = None,
+        download: bool = True,
+        data: data_lib.Dataset | None = None,
+    ):
         """Loss and accuracy on a split of the run's data set (``test``, ``validation`` or
-        ``train``): ``{"split", "examples", "loss", "accuracy"}``."""
+        ``train``): ``{"split", "examples", "loss", "accuracy"}``. A run of your own arrays
+        needs them again: ``data``."""
+        if data is None and self.data.get("from_arrays"):
+            raise ValueError(
+                f"the run trained on your own arrays ({self.data.get('name')}), which it does "
+                "not keep: evaluate(split, data=data.from_arrays(...))"
+            )
         return steps.evaluate_params(
-            self.config, self.model, self.params, split, data_dir=data_dir, download=download
+            self.config,
+            self.model,
+            self.params,
+            split,
+            data_dir=data_dir,
+            download=download,
+            data=data,
+            model_state=self.model_state,
         )
 
 
@@ -371,10 +453,13 @@ def _load_newest(workdir: str | os.PathLike, model: nn.Module | None) -> Run:
         state, meta = checkpointer.restore(epoch, abstract)
     finally:
         checkpointer.close()
+    best = getattr(state, "best", None) or {"params": state.params}
     return Run(
         workdir=directory.parent,
         model=model,
-        params=state.params,
+        params=best["params"],
+        model_state=dict(best.get("model_state") or getattr(state, "model_state", {})),
+        data=dict(meta.get("data", {})),
         config=config,
         history=list(meta["history"]),
         epoch=epoch,

@@ -12,9 +12,11 @@ state, one optimizer step, and the jitted epoch functions built from it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import flax
 import flax.linen as nn
 import jax
 import jax.flatten_util
@@ -24,7 +26,8 @@ from flax.training import train_state
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from lstm_jax import _jax_compat, sharding
+from lstm_jax import _jax_compat, optim, sharding
+from lstm_jax import calls as calls_lib
 from lstm_jax import data as data_lib
 from lstm_jax import nn as lnn
 from lstm_jax.config import Config
@@ -39,38 +42,91 @@ def make_model(config: Config, num_classes: int) -> nn.Module:
         num_classes=num_classes,
         bidirectional=config.bidirectional,
         dtype=dtype,
+        dropout=config.dropout,
+        recurrent_dropout=config.recurrent_dropout,
     )
 
 
-def make_optimizer(config: Config) -> optax.GradientTransformation:
-    """Keras's defaults for each optimizer (epsilon 1e-7, RMSprop rho 0.9, AdamW decay 0.004).
+class TrainState(train_state.TrainState):
+    """Flax's ``TrainState`` and what some runs also carry: ``model_state``, the model's
+    collections besides ``params`` (``calls.Calls.collections``, e.g. ``batch_stats``), and
+    ``best``, with early stopping: ``{"params": ..., "model_state": ...}`` of the epoch of
+    lowest validation loss so far. Runs with neither use Flax's own ``TrainState`` (and
+    checkpoints of its shape)."""
 
-    The optimizer runs on all parameters as one flat vector (``optax.flatten``; its state,
-    e.g. Adam's moments, is flat too): the same elementwise update, but XLA compiles a few
-    kernels for it instead of a few per parameter array, so the epoch compiles faster
-    (``benchmarks/NOTES.md``).
-    """
-    lr = config.learning_rate
-    optimizer = {
-        "adam": lambda: optax.adam(lr, eps=1e-7),
-        "sgd": lambda: optax.sgd(lr),
-        "rmsprop": lambda: optax.rmsprop(lr, decay=0.9, eps=1e-7),
-        "adamw": lambda: optax.adamw(lr, eps=1e-7, weight_decay=0.004),
-    }[config.optimizer]()
-    return optax.flatten(optimizer)
+    model_state: Any = flax.struct.field(default_factory=dict)
+    best: Any = None
+
+
+def model_calls(model: nn.Module, input_shape: tuple[int, int]) -> calls_lib.Calls:
+    """How the trainer calls ``model`` on ``[batch, *input_shape]`` (``lstm_jax.calls``)."""
+    return calls_lib.calls_of(model, init_variables(model, input_shape, abstract=True))
+
+
+def init_variables(model, input_shape, *, seed: int = 0, abstract: bool = False) -> dict:
+    """``model``'s variables from ``seed``, as Keras would initialise them (``abstract``: only
+    their shapes)."""
+    key = jax.random.fold_in(jax.random.key(seed), 0)
+    kwargs = calls_lib.calls_of(model).kwargs(train=False)
+    x = jnp.zeros((1, *input_shape), jnp.float32)
+    rngs = {"params": key, "dropout": jax.random.fold_in(key, 1)}
+
+    def init(rngs, x):
+        return model.init(rngs, x, **kwargs)
+
+    # Jitted: one XLA compilation, not one per operation run eagerly (whose executables
+    # stay cached, in memory). The values are the same.
+    variables = jax.eval_shape(init, rngs, x) if abstract else jax.jit(init)(rngs, x)
+    return dict(variables)
 
 
 def create_train_state(
-    config: Config, model: nn.Module, input_shape: tuple[int, int]
+    config: Config,
+    model: nn.Module,
+    input_shape: tuple[int, int],
+    *,
+    variables: dict | None = None,
+    steps_per_epoch: int = 1,
 ) -> train_state.TrainState:
-    """Initialises parameters from ``config.seed`` (as Keras would) and the optimizer."""
-    key = jax.random.fold_in(jax.random.key(config.seed), 0)
-    # Jitted: one XLA compilation, not one per operation run eagerly (whose executables
-    # stay cached, in memory). The values are the same.
-    params = jax.jit(model.init)(key, jnp.zeros((1, *input_shape), jnp.float32))["params"]
-    return train_state.TrainState.create(
-        apply_fn=model.apply, params=params, tx=make_optimizer(config)
+    """Initialises the variables from ``config.seed`` (as Keras would), or takes the given
+    ``variables`` (``{"params": ..., **collections}``), and the optimizer."""
+    initial = init_variables(model, input_shape, seed=config.seed)
+    if variables is not None:
+        initial = _given_variables(initial, variables)
+    calls = calls_lib.calls_of(model, initial)
+    tx = optim.make_optimizer(config, steps_per_epoch)
+    params = initial["params"]
+    if not calls.collections and config.early_stopping is None:
+        return train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+    model_state = {k: initial[k] for k in calls.collections}
+    best = None
+    if config.early_stopping is not None:
+        best = jax.tree.map(jnp.copy, {"params": params, "model_state": model_state})
+    return TrainState.create(
+        apply_fn=model.apply, params=params, tx=tx, model_state=model_state, best=best
     )
+
+
+def _given_variables(initial: dict, given: Any) -> dict:
+    """``given`` (``{"params": ..., **collections}`` or a bare parameter tree) in place of
+    the model's ``initial`` variables, whose structure and shapes it must have; dtypes are
+    cast to the model's. A collection ``given`` lacks keeps its initial value."""
+    given = dict(given) if isinstance(given, Mapping) and "params" in given else {"params": given}
+    kept = {k: v for k, v in initial.items() if k not in calls_lib.NOT_KEPT or k == "params"}
+    given = {**kept, **given}
+    want, got = jax.tree.map(jnp.shape, kept), jax.tree.map(jnp.shape, given)
+    if want != got:
+        raise ConfigError(
+            "variables",
+            f"variables do not fit the model: it has {_describe(want)}; got {_describe(got)}",
+        )
+    return jax.tree.map(lambda v, i: jnp.asarray(v, i.dtype), given, kept)
+
+
+def _describe(shapes: dict) -> str:
+    leaves = jax.tree_util.tree_leaves_with_path(shapes, is_leaf=lambda x: isinstance(x, tuple))
+    text = ", ".join(f"{jax.tree_util.keystr(p)}: {list(s)}" for p, s in leaves)
+    return text[:600]
 
 
 def loss_and_metrics(logits: jax.Array, labels: jax.Array, weights: jax.Array):
@@ -87,47 +143,80 @@ def loss_and_metrics(logits: jax.Array, labels: jax.Array, weights: jax.Array):
     return jnp.stack([jnp.sum(losses * weights), jnp.sum(correct * weights), jnp.sum(weights)])
 
 
-def train_step(state, batch: dict[str, jax.Array], *, mesh: Mesh, sequence: str = "rows"):
+def train_step(
+    state,
+    batch: dict[str, jax.Array],
+    *,
+    mesh: Mesh,
+    sequence: str = "rows",
+    calls: calls_lib.Calls = calls_lib.Calls(),
+    seed: int = 0,
+    needs_loss: bool = False,
+):
     """One optimizer step on ``batch``; returns ``(state, sums, loss)``.
 
-    ``batch`` holds ``image`` (``uint8 [B, H, W, C]``, read as ``sequence``), ``label``
-    (``[B]``) and ``weight`` (``[B]``, 0 for padding); ``sums`` is ``[loss_sum, correct,
-    count]`` over the weighted examples.
+    ``batch`` holds ``image`` (``uint8 [B, H, W, C]``, read as ``sequence``, or float
+    sequences ``[B, T, F]``), ``label`` (``[B]``), ``weight`` (``[B]``, 0 for padding) and,
+    for sequences of given lengths, ``length`` (``[B]``: the model gets ``mask=``); ``sums``
+    is ``[loss_sum, correct, count]`` over the weighted examples. The model is called as
+    ``calls`` says (``lstm_jax.calls``), with this step's keys (``calls.step_rngs``: from
+    ``seed``, the step and the device); ``needs_loss``: the optimizer's update takes the loss.
 
     The loss is the mean over the batch's real examples, as Keras averages a smaller
     final batch over its own examples.
 
     Data parallel over ``mesh``: each device computes the gradient of its own slice of
-    the batch (``jax.shard_map``), and the gradients and sums are added across devices.
-    The model then runs on per-device arrays, so the LSTM's backward pass keeps its
-    weight-gradient sum on the device for all time steps; left to XLA's automatic
-    partitioning, that sum was all-reduced at every step (``benchmarks/NOTES.md``).
+    the batch (``jax.shard_map``), and the gradients, sums and updated collections are
+    added across devices (the collections then averaged). The model then runs on
+    per-device arrays, so the LSTM's backward pass keeps its weight-gradient sum on the
+    device for all time steps; left to XLA's automatic partitioning, that sum was
+    all-reduced at every step (``benchmarks/NOTES.md``). ``check_vma=False``: a module may
+    scan over a carry it makes itself, which JAX's varying-axes check would refuse; the
+    program compiled for lstm_jax's own models is the same either way.
     """
 
-    def grads_and_sums(params, images, labels, weights):
-        x = data_lib.to_sequences(images, sequence)  # [B, T, F]
+    def grads_and_sums(params, model_state, batch, step):
+        x = data_lib.to_sequences(batch["image"], sequence)  # [B, T, F]
+        mask = calls_lib.lengths_mask(batch["length"], x.shape[1]) if "length" in batch else None
+        rngs = calls_lib.step_rngs(seed, step, jax.lax.axis_index("data"))
         # Each device's own gradient (shard_map would otherwise sum each parameter's
         # gradient across devices itself, one all-reduce operand per array).
         params = jax.tree.map(lambda p: _jax_compat.pvary(p, ("data",)), params)
 
         def loss_sum(params):
-            logits = state.apply_fn({"params": params}, x)  # [B, classes]
-            sums = loss_and_metrics(logits, labels, weights)
-            return sums[0], sums
+            variables = {"params": params, **model_state}
+            logits, updated = calls_lib.apply(
+                state.apply_fn, calls, variables, x, train=True, rngs=rngs, mask=mask
+            )  # logits: [B, classes]
+            sums = loss_and_metrics(logits, batch["label"], batch["weight"])
+            return sums[0], (sums, updated)
 
-        grads, sums = jax.grad(loss_sum, has_aux=True)(params)
+        grads, (sums, updated) = jax.grad(loss_sum, has_aux=True)(params)
         # Gradients and sums summed across devices as one flat vector: XLA:CPU's
         # all-reduce meets the other devices once per operand, and each meeting waits.
-        flat, unflatten = jax.flatten_util.ravel_pytree((grads, sums))
+        flat, unflatten = jax.flatten_util.ravel_pytree((grads, sums, updated))
         return unflatten(jax.lax.psum(flat, "data"))
 
-    split = P("data")
-    grads, sums = jax.shard_map(
-        grads_and_sums, mesh=mesh, in_specs=(P(), split, split, split), out_specs=P()
-    )(state.params, batch["image"], batch["label"], batch["weight"])
+    model_state = getattr(state, "model_state", {})
+    grads, sums, updated = jax.shard_map(
+        grads_and_sums,
+        mesh=mesh,
+        in_specs=(P(), P(), P("data"), P()),
+        out_specs=P(),
+        check_vma=False,
+    )(state.params, model_state, batch, state.step)
     count = jnp.maximum(sums[2], 1)
     grads = jax.tree.map(lambda g: g / count, grads)
-    return state.apply_gradients(grads=grads), sums, sums[0] / count
+    loss = sums[0] / count
+    if needs_loss:  # as state.apply_gradients, with the loss for the optimizer
+        updates, opt_state = state.tx.update(grads, state.opt_state, state.params, value=loss)
+        params = optax.apply_updates(state.params, updates)
+        state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    else:
+        state = state.apply_gradients(grads=grads)
+    if calls.collections:
+        state = state.replace(model_state=jax.tree.map(lambda v: v / mesh.size, updated))
+    return state, sums, loss
 
 
 def make_epoch_fns(
@@ -136,8 +225,10 @@ def make_epoch_fns(
     mesh: Mesh,
     n_train: int,
     on_step: Callable[[int, float, float], None] | None = None,
+    calls: calls_lib.Calls | None = None,
 ):
-    """Builds the jitted ``train_epoch`` and ``evaluate`` for one run.
+    """Builds the jitted ``train_epoch`` and ``evaluate`` for one run, calling ``model`` as
+    ``calls`` says (by default, as its ``__call__``'s signature says, with no collections).
 
     ``on_step(step, loss_sum, count)``, if given, is called from inside the jitted epoch
     (``jax.debug.callback``) about 50 times an epoch and after its last step, e.g. to draw a
@@ -149,11 +240,20 @@ def make_epoch_fns(
     ``bad_step`` is ``-1``, or the first step whose loss or updated parameters were not
     finite, after which the state is left as it was before that step.
 
-    ``evaluate(params, batches) -> sums`` runs over a split's batches (in fixed order, of
-    ``eval_batch_size``).
+    ``evaluate(params, batches, model_state=None) -> sums`` runs over a split's batches (in
+    fixed order, of ``eval_batch_size``), the model in evaluation mode.
     """
+    calls = calls_lib.calls_of(model) if calls is None else calls
     replicated = sharding.replicated(mesh)
     report_every = max(1, -(-n_train // config.batch_size) // 50)
+    step = functools.partial(
+        train_step,
+        mesh=mesh,
+        sequence=config.sequence,
+        calls=calls,
+        seed=config.seed,
+        needs_loss=optim.needs_loss(config),
+    )
 
     def train_epoch(state, batches):
         steps = batches["label"].shape[0]
@@ -161,9 +261,7 @@ def make_epoch_fns(
         def body(carry, xs):
             state, sums, bad_step = carry
             i, batch = xs
-            new_state, batch_sums, loss = train_step(
-                state, batch, mesh=mesh, sequence=config.sequence
-            )
+            new_state, batch_sums, loss = step(state, batch)
             finite = jnp.stack([jnp.isfinite(p).all() for p in jax.tree.leaves(new_state.params)])
             ok = jnp.isfinite(loss) & finite.all() & (bad_step < 0)
             state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_state, state)
@@ -181,10 +279,18 @@ def make_epoch_fns(
         (state, sums, bad_step), _ = jax.lax.scan(body, init, (jnp.arange(steps), batches))
         return state, sums, bad_step
 
-    def evaluate(params, batches):
+    def evaluate(params, batches, model_state=None):
+        variables = {"params": params, **(model_state or {})}
+        rngs = calls_lib.eval_rngs(config.seed)
+
         def body(sums, batch):
             x = data_lib.to_sequences(batch["image"], config.sequence)
-            logits = model.apply({"params": params}, x)
+            mask = None
+            if "length" in batch:
+                mask = calls_lib.lengths_mask(batch["length"], x.shape[1])
+            logits, _ = calls_lib.apply(
+                model.apply, calls, variables, x, train=False, rngs=rngs, mask=mask
+            )
             return sums + loss_and_metrics(logits, batch["label"], batch["weight"]), None
 
         sums, _ = jax.lax.scan(body, jnp.zeros(3, jnp.float32), batches)
@@ -200,18 +306,22 @@ def rates(sums) -> tuple[float, float]:
     return loss_sum / max(count, 1), correct / max(count, 1)
 
 
-def load_data(config: Config) -> tuple[data_lib.Dataset, data_lib.Split]:
-    """The data set, and its training split cut to ``max_train_examples``."""
-    ds = data_lib.load(
-        config.dataset,
-        data_dir=config.data_dir,
-        validation_split=config.validation_split,
-        download=config.download,
-    )
+def load_data(
+    config: Config, data: data_lib.Dataset | None = None
+) -> tuple[data_lib.Dataset, data_lib.Split]:
+    """The data set (``data``, or the one ``config`` names), and its training split cut to
+    ``max_train_examples``."""
+    ds = data
+    if ds is None:
+        ds = data_lib.load(
+            config.dataset,
+            data_dir=config.data_dir,
+            validation_split=config.validation_split,
+            download=config.download,
+        )
     train = ds.train
     if config.max_train_examples is not None:
-        n = config.max_train_examples
-        train = data_lib.Split(train.images[:n], train.labels[:n])
+        train = train.head(config.max_train_examples)
     if config.batch_size > len(train):
         raise ConfigError(
             "batch_size",
@@ -228,20 +338,24 @@ def evaluate_params(
     *,
     data_dir: str | None = None,
     download: bool = True,
+    data: data_lib.Dataset | None = None,
+    model_state: dict | None = None,
 ) -> dict[str, Any]:
-    """Loss and accuracy of ``model`` with ``params`` on a split (``train``, ``validation``
-    or ``test``) of ``config``'s data set, read as ``config.sequence``, data parallel over
-    every device: ``{"split", "examples", "loss", "accuracy"}``. ``data_dir`` and
-    ``download`` override the config's."""
+    """Loss and accuracy of ``model`` with ``params`` (and its collections, ``model_state``)
+    on a split (``train``, ``validation`` or ``test``) of ``data`` or ``config``'s data set,
+    read as ``config.sequence``, data parallel over every device: ``{"split", "examples",
+    "loss", "accuracy"}``. ``data_dir`` and ``download`` override the config's."""
     splits = ("train", "validation", "test")
     if split not in splits:
         raise ConfigError("split", f"split must be one of {', '.join(splits)}; got {split!r}")
     config = dataclasses.replace(config, data_dir=data_dir or config.data_dir, download=download)
-    ds, train = load_data(config)
-    images_labels = {"train": train, "validation": ds.validation, "test": ds.test}[split]
+    ds, train = load_data(config, data)
+    examples = {"train": train, "validation": ds.validation, "test": ds.test}[split]
     mesh = sharding.data_mesh()
-    _, evaluate = make_epoch_fns(config, model, mesh, len(train))
-    params = jax.device_put(params, sharding.replicated(mesh))
-    sums = jax.device_get(evaluate(params, sharding.eval_batches(images_labels, config, mesh)))
-    loss, accuracy = rates(sums)
-    return {"split": split, "examples": len(images_labels), "loss": loss, "accuracy": accuracy}
+    input_shape = data_lib.sequence_shape(train.images.shape[1:], config.sequence)
+    calls = model_calls(model, input_shape)
+    _, evaluate = make_epoch_fns(config, model, mesh, len(train), calls=calls)
+    params, model_state = jax.device_put((params, model_state or {}), sharding.replicated(mesh))
+    sums = evaluate(params, sharding.eval_batches(examples, config, mesh), model_state)
+    loss, accuracy = rates(jax.device_get(sums))
+    return {"split": split, "examples": len(examples), "loss": loss, "accuracy": accuracy}

@@ -40,12 +40,15 @@ if TYPE_CHECKING:
     from flax import nnx as flax_nnx
 
 import lstm_jax
+from lstm_jax import calls as calls_lib
 from lstm_jax import data as data_lib
-from lstm_jax import distributed, reporting, runs, sharding, shutdown, steps
+from lstm_jax import distributed, early_stopping, optim, reporting, runs, sharding, shutdown, steps
 from lstm_jax import nn as lnn
 from lstm_jax import workdir as workdir_lib
+from lstm_jax.calls import Calls
 from lstm_jax.checkpoints import Checkpointer
 from lstm_jax.config import CELLS as CELLS
+from lstm_jax.config import LR_SCHEDULES as LR_SCHEDULES
 from lstm_jax.config import OPTIMIZERS as OPTIMIZERS
 from lstm_jax.config import PRECISIONS as PRECISIONS
 from lstm_jax.config import RESUMABLE as RESUMABLE
@@ -72,9 +75,16 @@ def train_and_evaluate(
     workdir: str | os.PathLike,
     *,
     model: nn.Module | flax_nnx.Module | None = None,
+    data: data_lib.Dataset | None = None,
+    variables: dict | None = None,
     print_fn: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Trains, validates each epoch, tests; writes metrics.json, curves.png, checkpoints.
+
+    ``data`` is your own data (``data.from_arrays``) in place of ``config.dataset``; a run
+    trained on it records its shapes, not the data, and is resumed or evaluated with the
+    same ``data`` given again. ``variables`` (``{"params": ..., **collections}``, e.g. what
+    ``from_keras`` returns) are the weights a new run starts from instead of ``config.seed``'s.
 
     ``model`` is any Flax linen module mapping ``[batch, time, features]`` to logits
     ``[batch, num_classes]``, or an ``lstm_jax.nnx`` model (which trains from the weights it
@@ -92,23 +102,26 @@ def train_and_evaluate(
       RunFileError: problems a user can act on, each with a message that says what to do
       (``USER_ERRORS``).
     """
+    if data is not None:
+        config = dataclasses.replace(config, dataset=data.name)
     config.validate()
     if config.distributed:
         distributed.initialize()  # on a cluster JAX detects, unless already joined
     path = workdir_lib.check(workdir)
     saved = _check_run_in(path, config)
+    _check_data_and_variables(path, saved, data, variables)
     mesh = sharding.data_mesh(config.batch_size)  # JAX's backends start here (DeviceError)
     writer = jax.process_index() == 0  # process 0 reports and writes the run's files
     print_fn = print_fn if writer else reporting.silent
-    ds, train = steps.load_data(config)
+    ds, train = steps.load_data(config, data)
     input_shape = data_lib.sequence_shape(train.images.shape[1:], config.sequence)
     model, nnx_model = _linen(model)
     model = _the_model(config, model, saved, ds.num_classes)
-    _check_model(model, input_shape, ds.num_classes)
+    calls = _check_model(model, input_shape, ds.num_classes, masked=train.lengths is not None)
     if distributed.is_multiprocess():  # all alike, or all stop
         distributed.agree(_statement(config, model, ds, train))
     reporting.print_setup(config, ds, train, model, input_shape, print_fn)
-    meta = runs.new_meta(model, ds.num_classes, train.images.shape[1:], input_shape, config)
+    meta = runs.new_meta(model, ds, train.images.shape[1:], input_shape, config)
     new_paths = workdir_lib.missing(path)
     workdir_lib.make(path)
     with contextlib.ExitStack() as stack:
@@ -121,7 +134,8 @@ def train_and_evaluate(
         _check_run_in(path, config)  # again, now that the run is ours
         checkpointer = Checkpointer(path / "checkpoints")
         stack.callback(checkpointer.close)
-        state = _initial_state(config, model, input_shape, nnx_model)
+        steps_per_epoch = -(-len(train) // config.batch_size)
+        state = _initial_state(config, model, input_shape, nnx_model, variables, steps_per_epoch)
         workdir_lib.check_free_space(path, state, checkpointer.max_to_keep)
         state, history = _restore(config, checkpointer, mesh, state, print_fn)
         epochs = _Epochs.build(
@@ -134,7 +148,10 @@ def train_and_evaluate(
             meta=meta,
             print_fn=print_fn,
             writer=writer,
+            calls=calls,
         )
+        if writer and config.tensorboard:
+            epochs.scalars = stack.enter_context(reporting.Scalars(path / "tensorboard"))
         state, (test_loss, test_acc) = epochs.run(state, history)
         metrics = reporting.metrics(
             config,
@@ -145,6 +162,7 @@ def train_and_evaluate(
             params=state.params,
             test=(test_loss, test_acc),
         )
+        metrics.update(early_stopping.summary(config, history))
         if writer:
             title = f"{describe_model(model)} on {ds.name}: test accuracy {test_acc:.2%}"
             _write_run_files(path, metrics, title)
@@ -171,15 +189,35 @@ def _linen(model) -> tuple[nn.Module | None, Any]:
         raise ConfigError("model", f"model: {e}") from None
 
 
-def _initial_state(config: Config, model: nn.Module, input_shape, nnx_model):
-    """The train state before the first epoch: parameters from ``config.seed``, or those
-    the NNX model holds."""
-    state = steps.create_train_state(config, model, input_shape)
-    if nnx_model is None:
-        return state
-    from lstm_jax import nnx as lnnx
+def _initial_state(config: Config, model: nn.Module, input_shape, nnx_model, variables, per_epoch):
+    """The train state before the first epoch: variables from ``config.seed``, or the
+    ``variables`` given, or those the NNX model holds; ``per_epoch``: steps (schedules)."""
+    if nnx_model is not None:
+        from lstm_jax import nnx as lnnx
 
-    return state.replace(params=lnnx.to_linen_variables(nnx_model)["params"])
+        variables = lnnx.to_linen_variables(nnx_model)
+    return steps.create_train_state(
+        config, model, input_shape, variables=variables, steps_per_epoch=per_epoch
+    )
+
+
+def _check_data_and_variables(path: pathlib.Path, saved: dict | None, data, variables) -> None:
+    """Refuses ``variables`` for a resumed run, and a resumed run of your own arrays
+    without them (``data``)."""
+    if saved is not None and variables is not None:
+        raise ConfigError(
+            "variables",
+            "variables= starts a new run from given weights; a resumed run continues from "
+            "its own checkpoint (give a new workdir)",
+        )
+    source = (saved or {}).get("data", {})
+    if saved is not None and source.get("from_arrays") and data is None:
+        raise ConfigError(
+            "data",
+            f"the run in {path} trained on your own arrays ({source.get('name')}, train "
+            f"{source.get('train')}), which a run does not keep: resume it with them, "
+            "train_and_evaluate(config, workdir, data=data.from_arrays(...))",
+        )
 
 
 def _check_run_in(path: pathlib.Path, config: Config) -> dict | None:
@@ -225,6 +263,7 @@ class _Epochs:
 
     config: Config
     fns: tuple[Callable, Callable]  # make_epoch_fns': (train_epoch, evaluate)
+    steps_per_epoch: int
     train: data_lib.Split
     held_out: dict[str, dict[str, jax.Array]]  # eval_batches of validation and test
     mesh: Mesh
@@ -232,10 +271,11 @@ class _Epochs:
     progress: reporting.Progress
     meta: dict
     print_fn: Callable[[str], None]
+    scalars: reporting.Scalars | None = None  # --tensorboard's writer, on process 0
 
     @classmethod
     def build(
-        cls, config, model, mesh, ds, train, *, checkpointer, meta, print_fn, writer
+        cls, config, model, mesh, ds, train, *, checkpointer, meta, print_fn, writer, calls
     ) -> _Epochs:
         """The epochs of ``model`` on ``ds`` (its training split cut to ``train``); the
         ``writer`` process (0) alone shows a progress bar."""
@@ -243,7 +283,8 @@ class _Epochs:
         on_step = progress.update if progress.enabled else None
         return cls(
             config=config,
-            fns=make_epoch_fns(config, model, mesh, len(train), on_step),
+            fns=make_epoch_fns(config, model, mesh, len(train), on_step, calls),
+            steps_per_epoch=-(-len(train) // config.batch_size),
             train=train,
             held_out={
                 name: sharding.eval_batches(split, config, mesh)
@@ -262,12 +303,20 @@ class _Epochs:
             with contextlib.ExitStack() as stack:
                 stack.callback(self.progress.close)
                 for epoch in range(len(history) + 1, self.config.epochs + 1):
+                    if early_stopping.stopped(self.config, history):
+                        break
                     state, record = self.epoch(state, epoch)
                     history.append(record)
+                    state = early_stopping.track(self.config, state, history)
                     self.print_fn(reporting.epoch_line(record, self.config.epochs))
+                    if early_stopping.stopped(self.config, history):
+                        self.print_fn(early_stopping.line(self.config, history))
+                    if self.scalars is not None:
+                        self.scalars.write(record)
                     with shutdown.critical():
                         self.checkpointer.save(epoch, state, {**self.meta, "history": history})
-            test_sums = self.fns[1](state.params, self.held_out["test"])
+            state = early_stopping.best_state(self.config, state)
+            test_sums = self.evaluate(state, "test")
             return state, steps.rates(jax.device_get(test_sums))
         except jax.errors.JaxRuntimeError as e:
             if not distributed.is_multiprocess():
@@ -276,7 +325,7 @@ class _Epochs:
 
     def epoch(self, state, epoch: int) -> tuple[Any, dict]:
         """Trains and validates ``epoch``: the new state, and the epoch's record."""
-        train_epoch, evaluate = self.fns
+        train_epoch = self.fns[0]
         config, n_train = self.config, len(self.train)
         with reporting.CompileCounter() as compiles:
             self.progress.open(
@@ -292,19 +341,27 @@ class _Epochs:
             self.progress.close()
             if bad_step >= 0:
                 raise TrainingDiverged(int(bad_step), epoch, self.kept())
-            val_sums = jax.device_get(evaluate(state.params, self.held_out["validation"]))
+            val_sums = jax.device_get(self.evaluate(state, "validation"))
             if not np.isfinite(val_sums).all():
                 raise TrainingDiverged(None, epoch, self.kept())
             epoch_seconds = time.perf_counter() - start
         record = reporting.epoch_record(
             epoch, sums, val_sums, n_train, train_seconds, epoch_seconds
         )
+        learning_rate = optim.current_learning_rate(
+            config, state.opt_state, int(state.step) - 1, self.steps_per_epoch
+        )  # the epoch's last step's; a resumed run may change the base rate
         record.update(
             compilations=compiles.count,
             compile_seconds=compiles.seconds,
-            learning_rate=config.learning_rate,  # a resumed run may change it
+            learning_rate=learning_rate,
         )
         return state, record
+
+    def evaluate(self, state, split: str):
+        """The sums of ``state``'s model (and its collections) over a held-out split."""
+        model_state = getattr(state, "model_state", None)
+        return self.fns[1](state.params, self.held_out[split], model_state)
 
     def kept(self) -> str:
         return workdir_lib.describe_kept(self.checkpointer.directory)
@@ -350,18 +407,48 @@ def _the_model(config: Config, model: nn.Module | None, saved: dict | None, num_
     return model
 
 
-def _check_model(model: nn.Module, input_shape: tuple[int, int], num_classes: int) -> None:
-    """Refuses a model that does not map ``[batch, *input_shape]`` to logits ``[batch,
-    num_classes]``."""
+def _check_model(model: nn.Module, input_shape, num_classes: int, *, masked: bool) -> Calls:
+    """How to call ``model`` (``lstm_jax.calls``), once it is known to map ``[batch,
+    *input_shape]`` to logits ``[batch, num_classes]`` in training (with its collections
+    updated and its random streams given keys) and in evaluation, and to take ``mask=`` if
+    the data is ``masked``; refused before anything is written otherwise."""
+    name = type(model).__name__
     x = jax.ShapeDtypeStruct((2, *input_shape), jnp.float32)
+    mask = jax.ShapeDtypeStruct((2, input_shape[0]), jnp.bool_) if masked else None
+    calls = calls_lib.calls_of(model)
+    if masked and not calls.takes_mask:
+        raise ConfigError(
+            "model",
+            f"model: the data's sequences have lengths, so the model is given mask= (bool "
+            f"[batch, time]), which {name}.__call__ does not take; add a mask argument "
+            "(lstm_jax.nn's models and layers take it)",
+        )
     try:
-        out = jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x)[0], x)
+        variables = steps.init_variables(model, input_shape, abstract=True)
+        calls = calls_lib.calls_of(model, variables)
+        outs = [
+            jax.eval_shape(
+                lambda v, x, m, train=train: calls_lib.apply(
+                    model.apply, calls, v, x, train=train, rngs=calls_lib.eval_rngs(0), mask=m
+                )[0],
+                variables,
+                x,
+                mask,
+            )
+            for train in (True, False)
+        ]
     except Exception as e:  # the module's own error, for inputs of the data set's shape
         raise ConfigError(
             "model",
-            f"model: {type(model).__name__} cannot read inputs [batch, {input_shape[0]}, "
+            f"model: {name} cannot read inputs [batch, {input_shape[0]}, "
             f"{input_shape[1]}]: {type(e).__name__}: {str(e)[:300]}",
         ) from None
+    for out in outs:
+        _check_logits(model, out, num_classes)
+    return calls
+
+
+def _check_logits(model: nn.Module, out, num_classes: int) -> None:
     if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != (2, num_classes):
         shape = list(out.shape) if isinstance(out, jax.ShapeDtypeStruct) else type(out).__name__
         raise ConfigError(

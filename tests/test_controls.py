@@ -1,0 +1,234 @@
+"""The training controls (gradient clipping, learning rate schedules, early stopping,
+TensorBoard) and any Flax module (collections, random streams, a scan over a carry of its
+own, given weights): each does what it should, and a run resumed from a checkpoint continues
+exactly where the unbroken run went."""
+
+import json
+import shutil
+
+import flax.linen as fnn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import lstm_jax
+from lstm_jax import early_stopping, optim, training
+from lstm_jax import nn as lnn
+from tests.fakes import params_of, run_fake
+
+
+def test_clipnorm_clips_the_global_norm():
+    config = training.Config(optimizer="sgd", learning_rate=1.0, clipnorm=0.5)
+    tx = optim.make_optimizer(config)
+    params = {"a": jnp.zeros(3), "b": jnp.zeros((2, 2))}
+    grads = {"a": jnp.full(3, 10.0), "b": jnp.full((2, 2), -10.0)}
+    updates, _ = tx.update(grads, tx.init(params), params)
+    assert float(optax.tree.norm(updates)) == pytest.approx(0.5, rel=1e-6)
+    small = jax.tree.map(lambda g: g * 1e-3, grads)
+    updates, _ = tx.update(small, tx.init(params), params)  # below the norm: untouched
+    np.testing.assert_allclose(updates["a"], -small["a"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "warmup_cosine"])
+def test_the_learning_rate_follows_optax_s_schedule(tmp_path, schedule):
+    result = run_fake(tmp_path, lr_schedule=schedule, epochs=3)
+    steps = 512 * 4 // 5 // 64 + (512 * 4 // 5 % 64 > 0)  # 410 training examples
+    lr = optim.learning_rate_schedule(training.Config(epochs=3, lr_schedule=schedule), steps)
+    recorded = [h["learning_rate"] for h in result["history"]]
+    np.testing.assert_allclose(recorded, [float(lr(e * steps - 1)) for e in (1, 2, 3)], 1e-6)
+    if schedule == "warmup_cosine":
+        assert float(lr(0)) == 0.0 and float(lr(steps)) == pytest.approx(1e-3)
+
+
+def test_reduce_on_plateau_lowers_the_rate_when_the_loss_stalls():
+    config = training.Config(lr_schedule="reduce_on_plateau", optimizer="sgd", epochs=10)
+    tx = optim.make_optimizer(config, steps_per_epoch=2)
+    params = {"w": jnp.ones(2)}
+    state = tx.init(params)
+    rates = []
+    for step in range(16):  # a loss that never improves
+        _, state = tx.update({"w": jnp.ones(2)}, state, params, value=jnp.float32(1.0))
+        rates.append(optim.current_learning_rate(config, state, step, 2))
+    assert rates[0] == pytest.approx(1e-3)
+    assert rates[-1] < 1e-3 * optim.PLATEAU_FACTOR  # halved, more than once
+
+
+def _interrupted_after(workdir, epoch: int, copy):
+    """``copy``: the run in ``workdir`` as it was when epoch ``epoch`` ended."""
+    shutil.copytree(workdir, copy)
+    for path in (copy / "checkpoints").iterdir():
+        if path.name.isdigit() and int(path.name) > epoch:
+            shutil.rmtree(path)
+    (copy / "metrics.json").unlink()
+
+
+@pytest.mark.parametrize(
+    "controls",
+    [
+        dict(lr_schedule="cosine", clipnorm=0.5, dropout=0.2, recurrent_dropout=0.2),
+        dict(lr_schedule="reduce_on_plateau", early_stopping=1, learning_rate=0.05),
+        dict(lr_schedule="warmup_cosine", early_stopping=3),
+    ],
+    ids=["cosine, clipnorm, dropout", "plateau, early stopping", "warmup"],
+)
+def test_a_resumed_run_continues_its_controls_where_they_stopped(tmp_path, controls):
+    whole = run_fake(tmp_path / "whole", epochs=4, **controls)
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    _interrupted_after(tmp_path / "whole" / "run", 2, resumed_dir / "run")
+    config = training.resume_config(resumed_dir / "run", progress=False)
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=512):
+        resumed = training.train_and_evaluate(config, resumed_dir / "run", print_fn=lambda s: None)
+    keys = ("epoch", "train_loss", "val_loss", "learning_rate")
+    assert [[h[k] for k in keys] for h in resumed["history"]] == [
+        [h[k] for k in keys] for h in whole["history"]
+    ]
+    for a, b in zip(
+        jax.tree.leaves(params_of(whole)), jax.tree.leaves(params_of(resumed)), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+    assert resumed.get("early_stopping") == whole.get("early_stopping")
+
+
+def test_early_stopping_stops_and_keeps_the_best_epoch_s_weights(tmp_path):
+    # A learning rate far too high: the validation loss soon stops improving.
+    result = run_fake(tmp_path, epochs=8, early_stopping=1, learning_rate=0.3)
+    summary = result["early_stopping"]
+    best = summary["best_epoch"]
+    assert summary["stopped_after_epoch"] == best + 1 == len(result["history"]) < 8
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["early_stopping"]["best_epoch"] == best
+    run = lstm_jax.load_run(tmp_path / "run")
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=512):
+        val = run.evaluate("validation", data_dir=str(tmp_path / "tfds"))
+    assert val["loss"] == pytest.approx(summary["best_val_loss"], rel=1e-5)
+    assert early_stopping.stopped(training.Config(early_stopping=1), result["history"])
+
+
+def test_tensorboard_scalars_are_the_history(tmp_path):
+    from tensorboard.backend.event_processing import event_accumulator
+
+    result = run_fake(tmp_path, tensorboard=True)
+    events = event_accumulator.EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["tensors"] or events.Tags()["scalars"]
+    assert {"loss/train", "loss/validation", "accuracy/validation", "learning_rate"} <= set(tags)
+
+    def values(tag):
+        if events.Tags()["tensors"]:
+            return [float(jax.numpy.asarray(_tensor(e))) for e in events.Tensors(tag)]
+        return [e.value for e in events.Scalars(tag)]
+
+    expected = [h["val_loss"] for h in result["history"]]
+    np.testing.assert_allclose(values("loss/validation"), expected, rtol=1e-6)
+
+
+def _tensor(event):
+    from tensorboard.util import tensor_util
+
+    return tensor_util.make_ndarray(event.tensor_proto)
+
+
+class _Norm(fnn.Module):
+    """LSTM, then BatchNorm (batch_stats), noise from its own stream, and a Dense head."""
+
+    @fnn.compact
+    def __call__(self, x, train: bool = False):
+        h = lnn.LSTM(16)(x)
+        h = fnn.BatchNorm(use_running_average=not train, momentum=0.5)(h)
+        if train:
+            h = h + 0.01 * jax.random.normal(self.make_rng("noise"), h.shape)
+        return fnn.Dense(10)(h)
+
+
+class _FlaxRNN(fnn.Module):
+    """Flax's own ``nn.RNN(nn.OptimizedLSTMCell(16))``, its last output to a Dense head."""
+
+    @fnn.compact
+    def __call__(self, x):
+        return fnn.Dense(10)(fnn.RNN(fnn.OptimizedLSTMCell(16))(x)[:, -1])
+
+
+class _Elman(fnn.Module):
+    """A hand-written Elman loop, scanning over a carry it makes itself."""
+
+    @fnn.compact
+    def __call__(self, x):
+        cell = fnn.Dense(16)
+        carry = jnp.zeros((x.shape[0], 16))
+
+        def step(h, x_t):
+            h = jnp.tanh(cell(jnp.concatenate([x_t, h], -1)))
+            return h, h
+
+        h, _ = fnn.scan(
+            lambda mdl, h, x_t: step(h, x_t),
+            variable_broadcast="params",
+            split_rngs={"params": False},
+        )(self, carry, jnp.swapaxes(x, 0, 1))
+        return fnn.Dense(10)(h)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        lambda: _FlaxRNN(),
+        lambda: _Elman(),
+        lambda: _Norm(),
+    ],
+    ids=["flax nn.RNN", "Elman scan", "BatchNorm and noise"],
+)
+def test_any_flax_module_trains_saves_and_loads(tmp_path, model):
+    result = run_fake(tmp_path, model=model(), epochs=2)
+    assert np.isfinite([h["train_loss"] for h in result["history"]]).all()
+    run = lstm_jax.load_run(tmp_path / "run", model=model())
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=512):
+        test = run.evaluate("test", data_dir=str(tmp_path / "tfds"))
+    assert test["accuracy"] == pytest.approx(result["test_accuracy"], abs=1e-6)
+    if isinstance(run.model, _Norm):
+        stats = run.model_state["batch_stats"]
+        assert not np.allclose(jax.tree.leaves(stats)[0], 0)  # trained, saved, restored
+        state = result["state"].model_state["batch_stats"]
+        jax.tree.map(np.testing.assert_array_equal, stats, jax.device_get(state))
+
+
+def test_training_starts_from_given_variables(tmp_path):
+    model = lnn.Classifier(units=(16,))
+    given = model.init(jax.random.key(7), jnp.zeros((1, 28, 28)))
+    result = run_fake(tmp_path, model=model, epochs=1, learning_rate=1e-12, optimizer="sgd")
+    assert not np.allclose(
+        params_of(result)["Dense_0"]["kernel"], given["params"]["Dense_0"]["kernel"]
+    )
+    config = training.Config(
+        units=(16,),
+        batch_size=64,
+        epochs=1,
+        learning_rate=1e-12,
+        optimizer="sgd",
+        progress=False,
+        data_dir=str(tmp_path / "tfds"),
+    )
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=512):
+        started = training.train_and_evaluate(
+            config, tmp_path / "given", model=model, variables=given, print_fn=lambda s: None
+        )
+        with pytest.raises(training.ConfigError, match="variables do not fit the model"):
+            training.train_and_evaluate(
+                config, tmp_path / "bad", variables={"params": {"x": jnp.ones(2)}}
+            )
+    assert not (tmp_path / "bad").exists()
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, atol=1e-9),
+        params_of(started),
+        jax.device_get(given["params"]),
+    )
