@@ -212,11 +212,18 @@ class Scalars:
 
     def __enter__(self) -> Scalars:
         from lstm_jax import console
+        from lstm_jax.errors import ConfigError
 
-        with console.native_log_held():  # TensorFlow's start-up lines
-            from flax.metrics import tensorboard
-
-            self._writer = tensorboard.SummaryWriter(str(self.directory))
+        try:
+            with console.native_log_held():  # TensorFlow's start-up lines
+                from flax.metrics import tensorboard
+        except ImportError as e:
+            raise ConfigError(
+                "tensorboard",
+                f"tensorboard: its writer needs TensorFlow and TensorBoard ({e}); pip install "
+                "tensorflow tensorboard, or train without it",
+            ) from None
+        self._writer = tensorboard.SummaryWriter(str(self.directory))
         return self
 
     def write(self, record: dict) -> None:

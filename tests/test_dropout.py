@@ -213,3 +213,27 @@ def test_dropout_rates_are_checked():
     params = recurrent.init_lstm(jax.random.key(0), D, U)
     with pytest.raises(ValueError, match="recurrent_dropout must be at least 0 and below 1"):
         recurrent.lstm(params, jnp.ones((2, T, D)), recurrent_dropout=-0.1, key=jax.random.key(0))
+
+
+def test_nnx_layers_drop_out_in_training_and_not_after_eval():
+    from flax import nnx
+
+    from lstm_jax import nnx as lx
+
+    model = lx.Sequential(
+        [
+            lx.LSTM(D, 8, dropout=0.3, recurrent_dropout=0.2, rngs=nnx.Rngs(0)),
+            lx.Dense(8, 2, rngs=nnx.Rngs(1)),
+        ]
+    )
+    x = jax.random.normal(jax.random.key(3), (5, T, D))
+    linen = lx.to_linen(model)
+    assert (linen.layers[0].dropout, linen.layers[0].recurrent_dropout) == (0.3, 0.2)
+    inference = linen.apply(lx.to_linen_variables(model), x)
+    model.eval()
+    np.testing.assert_allclose(model(x), inference, atol=1e-6)
+    np.testing.assert_array_equal(model(x), model(x))
+    model.train()
+    first, second = model(x), model(x)
+    assert not np.allclose(first, inference, atol=1e-3)
+    assert not np.allclose(first, second, atol=1e-3)  # fresh masks at each call
