@@ -389,9 +389,10 @@ class Run:
         ``train``): ``{"split", "examples", "loss", "accuracy"}``. A run of your own arrays
         needs them again: ``data``."""
         if data is None and self.data.get("from_arrays"):
-            raise ValueError(
+            raise ConfigError(
+                "data",
                 f"the run trained on your own arrays ({self.data.get('name')}), which it does "
-                "not keep: evaluate(split, data=data.from_arrays(...))"
+                "not keep: evaluate(split, data=data.from_arrays(...)) with them",
             )
         return steps.evaluate_params(
             self.config,
