@@ -152,21 +152,16 @@ def train_and_evaluate(
         )
         if writer and config.tensorboard:
             epochs.scalars = stack.enter_context(reporting.Scalars(path / "tensorboard"))
-        state, (test_loss, test_acc) = epochs.run(state, history)
-        metrics = reporting.metrics(
-            config,
-            model,
-            history,
-            mesh=mesh,
-            splits={"train": train, "validation": ds.validation, "test": ds.test},
-            params=state.params,
-            test=(test_loss, test_acc),
+        state, test = epochs.run(state, history)
+        metrics = _finish(
+            path, config, model, history, mesh=mesh, ds=ds, train=train, state=state, test=test
         )
-        metrics.update(early_stopping.summary(config, history))
-        if writer:
-            title = f"{describe_model(model)} on {ds.name}: test accuracy {test_acc:.2%}"
-            _write_run_files(path, metrics, title)
-    print_fn(f"test accuracy: {test_acc:.2%}")
+    print_fn(f"test accuracy: {test[1]:.2%}")
+    return _result(metrics, state, nnx_model)
+
+
+def _result(metrics: dict, state, nnx_model) -> dict:
+    """What ``train_and_evaluate`` returns; an NNX model is given the trained weights."""
     if nnx_model is None:
         return {**metrics, "state": state}
     from lstm_jax import nnx as lnnx
@@ -174,6 +169,25 @@ def train_and_evaluate(
     # NNX's way: the model holds the trained weights.
     lnnx.load_linen_variables(nnx_model, {"params": jax.device_get(state.params)})
     return {**metrics, "state": state, "nnx_model": nnx_model}
+
+
+def _finish(path, config, model, history, *, mesh, ds, train, state, test) -> dict:
+    """The run's metrics (``test``: the test set's loss and accuracy), written with its
+    curves by process 0."""
+    metrics = reporting.metrics(
+        config,
+        model,
+        history,
+        mesh=mesh,
+        splits={"train": train, "validation": ds.validation, "test": ds.test},
+        params=state.params,
+        test=test,
+    )
+    metrics.update(early_stopping.summary(config, history))
+    if jax.process_index() == 0:
+        title = f"{describe_model(model)} on {ds.name}: test accuracy {test[1]:.2%}"
+        _write_run_files(path, metrics, title)
+    return metrics
 
 
 def _linen(model) -> tuple[nn.Module | None, Any]:
