@@ -246,7 +246,7 @@ def _check_run_in(path: pathlib.Path, config: Config) -> dict | None:
 def _statement(config: Config, model: nn.Module, ds, train: data_lib.Split) -> dict:
     """What makes the run, as each of its processes states it (``distributed.agree``): the
     settings, the model, the data's shapes and fingerprint, and the versions."""
-    where = ("progress", "data_dir", "download", "distributed")  # how, not what, is run
+    where = ("progress", "data_dir", "download", "distributed", "tensorboard")  # how, not what
     return {
         **{k: v for k, v in dataclasses.asdict(config).items() if k not in where},
         "model": f"{describe_model(model)} {_digest(runs.model_spec_or_reason(model))}",

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import tensorflow_datasets as tfds
 
 import lstm_jax
 from lstm_jax import early_stopping, optim, training
@@ -79,8 +80,6 @@ def test_a_resumed_run_continues_its_controls_where_they_stopped(tmp_path, contr
     resumed_dir.mkdir()
     _interrupted_after(tmp_path / "whole" / "run", 2, resumed_dir / "run")
     config = training.resume_config(resumed_dir / "run", progress=False)
-    import tensorflow_datasets as tfds
-
     with tfds.testing.mock_data(num_examples=512):
         resumed = training.train_and_evaluate(config, resumed_dir / "run", print_fn=lambda s: None)
     keys = ("epoch", "train_loss", "val_loss", "learning_rate")
@@ -103,8 +102,6 @@ def test_early_stopping_stops_and_keeps_the_best_epoch_s_weights(tmp_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["early_stopping"]["best_epoch"] == best
     run = lstm_jax.load_run(tmp_path / "run")
-    import tensorflow_datasets as tfds
-
     with tfds.testing.mock_data(num_examples=512):
         val = run.evaluate("validation", data_dir=str(tmp_path / "tfds"))
     assert val["loss"] == pytest.approx(summary["best_val_loss"], rel=1e-5)
@@ -188,8 +185,6 @@ def test_any_flax_module_trains_saves_and_loads(tmp_path, model):
     result = run_fake(tmp_path, model=model(), epochs=2)
     assert np.isfinite([h["train_loss"] for h in result["history"]]).all()
     run = lstm_jax.load_run(tmp_path / "run", model=model())
-    import tensorflow_datasets as tfds
-
     with tfds.testing.mock_data(num_examples=512):
         test = run.evaluate("test", data_dir=str(tmp_path / "tfds"))
     assert test["accuracy"] == pytest.approx(result["test_accuracy"], abs=1e-6)
@@ -216,8 +211,6 @@ def test_training_starts_from_given_variables(tmp_path):
         progress=False,
         data_dir=str(tmp_path / "tfds"),
     )
-    import tensorflow_datasets as tfds
-
     with tfds.testing.mock_data(num_examples=512):
         started = training.train_and_evaluate(
             config, tmp_path / "given", model=model, variables=given, print_fn=lambda s: None
