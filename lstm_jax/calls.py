@@ -97,9 +97,8 @@ def apply(
     mask: jax.Array | None = None,
 ):
     """``(logits, updated collections)``: the model (its ``apply_fn``, ``module.apply``) on
-    ``x`` with ``variables`` (``params``
-    and the collections ``calls`` names); in training the collections come back updated,
-    in evaluation as they were."""
+    ``x`` with ``variables`` (``params`` and the collections ``calls`` names); in training
+    the collections come back updated, in evaluation as they were."""
     kwargs = calls.kwargs(train=train, mask=mask)
     kept = {k: v for k, v in variables.items() if k != "params"}
     if train and calls.collections:

@@ -15,11 +15,14 @@ import jax.numpy as jnp
 from lstm_jax.config import Config
 
 
+def _best(history: list[dict]) -> dict:
+    """The record of lowest ``val_loss`` (the first, if tied)."""
+    return min(history, key=lambda h: h["val_loss"])
+
+
 def best_epoch(history: list[dict]) -> int | None:
     """The epoch of lowest ``val_loss`` (the first, if tied), or None before any."""
-    if not history:
-        return None
-    return min(history, key=lambda h: h["val_loss"])["epoch"]
+    return _best(history)["epoch"] if history else None
 
 
 def stopped(config: Config, history: list[dict]) -> bool:
@@ -53,22 +56,21 @@ def summary(config: Config, history: list[dict]) -> dict:
     """What ``metrics.json`` says of early stopping: nothing without it."""
     if config.early_stopping is None:
         return {}
-    best = best_epoch(history)
+    best = _best(history)
     return {
         "early_stopping": {
             "patience": config.early_stopping,
-            "best_epoch": best,
-            "best_val_loss": next(h["val_loss"] for h in history if h["epoch"] == best),
+            "best_epoch": best["epoch"],
+            "best_val_loss": best["val_loss"],
             "stopped_after_epoch": history[-1]["epoch"] if stopped(config, history) else None,
-            "weights": f"epoch {best}'s",
+            "weights": f"epoch {best['epoch']}'s",
         }
     }
 
 
 def line(config: Config, history: list[dict]) -> str:
-    best = best_epoch(history)
+    best = _best(history)
     return (
         f"early stopping: val_loss has not improved for {config.early_stopping} epoch(s); "
-        f"the weights of epoch {best} (val_loss "
-        f"{history[best - history[0]['epoch']]['val_loss']:.4f}) are kept"
+        f"the weights of epoch {best['epoch']} (val_loss {best['val_loss']:.4f}) are kept"
     )

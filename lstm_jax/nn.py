@@ -14,7 +14,6 @@ layer, as Keras does, and ``lstm_jax.from_keras`` builds one from a Keras model.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -24,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lstm_jax import recurrent
+from lstm_jax.calls import parameters_of
 
 Array = jax.Array
 
@@ -444,7 +444,7 @@ def chain_call(layers, x: Array, *, mask: Array | None = None, deterministic=Non
     layers, ``nn.Dropout``, a module of your own)."""
     for layer in layers:
         switch = {}
-        if deterministic is not None and _takes_deterministic(layer):
+        if deterministic is not None and "deterministic" in parameters_of(layer):
             switch = {"deterministic": deterministic}
         if hasattr(layer, "compute_mask"):  # Masking
             mask = layer.compute_mask(x)
@@ -456,10 +456,3 @@ def chain_call(layers, x: Array, *, mask: Array | None = None, deterministic=Non
         else:
             x = layer(x, **switch)
     return x
-
-
-def _takes_deterministic(layer) -> bool:
-    try:
-        return "deterministic" in inspect.signature(type(layer).__call__).parameters
-    except (TypeError, ValueError):
-        return False

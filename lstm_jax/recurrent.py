@@ -242,12 +242,11 @@ def dropout_masks(
     return draw(k_x, dropout, input_dim), draw(k_h, recurrent_dropout, units)
 
 
-def _dropout(cell: Cell, params: Params, inputs: Array, options: dict):
-    """``(inputs, masks)``: takes the dropout options out of ``options``; a mask shared by
-    every gate and step multiplies ``inputs`` here, once; ``masks`` are what the cell must
-    apply at each step (``(m_x, m_h)``), or None when it has none to apply."""
-    rates = options.pop("dropout", 0.0), options.pop("recurrent_dropout", 0.0)
-    key = options.pop("key", None)
+def _dropout(cell: Cell, params: Params, inputs: Array, dropout, recurrent_dropout, key):
+    """``(inputs, masks)`` for the options ``dropout``, ``recurrent_dropout`` and ``key``: a
+    mask shared by every gate and step multiplies ``inputs`` here, once; ``masks`` are what
+    the cell must apply at each step (``(m_x, m_h)``), or None when it has none to apply."""
+    rates = dropout, recurrent_dropout
     for name, rate in zip(("dropout", "recurrent_dropout"), rates, strict=True):
         if not 0 <= rate < 1:
             raise ValueError(f"{cell.name}: {name} must be at least 0 and below 1; got {rate!r}")
@@ -272,7 +271,9 @@ def run_cell(
     go_backwards: bool = False,
     mask: Array | None = None,
     unroll: int | bool = 1,
-    **dropout: Any,
+    dropout: float = 0.0,
+    recurrent_dropout: float = 0.0,
+    key: Array | None = None,
 ):
     """Runs ``cell.step`` over ``inputs`` ``[batch, time, features]`` (floating point) with
     ``jax.lax.scan``, as Keras's recurrent layers do; ``lstm``, ``gru`` and ``simple_rnn``
@@ -289,14 +290,38 @@ def run_cell(
       ValueError: inputs not rank 3 or not floating point, features that do not match the
         kernel, a mask or initial state of the wrong shape.
     """
-    units = _check_params(cell, params)
+    _check_params(cell, params)
     _check_inputs(cell.name, params, inputs, mask)
-    unknown = set(dropout) - {"dropout", "recurrent_dropout", "key", "masks"}
-    if unknown:
-        raise TypeError(f"{cell.name}: unexpected options {sorted(unknown)}")
-    masks = dropout.pop("masks", None)  # from lstm(), which drew them
-    if masks is None:
-        inputs, masks = _dropout(cell, params, inputs, dropout)
+    inputs, masks = _dropout(cell, params, inputs, dropout, recurrent_dropout, key)
+    return _scan(
+        cell,
+        params,
+        inputs,
+        masks,
+        return_sequences=return_sequences,
+        return_state=return_state,
+        initial_state=initial_state,
+        go_backwards=go_backwards,
+        mask=mask,
+        unroll=unroll,
+    )
+
+
+def _scan(
+    cell: Cell,
+    params: Params,
+    inputs: Array,
+    masks,
+    *,
+    return_sequences: bool = False,
+    return_state: bool = False,
+    initial_state=None,
+    go_backwards: bool = False,
+    mask: Array | None = None,
+    unroll: int | bool = 1,
+):
+    """``run_cell`` on checked arguments, with dropout's per-step ``masks`` (or None)."""
+    units = jnp.shape(params["recurrent_kernel"])[0]
     batch = jnp.shape(inputs)[0]
     dtype = jnp.result_type(inputs, params["kernel"])
     carry = _initial_carry(cell, initial_state, batch, units, dtype)
@@ -380,14 +405,15 @@ def lstm(
         raise ValueError(f"lstm: use_cudnn must be 'auto', True or False; got {use_cudnn!r}")
     _check_params(cell, params)
     _check_inputs(cell.name, params, inputs, options.get("mask"))
-    inputs, masks = _dropout(cell, params, inputs, options)
+    rates = options.pop("dropout", 0.0), options.pop("recurrent_dropout", 0.0)
+    inputs, masks = _dropout(cell, params, inputs, *rates, options.pop("key", None))
     if masks is not None:  # recurrent dropout: the cell applies masks at every step
         if use_cudnn is True:
             raise ValueError(
                 "lstm: use_cudnn=True, but cuDNN cannot run this LSTM: it has recurrent "
                 "dropout (in training); use_cudnn='auto' scans it"
             )
-        return run_cell(cell, params, inputs, masks=masks, **options)
+        return _scan(cell, params, inputs, masks, **options)
     unroll = options.get("unroll", 1)
     why = None if use_cudnn is False else lstm_cudnn.why_not(params, inputs, unroll=unroll)
     if use_cudnn is True and why is not None:

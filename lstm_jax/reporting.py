@@ -14,9 +14,10 @@ import time
 import flax.linen as nn
 import jax
 
-from lstm_jax import _jax_compat
+from lstm_jax import _jax_compat, console
 from lstm_jax import nn as lnn
 from lstm_jax import params as params_lib
+from lstm_jax.errors import ConfigError
 from lstm_jax.steps import rates
 
 
@@ -211,9 +212,6 @@ class Scalars:
         self.directory = directory
 
     def __enter__(self) -> Scalars:
-        from lstm_jax import console
-        from lstm_jax.errors import ConfigError
-
         try:
             with console.native_log_held():  # TensorFlow's start-up lines
                 from flax.metrics import tensorboard

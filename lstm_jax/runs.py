@@ -454,12 +454,16 @@ def _load_newest(workdir: str | os.PathLike, model: nn.Module | None) -> Run:
         state, meta = checkpointer.restore(epoch, abstract)
     finally:
         checkpointer.close()
-    best = getattr(state, "best", None) or {"params": state.params}
+    # With early stopping, the best epoch's weights; else the state's own.
+    weights = getattr(state, "best", None) or {
+        "params": state.params,
+        "model_state": getattr(state, "model_state", {}),
+    }
     return Run(
         workdir=directory.parent,
         model=model,
-        params=best["params"],
-        model_state=dict(best.get("model_state") or getattr(state, "model_state", {})),
+        params=weights["params"],
+        model_state=dict(weights["model_state"]),
         data=dict(meta.get("data", {})),
         config=config,
         history=list(meta["history"]),

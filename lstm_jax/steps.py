@@ -112,7 +112,7 @@ def _given_variables(initial: dict, given: Any) -> dict:
     the model's ``initial`` variables, whose structure and shapes it must have; dtypes are
     cast to the model's. A collection ``given`` lacks keeps its initial value."""
     given = dict(given) if isinstance(given, Mapping) and "params" in given else {"params": given}
-    kept = {k: v for k, v in initial.items() if k not in calls_lib.NOT_KEPT or k == "params"}
+    kept = {k: v for k, v in initial.items() if k != "intermediates"}
     given = {**kept, **given}
     want, got = jax.tree.map(jnp.shape, kept), jax.tree.map(jnp.shape, given)
     if want != got:
@@ -208,12 +208,10 @@ def train_step(
     count = jnp.maximum(sums[2], 1)
     grads = jax.tree.map(lambda g: g / count, grads)
     loss = sums[0] / count
-    if needs_loss:  # as state.apply_gradients, with the loss for the optimizer
-        updates, opt_state = state.tx.update(grads, state.opt_state, state.params, value=loss)
-        params = optax.apply_updates(state.params, updates)
-        state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-    else:
-        state = state.apply_gradients(grads=grads)
+    extra = {"value": loss} if needs_loss else {}  # reduce_on_plateau's
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params, **extra)
+    params = optax.apply_updates(state.params, updates)
+    state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     if calls.collections:
         state = state.replace(model_state=jax.tree.map(lambda v: v / mesh.size, updated))
     return state, sums, loss

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -33,7 +34,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx as flax_nnx
 from jax.sharding import Mesh
 
 if TYPE_CHECKING:
@@ -440,15 +440,15 @@ def _check_model(model: nn.Module, input_shape, num_classes: int, *, masked: boo
     try:
         variables = steps.init_variables(model, input_shape, abstract=True)
         calls = calls_lib.calls_of(model, variables)
+
+        def logits(variables, x, mask, *, train: bool):
+            rngs = calls_lib.eval_rngs(0)
+            return calls_lib.apply(
+                model.apply, calls, variables, x, train=train, rngs=rngs, mask=mask
+            )[0]
+
         outs = [
-            jax.eval_shape(
-                lambda v, x, m, train=train: calls_lib.apply(
-                    model.apply, calls, v, x, train=train, rngs=calls_lib.eval_rngs(0), mask=m
-                )[0],
-                variables,
-                x,
-                mask,
-            )
+            jax.eval_shape(functools.partial(logits, train=train), variables, x, mask)
             for train in (True, False)
         ]
     except Exception as e:  # the module's own error, for inputs of the data set's shape
