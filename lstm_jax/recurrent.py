@@ -290,38 +290,9 @@ def run_cell(
       ValueError: inputs not rank 3 or not floating point, features that do not match the
         kernel, a mask or initial state of the wrong shape.
     """
-    _check_params(cell, params)
+    units = _check_params(cell, params)
     _check_inputs(cell.name, params, inputs, mask)
     inputs, masks = _dropout(cell, params, inputs, dropout, recurrent_dropout, key)
-    return _scan(
-        cell,
-        params,
-        inputs,
-        masks,
-        return_sequences=return_sequences,
-        return_state=return_state,
-        initial_state=initial_state,
-        go_backwards=go_backwards,
-        mask=mask,
-        unroll=unroll,
-    )
-
-
-def _scan(
-    cell: Cell,
-    params: Params,
-    inputs: Array,
-    masks,
-    *,
-    return_sequences: bool = False,
-    return_state: bool = False,
-    initial_state=None,
-    go_backwards: bool = False,
-    mask: Array | None = None,
-    unroll: int | bool = 1,
-):
-    """``run_cell`` on checked arguments, with dropout's per-step ``masks`` (or None)."""
-    units = jnp.shape(params["recurrent_kernel"])[0]
     batch = jnp.shape(inputs)[0]
     dtype = jnp.result_type(inputs, params["kernel"])
     carry = _initial_carry(cell, initial_state, batch, units, dtype)
@@ -405,15 +376,17 @@ def lstm(
         raise ValueError(f"lstm: use_cudnn must be 'auto', True or False; got {use_cudnn!r}")
     _check_params(cell, params)
     _check_inputs(cell.name, params, inputs, options.get("mask"))
-    rates = options.pop("dropout", 0.0), options.pop("recurrent_dropout", 0.0)
-    inputs, masks = _dropout(cell, params, inputs, *rates, options.pop("key", None))
-    if masks is not None:  # recurrent dropout: the cell applies masks at every step
+    defaults = (("dropout", 0.0), ("recurrent_dropout", 0.0), ("key", None))
+    dropout = {name: options.pop(name, default) for name, default in defaults}
+    if dropout["key"] is not None and dropout["recurrent_dropout"]:
+        # Recurrent dropout: the cell applies masks at every step, in the scan.
         if use_cudnn is True:
             raise ValueError(
                 "lstm: use_cudnn=True, but cuDNN cannot run this LSTM: it has recurrent "
                 "dropout (in training); use_cudnn='auto' scans it"
             )
-        return _scan(cell, params, inputs, masks, **options)
+        return run_cell(cell, params, inputs, **dropout, **options)
+    inputs, _ = _dropout(cell, params, inputs, *dropout.values())  # masks the inputs, once
     unroll = options.get("unroll", 1)
     why = None if use_cudnn is False else lstm_cudnn.why_not(params, inputs, unroll=unroll)
     if use_cudnn is True and why is not None:
