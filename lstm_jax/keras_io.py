@@ -148,6 +148,9 @@ def _keras_histories(value) -> list:
 def _recurrent(layer) -> tuple[nn.Module, dict]:
     cls = type(layer).__name__
     config = layer.get_config()
+    for rate in ("dropout", "recurrent_dropout"):
+        if not 0 <= config.get(rate, 0.0) < 1:
+            _refuse(layer.name, cls, f"{rate}={config[rate]!r} (lstm_jax: from 0 to below 1)")
     expected = dict(_RECURRENT_DEFAULTS)
     if cls == "SimpleRNN":
         del expected["recurrent_activation"]
@@ -223,7 +226,8 @@ def _layer(layer) -> tuple[nn.Module, dict | None]:
 
 def from_keras(keras_model, *, api: str = "linen"):
     """``(module, variables)`` computing what ``keras_model`` computes; with ``api="nnx"``,
-    the ``lstm_jax.nnx.Sequential`` holding them instead.
+    the ``lstm_jax.nnx.Sequential`` holding them instead, in evaluation mode as
+    ``keras_model(x)`` is (``.train()`` turns dropout on).
 
     ``module`` is an ``lstm_jax.nn.Sequential`` of the model's layers; ``variables`` is
     ``{"params": ...}`` holding copies of its weights. ``module.apply(variables, x)`` equals

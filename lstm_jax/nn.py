@@ -46,6 +46,10 @@ class _Recurrent(nn.Module):
 
     cell: ClassVar[recurrent.Cell]  # the registry's entry (``recurrent.CELLS``)
 
+    def __post_init__(self):
+        check_rates(self)
+        super().__post_init__()
+
     def _init_params(self, key: Array, input_dim: int) -> dict[str, Array]:
         return init_layer_params(self, key, input_dim)
 
@@ -86,6 +90,20 @@ def check_rank(layer, inputs: Array) -> None:
         )
 
 
+def check_rates(layer) -> None:
+    """Refuses dropout rates outside Keras's range, naming the layer and the rate: checked
+    when a layer is built and at every call (an NNX layer's rate may be set later)."""
+    for name in ("dropout", "recurrent_dropout"):
+        rate = getattr(layer, name)
+        if isinstance(rate, bool) or not isinstance(rate, int | float | np.integer | np.floating):
+            raise ValueError(f"{type(layer).__name__}: {name} must be a number; got {rate!r}")
+        if not 0 <= rate < 1:
+            raise ValueError(
+                f"{type(layer).__name__}: {name} must be at least 0 and below 1 (the fraction "
+                f"of units dropped in training); got {rate!r}"
+            )
+
+
 def init_layer_params(layer, key: Array, input_dim: int) -> dict[str, Array]:
     """The parameters of a recurrent ``layer`` (this module's, or ``lstm_jax.nnx``'s: its
     ``cell``, ``units``, ``param_dtype`` and, for the LSTM, ``unit_forget_bias``)."""
@@ -104,6 +122,7 @@ def recurrent_call(layer, params, inputs: Array, *, mask=None, initial_state=Non
     """The forward pass of a recurrent ``layer`` (this module's, or ``lstm_jax.nnx``'s, which
     have the same options) with its ``params``: Keras's layer over ``recurrent.run_cell``;
     ``key`` draws dropout's masks (training), ``None`` drops nothing."""
+    check_rates(layer)
     if layer.dtype is not None:
         inputs = inputs.astype(layer.dtype)
         params = {k: v.astype(layer.dtype) for k, v in params.items()}

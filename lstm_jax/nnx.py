@@ -67,8 +67,10 @@ class _Recurrent(nnx.Module):
             param_dtype,
         )
         self.dropout, self.recurrent_dropout = dropout, recurrent_dropout
-        # As nnx.Dropout: its rngs draw the masks; model.train() / .eval() set deterministic.
-        self.rngs = rngs if dropout or recurrent_dropout else None
+        lnn.check_rates(self)
+        # As nnx.Dropout: its rngs draw the masks (kept whatever the rates, which may be set
+        # later); model.train() / .eval() set deterministic.
+        self.rngs = rngs
         self.deterministic = False
         for name, value in cell_options.items():  # the LSTM's unit_forget_bias, use_cudnn
             setattr(self, name, value)
@@ -345,12 +347,14 @@ def to_linen(model: nnx.Module) -> lnn.nn.Module:
 def from_linen(module: lnn.nn.Module, variables: dict, in_features: int) -> nnx.Module:
     """The NNX model of the same layers and options as the linen ``module``, holding
     ``variables`` (``{"params": ...}``); ``in_features`` is the ``D`` of its inputs
-    ``[batch, time, D]``.
+    ``[batch, time, D]``. It comes in evaluation mode (``.eval()``: no dropout), as the linen
+    module's ``apply`` infers by default; ``.train()`` turns dropout on.
 
     Raises:
       ValueError: ``module`` holds a layer this module has no NNX form of.
     """
     model, _ = _nnx_of(module, in_features, nnx.Rngs(0))
+    model.eval()
     return load_linen_variables(model, variables)
 
 

@@ -270,9 +270,10 @@ class Run:
 
     @property
     def nnx_model(self):
-        """The run's model as a Flax NNX model (``lstm_jax.nnx``) holding its parameters,
-        for a model made of lstm_jax's layers (as every model ``train.py`` trains, and any
-        ``lstm_jax.nnx`` model given to ``train_and_evaluate``)."""
+        """The run's model as a Flax NNX model (``lstm_jax.nnx``) holding its parameters, in
+        evaluation mode (no dropout; ``.train()`` turns it on), for a model made of
+        lstm_jax's layers (as every model ``train.py`` trains, and any ``lstm_jax.nnx``
+        model given to ``train_and_evaluate``)."""
         from lstm_jax import nnx as lnnx
 
         variables = {"params": jax.device_get(self.params)}

@@ -95,7 +95,8 @@ def train_and_evaluate(
 
     Returns the metrics that ``metrics.json`` holds, plus ``"state"``: the final training
     state (parameters and optimizer state); for an NNX model, ``"nnx_model"``: that model,
-    now holding the trained weights.
+    now holding the trained weights, in evaluation mode (``.eval()``; ``.train()`` to go on
+    training it in a loop of your own).
 
     Raises:
       ConfigError, data.DataError, CheckpointError, TrainingDiverged, DeviceError,
@@ -161,13 +162,15 @@ def train_and_evaluate(
 
 
 def _result(metrics: dict, state, nnx_model) -> dict:
-    """What ``train_and_evaluate`` returns; an NNX model is given the trained weights."""
+    """What ``train_and_evaluate`` returns; an NNX model is given the trained weights and
+    left in evaluation mode (dropout off), ready to predict."""
     if nnx_model is None:
         return {**metrics, "state": state}
     from lstm_jax import nnx as lnnx
 
     # NNX's way: the model holds the trained weights.
     lnnx.load_linen_variables(nnx_model, {"params": jax.device_get(state.params)})
+    nnx_model.eval()
     return {**metrics, "state": state, "nnx_model": nnx_model}
 
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import lstm_jax
+from lstm_jax import keras_io, recurrent, training
 from lstm_jax import nn as lnn
-from lstm_jax import recurrent, training
 from tests.fakes import run_fake
 
 B, T, D, U = 4000, 6, 3, 3
@@ -237,3 +237,26 @@ def test_nnx_layers_drop_out_in_training_and_not_after_eval():
     first, second = model(x), model(x)
     assert not np.allclose(first, inference, atol=1e-3)
     assert not np.allclose(first, second, atol=1e-3)  # fresh masks at each call
+
+
+@pytest.mark.parametrize("rate", [1.0, -0.1, 1.5])
+def test_a_layer_is_refused_its_rate_when_built_not_when_trained(rate):
+    with pytest.raises(ValueError, match="LSTM: dropout must be at least 0 and below 1"):
+        lnn.LSTM(5, dropout=rate)
+    with pytest.raises(ValueError, match="GRU: recurrent_dropout must be at least 0 and below 1"):
+        lnn.Classifier(cell="gru", units=(5,), recurrent_dropout=rate).init(
+            jax.random.key(0), jnp.ones((1, T, D))
+        )
+    from flax import nnx
+
+    from lstm_jax import nnx as lx
+
+    with pytest.raises(ValueError, match="SimpleRNN: dropout must be at least 0 and below 1"):
+        lx.SimpleRNN(D, 5, dropout=rate, rngs=nnx.Rngs(0))
+
+
+def test_keras_s_dropout_of_one_is_refused_when_converted():
+    with jax.numpy_rank_promotion("allow"):
+        keras_model = keras.Sequential([keras.Input((T, D)), keras.layers.LSTM(4, dropout=1.0)])
+    with pytest.raises(keras_io.UnsupportedError, match=r"dropout=1\.0 \(lstm_jax: from 0"):
+        lstm_jax.from_keras(keras_model)

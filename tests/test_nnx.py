@@ -244,3 +244,45 @@ def test_the_lesson_trained_from_an_nnx_classifier_as_from_the_linen_one(tmp_pat
         f" (linen: {linen['test_accuracy']:.2%})"
     )
     assert result["test_accuracy"] == linen["test_accuracy"]
+
+
+def test_nnx_models_handed_back_predict_without_dropout(tmp_path, record_largest):
+    """Every NNX model lstm_jax hands back is in evaluation mode: ``load_run(...).nnx_model``,
+    ``train_and_evaluate(...)["nnx_model"]`` and ``from_keras(..., api="nnx")`` give the
+    run's (or Keras's) inference outputs, the same at every call."""
+    import keras
+
+    from tests.fakes import run_fake
+
+    model = lx.Classifier(28, units=(16,), dropout=0.3, recurrent_dropout=0.3, rngs=nnx.Rngs(0))
+    result = run_fake(tmp_path, model=model, epochs=1)
+    run = lstm_jax.load_run(tmp_path / "run")
+    x = np.random.default_rng(1).integers(0, 256, (64, 28, 28, 1)).astype(np.uint8)
+    want = run.logits(x)
+    for handed_back in (result["nnx_model"], run.nnx_model):
+        got = handed_back(jnp.asarray(x, jnp.float32).reshape(64, 28, 28) / 255)
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    with jax.numpy_rank_promotion("allow"):
+        keras_model = keras.Sequential(
+            [keras.Input((T, D)), keras.layers.LSTM(8, dropout=0.4, recurrent_dropout=0.4)]
+        )
+        expected = np.asarray(keras_model(X))
+    back = lstm_jax.from_keras(keras_model, api="nnx")
+    diff = np.abs(np.asarray(back(X)) - expected).max()
+    record_largest("NNX model from Keras with dropout, against Keras (inference)", diff)
+    assert diff < 1e-5
+    np.testing.assert_array_equal(back(X), back(X))
+    back.train()  # and training mode is one call away
+    assert not np.allclose(back(X), back(X), atol=1e-4)
+
+
+def test_a_dropout_rate_set_after_construction_is_used_and_checked():
+    layer = lx.LSTM(D, 8, rngs=nnx.Rngs(0))
+    without = layer(X)
+    layer.dropout = 0.5  # as an NNX user sets an attribute; built, a layer is in training
+    assert not np.allclose(layer(X), without, atol=1e-4)
+    layer.eval()
+    np.testing.assert_array_equal(layer(X), without)
+    layer.dropout = 1.0
+    with pytest.raises(ValueError, match="LSTM: dropout must be at least 0 and below 1"):
+        layer(X)
