@@ -6,6 +6,7 @@ row by row, Adam at 1e-3, batch 128, 3 epochs, the last 20% of the training set 
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 
@@ -54,54 +55,104 @@ class Config:
     tensorboard: bool = False  # write TensorBoard scalars into the workdir
 
     def __post_init__(self):
-        object.__setattr__(self, "units", tuple(self.units))
+        # NumPy scalars as Python's (a run's settings are written as JSON), a path as text.
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, np.generic):
+                object.__setattr__(self, f.name, value.item())
+            elif isinstance(value, os.PathLike):
+                object.__setattr__(self, f.name, os.fspath(value))
+        units = self.units
+        if isinstance(units, int | np.integer) and not isinstance(units, bool):
+            units = (units,)  # units=50, as Keras's LSTM(50)
+        if isinstance(units, list | tuple):
+            units = tuple(u.item() if isinstance(u, np.generic) else u for u in units)
+        object.__setattr__(self, "units", units)
 
     def validate(self) -> None:
+        """Refuses a setting of the wrong type or out of range, before anything runs.
+
+        Raises:
+          ConfigError: names the first such setting, what it must be, and what it is.
+        """
+
         def need(ok: bool, setting: str, allowed: str):
             if not ok:
                 value = getattr(self, setting)
                 value = list(value) if isinstance(value, tuple) else value
                 raise ConfigError(setting, f"{setting} must be {allowed}; got {value!r}")
 
-        def one_of(options) -> str:
-            return "one of " + ", ".join(options)
+        def one_of(setting: str, options) -> None:
+            value = getattr(self, setting)
+            need(isinstance(value, str) and value in options, setting, _one_of(options))
 
-        need(self.cell in CELLS, "cell", one_of(CELLS))
+        def count(setting: str, *, optional: bool = False, what: str = "a positive int"):
+            value = getattr(self, setting)
+            need((optional and value is None) or (_is_int(value) and value > 0), setting, what)
+
+        one_of("cell", CELLS)
         need(
-            len(self.units) > 0 and all(isinstance(u, int) and u > 0 for u in self.units),
+            isinstance(self.units, tuple)
+            and len(self.units) > 0
+            and all(_is_int(u) and u > 0 for u in self.units),
             "units",
             "positive ints (e.g. 50 or 128,64)",
         )
-        need(self.epochs > 0, "epochs", "a positive int")
-        need(self.batch_size > 0, "batch_size", "a positive int")
+        for flag in (
+            "bidirectional",
+            "download",
+            "resume",
+            "distributed",
+            "progress",
+            "tensorboard",
+        ):
+            need(isinstance(getattr(self, flag), bool), flag, "True or False")
+        count("epochs")
+        count("batch_size")
         need(
-            0 < self.learning_rate <= np.finfo(np.float32).max,
+            _is_real(self.learning_rate) and 0 < self.learning_rate <= np.finfo(np.float32).max,
             "learning_rate",
             "positive and finite in float32 (at most 3.4e38)",
         )
-        need(self.optimizer in OPTIMIZERS, "optimizer", one_of(OPTIMIZERS))
-        need(0 <= self.seed < 2**32, "seed", "an int from 0 to 2**32 - 1")
-        need(self.sequence in data_lib.SEQUENCES, "sequence", one_of(data_lib.SEQUENCES))
-        need(0 < self.validation_split < 1, "validation_split", "strictly between 0 and 1")
-        need(self.precision in PRECISIONS, "precision", one_of(PRECISIONS))
+        one_of("optimizer", OPTIMIZERS)
+        need(isinstance(self.dataset, str) and self.dataset != "", "dataset", "a name or a path")
+        need(_is_int(self.seed) and 0 <= self.seed < 2**32, "seed", "an int from 0 to 2**32 - 1")
+        one_of("sequence", data_lib.SEQUENCES)
         need(
-            self.max_train_examples is None or self.max_train_examples > 0,
-            "max_train_examples",
-            "positive",
+            _is_real(self.validation_split) and 0 < self.validation_split < 1,
+            "validation_split",
+            "strictly between 0 and 1",
         )
+        need(self.data_dir is None or isinstance(self.data_dir, str), "data_dir", "a path or None")
+        one_of("precision", PRECISIONS)
+        count("max_train_examples", optional=True, what="a positive int or None")
         for rate in ("dropout", "recurrent_dropout"):
-            need(0 <= getattr(self, rate) < 1, rate, "at least 0 and below 1 (Keras's rates)")
+            value = getattr(self, rate)
+            need(_is_real(value) and 0 <= value < 1, rate, "at least 0 and below 1 (Keras's rates)")
         need(
-            self.clipnorm is None or 0 < self.clipnorm < float("inf"),
+            self.clipnorm is None or (_is_real(self.clipnorm) and 0 < self.clipnorm < np.inf),
             "clipnorm",
-            "positive and finite",
+            "a positive, finite number or None",
         )
-        need(self.lr_schedule in LR_SCHEDULES, "lr_schedule", one_of(LR_SCHEDULES))
-        need(
-            self.early_stopping is None or self.early_stopping > 0,
+        one_of("lr_schedule", LR_SCHEDULES)
+        count(
             "early_stopping",
-            "a positive number of epochs (the patience)",
+            optional=True,
+            what="a positive int (the patience, in epochs) or None",
         )
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    """A number that is not a bool; NaN fails every range check that follows."""
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+
+
+def _one_of(options) -> str:
+    return "one of " + ", ".join(options)
 
 
 # Settings a resumed run may change; every other one stays as the run was started.

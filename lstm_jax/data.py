@@ -358,6 +358,12 @@ def _held_out(name, train: Split, test: Split, validation_split: float, num_clas
     """The ``Dataset`` with the last ``validation_split`` of ``train`` held out (Keras's
     split point); ``num_classes`` from the labels when not given."""
     cut = math.floor(len(train) * (1 - validation_split))
+    if cut == 0 or (validation_split > 0 and cut == len(train)):
+        what = "no example to train on" if cut == 0 else "no example held out for validation"
+        raise DataError(
+            f"validation_split {validation_split} of {len(train)} training examples leaves "
+            f"{what}; give more examples or another split"
+        )
     splits = (train.head(cut), train.tail(cut), test)
     for split in splits:  # read-only: every epoch gathers its batches from these
         for array in (split.images, split.labels, split.lengths):
@@ -417,9 +423,21 @@ def from_arrays(
             f"validation_split must be strictly between 0 and 1; got {validation_split}"
         )
     largest = int(max(train.labels.max(initial=0), test.labels.max(initial=0)))
-    if num_classes is not None and (num_classes <= largest):
-        raise DataError(f"num_classes is {num_classes}, but a label is {largest}")
-    ds = _held_out(name, train, test, validation_split, num_classes or largest + 1)
+    if num_classes is not None and (
+        isinstance(num_classes, bool)
+        or not isinstance(num_classes, int | np.integer)
+        or num_classes <= largest
+    ):
+        raise DataError(
+            f"num_classes must be an int above the largest label ({largest}); got {num_classes!r}"
+        )
+    if len(np.unique(train.labels)) < 2:
+        raise DataError(
+            f"y_train holds one class only (every label is {int(train.labels[0])}): a "
+            "classifier learns nothing from it (loss 0, accuracy 100% from the start); give "
+            "examples of at least two classes"
+        )
+    ds = _held_out(name, train, test, validation_split, int(num_classes or largest + 1))
     return dataclasses.replace(ds, from_arrays=True)
 
 
@@ -432,12 +450,24 @@ def _arrays_split(part: str, x, y, lengths) -> Split:
             f"x_{part} must be float sequences [N, T, F] or uint8 images [N, H, W(, C)], none "
             f"empty; got {x.dtype} {list(x.shape)}"
         )
-    if not images and not np.isfinite(x).all():
-        raise DataError(f"x_{part} holds NaN or infinite values; pad with finite values (0)")
+    x = np.ascontiguousarray(x[..., None] if images and x.ndim == 3 else x)
+    if not images:
+        with np.errstate(over="ignore"):  # beyond float32's range: inf, refused below
+            x = np.ascontiguousarray(x, np.float32)
+        if not np.isfinite(x).all():
+            raise DataError(
+                f"x_{part} holds NaN or infinite values, or values beyond float32's range "
+                "(3.4e38) that become infinite as float32; pad with finite values (0)"
+            )
     if not np.issubdtype(y.dtype, np.integer) or y.shape != x.shape[:1] or (y < 0).any():
         raise DataError(
             f"y_{part} must be integer labels from 0, one per example ([{len(x)}]); got "
             f"{y.dtype} {list(y.shape)}"
+        )
+    if y.size and int(y.max()) > np.iinfo(np.int32).max:
+        raise DataError(
+            f"y_{part} holds the label {int(y.max())}: labels are class ids from 0 to "
+            "num_classes - 1, and must fit int32 (below 2**31)"
         )
     if lengths is not None:
         lengths = np.asarray(lengths)
@@ -455,6 +485,4 @@ def _arrays_split(part: str, x, y, lengths) -> Split:
                 f"{int(lengths.min())} to {int(lengths.max())}"
             )
         lengths = np.ascontiguousarray(lengths, np.int32)
-    x = x[..., None] if images and x.ndim == 3 else x
-    x = np.ascontiguousarray(x, np.uint8 if images else np.float32)
     return Split(x, np.ascontiguousarray(y, np.int32), lengths)

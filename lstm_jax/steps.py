@@ -318,6 +318,13 @@ def load_data(
             download=config.download,
         )
     train = ds.train
+    for name, split in (("validation", ds.validation), ("test", ds.test)):
+        if len(split) == 0:
+            raise ConfigError(
+                "data",
+                f"data: the {name} split of {ds.name} is empty; every epoch is validated and the "
+                "run tested (give a validation_split above 0, and test examples)",
+            )
     if config.max_train_examples is not None:
         train = train.head(config.max_train_examples)
     if config.batch_size > len(train):

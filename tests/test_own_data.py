@@ -133,7 +133,13 @@ def test_images_and_sequences_without_lengths_train(tmp_path):
         (dict(lengths_test=None), "go together"),
         (dict(x_test=np.zeros((4, 3, 5), np.float32)), "same features"),
         (dict(validation_split=1.0), "validation_split must be strictly between"),
-        (dict(num_classes=1), "num_classes is 1, but a label is 1"),
+        (dict(num_classes=1), r"num_classes must be an int above the largest label \(1\)"),
+        (dict(num_classes=2.5), r"num_classes must be an int above .*; got 2\.5"),
+        (dict(y_train=np.array([0, 1, 2**31, 0])), "must fit int32"),
+        (dict(x_train=np.full((4, 3, 2), 1e39)), "beyond float32's range"),
+        (dict(y_train=np.array([1, 1, 1, 1])), "y_train holds one class only"),
+        (dict(validation_split=0.9), "leaves no example to train on"),
+        (dict(validation_split=1e-17), "leaves no example held out"),
     ],
 )
 def test_from_arrays_says_what_it_expected(change, message):
@@ -148,3 +154,16 @@ def test_from_arrays_says_what_it_expected(change, message):
     arrays.update(change)
     with pytest.raises(DataError, match=message):
         data.from_arrays(arrays.pop("x_train"), arrays.pop("y_train"), **arrays)
+
+
+def test_data_without_a_validation_or_test_example_is_refused(tmp_path):
+    import dataclasses
+
+    x, y, _ = sign_task(256, seed=0)
+    ds = data.from_arrays(x, y, x_test=x, y_test=y)
+    config = training.Config(epochs=1, batch_size=64, progress=False)
+    for split in ("validation", "test"):
+        empty = dataclasses.replace(ds, **{split: getattr(ds, split).head(0)})
+        with pytest.raises(training.ConfigError, match=f"the {split} split of arrays is empty"):
+            training.train_and_evaluate(config, tmp_path / "run", data=empty)
+    assert not (tmp_path / "run").exists()

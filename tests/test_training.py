@@ -418,3 +418,35 @@ def test_cpu_setup_caps_malloc_arenas(limited, run_script, monkeypatch):
     monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
     heaps = int(run_script("malloc_arenas.py", limited))
     assert heaps <= 2 if limited else heaps > 2, heaps
+
+
+@pytest.mark.parametrize(
+    "setting, value, message",
+    [
+        ("epochs", 2.5, "epochs must be a positive int; got 2.5"),
+        ("batch_size", 32.0, "batch_size must be a positive int; got 32.0"),
+        ("seed", 1.5, "seed must be an int from 0"),
+        ("clipnorm", "1", "clipnorm must be a positive, finite number or None; got '1'"),
+        ("clipnorm", True, "clipnorm must be a positive, finite number or None; got True"),
+        ("early_stopping", True, "early_stopping must be a positive int .*; got True"),
+        ("early_stopping", 2.5, "early_stopping must be a positive int .*; got 2.5"),
+        ("units", (True,), r"units must be positive ints .*; got \[True\]"),
+        ("learning_rate", "0.1", "learning_rate must be positive"),
+        ("dropout", None, "dropout must be at least 0 and below 1"),
+        ("progress", 1, "progress must be True or False; got 1"),
+        ("cell", ["lstm"], "cell must be one of lstm, gru, simple_rnn"),
+    ],
+)
+def test_a_setting_of_the_wrong_type_is_refused_before_anything_runs(setting, value, message):
+    with pytest.raises(training.ConfigError, match=message) as e:
+        training.Config(**{setting: value}).validate()
+    assert e.value.setting == setting
+
+
+def test_settings_given_as_numpy_scalars_or_a_path_are_kept_as_python_values(tmp_path):
+    config = training.Config(
+        epochs=np.int64(2), learning_rate=np.float32(0.5), units=50, data_dir=tmp_path
+    )
+    config.validate()
+    assert (config.epochs, config.units, config.data_dir) == (2, (50,), str(tmp_path))
+    assert type(config.learning_rate) is float
