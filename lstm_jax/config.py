@@ -155,6 +155,43 @@ def _one_of(options) -> str:
     return "one of " + ", ".join(options)
 
 
+# The settings of the model the trainer builds (``steps.make_model``): a model given to the
+# trainer is used as it is, and these describe nothing of it.
+MODEL_SETTINGS = ("cell", "units", "bidirectional", "dropout", "recurrent_dropout", "precision")
+
+
+def check_model_settings(config: Config) -> None:
+    """Refuses ``MODEL_SETTINGS`` other than the defaults in a run given its own model.
+
+    Raises:
+      ConfigError: names each such setting and its value.
+    """
+    default = Config()
+    changed = [n for n in MODEL_SETTINGS if getattr(config, n) != getattr(default, n)]
+    if changed:
+        raise ConfigError(
+            changed[0],
+            f"{_pairs(config, changed)}: these settings build the Classifier that is trained "
+            "when no model is given; the model given is trained as it is, and they would "
+            "describe nothing of it. Build the model with them (e.g. Classifier(cell=..., "
+            "units=..., dropout=...)) and leave them at their defaults.",
+            others=tuple(changed[1:]),
+        )
+
+
+def _show(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def _pairs(config: Config, names, saved: Config | None = None) -> str:
+    """``name value`` for each of ``names``, with ``saved``'s value beside it if given."""
+    return "; ".join(
+        f"{n} {_show(getattr(config, n))}"
+        + ("" if saved is None else f" (the run's: {_show(getattr(saved, n))})")
+        for n in names
+    )
+
+
 # Settings a resumed run may change; every other one stays as the run was started.
 RESUMABLE = (
     "epochs",
@@ -181,19 +218,11 @@ def check_resume(saved: Config, config: Config, epochs_done: int) -> None:
         if f.name not in RESUMABLE and getattr(saved, f.name) != getattr(config, f.name)
     ]
     if changed:
-
-        def show(v):
-            return ",".join(map(str, v)) if isinstance(v, tuple) else v
-
-        pairs = "; ".join(
-            f"{n} {show(getattr(config, n))} (the run's: {show(getattr(saved, n))})"
-            for n in changed
-        )
         raise ConfigError(
             changed[0],
-            f"{pairs}: a resumed run keeps the settings it was started with; only "
-            f"{', '.join(n for n in RESUMABLE if n != 'resume')} may change. Start a new run "
-            "in another workdir for other settings.",
+            f"{_pairs(config, changed, saved)}: a resumed run keeps the settings it was "
+            f"started with; only {', '.join(n for n in RESUMABLE if n != 'resume')} may "
+            "change. Start a new run in another workdir for other settings.",
             others=tuple(changed[1:]),
         )
     if config.epochs < epochs_done:

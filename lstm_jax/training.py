@@ -49,10 +49,12 @@ from lstm_jax.calls import Calls
 from lstm_jax.checkpoints import Checkpointer
 from lstm_jax.config import CELLS as CELLS
 from lstm_jax.config import LR_SCHEDULES as LR_SCHEDULES
+from lstm_jax.config import MODEL_SETTINGS as MODEL_SETTINGS
 from lstm_jax.config import OPTIMIZERS as OPTIMIZERS
 from lstm_jax.config import PRECISIONS as PRECISIONS
 from lstm_jax.config import RESUMABLE as RESUMABLE
 from lstm_jax.config import Config as Config
+from lstm_jax.config import check_model_settings as check_model_settings
 from lstm_jax.config import check_resume as check_resume
 from lstm_jax.errors import USER_ERRORS as USER_ERRORS
 from lstm_jax.errors import CheckpointError as CheckpointError
@@ -89,7 +91,9 @@ def train_and_evaluate(
     ``model`` is any Flax linen module mapping ``[batch, time, features]`` to logits
     ``[batch, num_classes]``, or an ``lstm_jax.nnx`` model (which trains from the weights it
     holds, as its linen twin, and holds the trained weights afterwards); by default the
-    ``Classifier`` that ``config`` describes (``make_model``).
+    ``Classifier`` that ``config`` describes (``make_model``). A model given is trained as
+    it is: ``config``'s ``MODEL_SETTINGS`` (cell, units, ...) must then stay at their
+    defaults, and metrics.json records them as null.
     When resuming, the run's own model is used unless one is given, and ``config`` must
     match the run's settings except those in ``RESUMABLE`` (``resume_config`` reads them).
 
@@ -118,6 +122,7 @@ def train_and_evaluate(
     input_shape = data_lib.sequence_shape(train.images.shape[1:], config.sequence)
     model, nnx_model = _linen(model)
     model = _the_model(config, model, saved, ds.num_classes)
+    unused = _unused_settings(config, model, ds.num_classes, new=saved is None)
     calls = _check_model(model, input_shape, ds.num_classes, masked=train.lengths is not None)
     if distributed.is_multiprocess():  # all alike, or all stop
         distributed.agree(_statement(config, model, ds, train))
@@ -155,7 +160,16 @@ def train_and_evaluate(
             epochs.scalars = stack.enter_context(reporting.Scalars(path / "tensorboard"))
         state, test = epochs.run(state, history)
         metrics = _finish(
-            path, config, model, history, mesh=mesh, ds=ds, train=train, state=state, test=test
+            path,
+            config,
+            model,
+            history,
+            mesh=mesh,
+            ds=ds,
+            train=train,
+            state=state,
+            test=test,
+            unused=unused,
         )
     print_fn(f"test accuracy: {test[1]:.2%}")
     return _result(metrics, state, nnx_model)
@@ -174,9 +188,9 @@ def _result(metrics: dict, state, nnx_model) -> dict:
     return {**metrics, "state": state, "nnx_model": nnx_model}
 
 
-def _finish(path, config, model, history, *, mesh, ds, train, state, test) -> dict:
-    """The run's metrics (``test``: the test set's loss and accuracy), written with its
-    curves by process 0."""
+def _finish(path, config, model, history, *, mesh, ds, train, state, test, unused) -> dict:
+    """The run's metrics (``test``: the test set's loss and accuracy; the settings in
+    ``unused``, which the model does not use, as null), written with its curves by process 0."""
     metrics = reporting.metrics(
         config,
         model,
@@ -186,6 +200,7 @@ def _finish(path, config, model, history, *, mesh, ds, train, state, test) -> di
         params=state.params,
         test=test,
     )
+    metrics["config"].update(dict.fromkeys(unused))
     metrics.update(early_stopping.summary(config, history))
     if jax.process_index() == 0:
         title = f"{describe_model(model)} on {ds.name}: test accuracy {test[1]:.2%}"
@@ -397,6 +412,17 @@ def _restore(config, checkpointer, mesh, state, print_fn):
     epoch, state, meta = checkpointer.restore_latest(abstract)
     print_fn(f"resumed from the checkpoint of epoch {epoch} in {checkpointer.directory}")
     return state, list(meta["history"])[:epoch]
+
+
+def _unused_settings(config: Config, model: nn.Module, num_classes: int, *, new: bool):
+    """The settings of ``config`` that ``model`` does not use: none when it is the
+    ``Classifier`` they describe; else ``MODEL_SETTINGS``, which a new run must leave at
+    their defaults (``check_model_settings``)."""
+    if model == steps.make_model(config, num_classes):
+        return ()
+    if new:
+        check_model_settings(config)
+    return MODEL_SETTINGS
 
 
 def _the_model(config: Config, model: nn.Module | None, saved: dict | None, num_classes: int):

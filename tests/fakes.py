@@ -1,5 +1,5 @@
 """Small runs on fake data for the tests: TFDS's mock_data (512 random images), batch 64,
-LSTM(16), 2 epochs, unless overridden."""
+LSTM(16) (unless a model is given), 2 epochs, unless overridden."""
 
 import os
 import pathlib
@@ -17,7 +17,8 @@ FAKE = dict(units=(16,), batch_size=64, epochs=2, progress=False)
 def run_fake(workdir, *, num_examples=512, model=None, **overrides):
     """``train_and_evaluate`` on fake data in ``workdir / "run"`` (its TFDS directory
     ``workdir / "tfds"``), printing nothing."""
-    config = training.Config(**{**FAKE, "data_dir": str(workdir / "tfds"), **overrides})
+    fake = {k: v for k, v in FAKE.items() if model is None or k != "units"}  # model='s own
+    config = training.Config(**{**fake, "data_dir": str(workdir / "tfds"), **overrides})
     with tfds.testing.mock_data(num_examples=num_examples):
         return training.train_and_evaluate(
             config, workdir / "run", model=model, print_fn=lambda s: None

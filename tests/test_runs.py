@@ -217,6 +217,29 @@ def test_trainer_refuses_a_model_that_does_not_give_logits(tmp_path, model, mess
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
+def test_a_given_model_is_not_described_by_settings_it_does_not_use(tmp_path):
+    """With ``model=``, the settings that build the default ``Classifier`` are refused
+    unless left at their defaults, and metrics.json records them as not used (null); the
+    ``Classifier`` those settings describe records them."""
+    model = lnn.Classifier(units=(8,))
+    with pytest.raises(
+        training.ConfigError,
+        match=r"^cell gru; units 64; dropout 0\.5; precision bfloat16: these settings build",
+    ):
+        run_fake(tmp_path, model=model, cell="gru", units=(64,), dropout=0.5, precision="bfloat16")
+    assert not (tmp_path / "run").exists()
+    run_fake(tmp_path / "given", model=model, epochs=1)
+    recorded = json.loads((tmp_path / "given" / "run" / "metrics.json").read_text())
+    assert recorded["model"] == "LSTM(8) -> Dense(10)"
+    assert {k: recorded["config"][k] for k in training.MODEL_SETTINGS} == dict.fromkeys(
+        training.MODEL_SETTINGS
+    )
+    described = lnn.Classifier(cell="gru", units=(8,))  # the one Config(cell="gru", units=8) builds
+    run_fake(tmp_path / "same", model=described, cell="gru", units=(8,), epochs=1)
+    recorded = json.loads((tmp_path / "same" / "run" / "metrics.json").read_text())
+    assert (recorded["config"]["cell"], recorded["config"]["units"]) == ("gru", [8])
+
+
 # ------------------------------------------------------------ resume and evaluate
 
 
