@@ -81,7 +81,8 @@ def _model_and_recipe() -> dict[str, dict[str, dict]]:
             "lr_schedule": dict(
                 choices=training.LR_SCHEDULES,
                 help="the learning rate over the run (optax's schedules; reduce_on_plateau "
-                "halves it after 2 epochs without a lower training loss)",
+                "halves it after 2 epochs without a lower training loss; cosine and "
+                "warmup_cosine are planned over --epochs, which a resumed run then keeps)",
             ),
             "early_stopping": dict(
                 type=int,
@@ -163,7 +164,8 @@ def _add_run_flags(run) -> None:
         "--resume",
         action="store_true",
         help="continue the run in --workdir from its newest checkpoint, with its settings "
-        "(only --epochs, --learning-rate, --no-progress, --data-dir, --no-download may change)",
+        f"(only {', '.join(map(_flag, training.RESUMABLE[:-1]))} may change; --epochs not "
+        "under a cosine schedule)",
     )
     run.add_argument(
         "--evaluate",
@@ -335,14 +337,17 @@ def _exit_now(line: str) -> None:
 
 
 def _with_flags(e: training.ConfigError) -> str:
-    """``e``'s message with its settings named as flags: ``batch_size`` as ``--batch-size``,
-    at its start and, for ``e.others``, after each ``"; "``."""
-    text = str(e)
-    if text.startswith(e.setting):
-        text = "--" + e.setting.replace("_", "-") + text[len(e.setting) :]
-    for name in e.others:
-        text = text.replace(f"; {name} ", f"; --{name.replace('_', '-')} ", 1)
-    return text
+    """``e``'s message with its settings named as flags: ``batch_size`` as ``--batch-size``."""
+    return e.naming(_flag)
+
+
+def _flag(setting: str) -> str:
+    """The flag of a setting: ``--batch-size`` for ``batch_size``, ``--no-progress`` for
+    ``progress``."""
+    for settings in _settings().values():
+        if setting in settings:
+            return settings[setting].get("flag", "--" + setting.replace("_", "-"))
+    return "--" + setting.replace("_", "-")
 
 
 def _flag_names(message: str) -> str:

@@ -171,11 +171,12 @@ def check_model_settings(config: Config) -> None:
     if changed:
         raise ConfigError(
             changed[0],
-            f"{_pairs(config, changed)}: these settings build the Classifier that is trained "
-            "when no model is given; the model given is trained as it is, and they would "
-            "describe nothing of it. Build the model with them (e.g. Classifier(cell=..., "
-            "units=..., dropout=...)) and leave them at their defaults.",
-            others=tuple(changed[1:]),
+            lambda name: (
+                f"{_pairs(name, config, changed)}: these settings build the "
+                "Classifier that is trained when no model is given; the model given is trained as "
+                "it is, and they would describe nothing of it. Build the model with them (e.g. "
+                "Classifier(cell=..., units=..., dropout=...)) and leave them at their defaults."
+            ),
         )
 
 
@@ -183,10 +184,11 @@ def _show(value) -> str:
     return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
-def _pairs(config: Config, names, saved: Config | None = None) -> str:
-    """``name value`` for each of ``names``, with ``saved``'s value beside it if given."""
+def _pairs(name, config: Config, names, saved: Config | None = None) -> str:
+    """``setting value`` for each of ``names`` (each named by ``name``), with ``saved``'s
+    value beside it if given."""
     return "; ".join(
-        f"{n} {_show(getattr(config, n))}"
+        f"{name(n)} {_show(getattr(config, n))}"
         + ("" if saved is None else f" (the run's: {_show(getattr(saved, n))})")
         for n in names
     )
@@ -197,17 +199,22 @@ RESUMABLE = (
     "epochs",
     "learning_rate",
     "progress",
+    "tensorboard",
     "data_dir",
     "download",
     "distributed",
-    "resume",
-    "tensorboard",
+    "resume",  # last: not a change a user makes
 )
+
+
+# Schedules planned over the run's epochs: a resumed run keeps its epochs under them.
+PLANNED_SCHEDULES = ("cosine", "warmup_cosine")
 
 
 def check_resume(saved: Config, config: Config, epochs_done: int) -> None:
     """Refuses to resume a run saved with ``saved`` under ``config`` if any setting outside
-    ``RESUMABLE`` differs, or ``config.epochs`` is below the epochs already done.
+    ``RESUMABLE`` differs, ``config.epochs`` is below the epochs already done, or differs
+    from the run's under a schedule planned over them (``PLANNED_SCHEDULES``).
 
     Raises:
       ConfigError: names every such setting, with the run's value.
@@ -220,14 +227,26 @@ def check_resume(saved: Config, config: Config, epochs_done: int) -> None:
     if changed:
         raise ConfigError(
             changed[0],
-            f"{_pairs(config, changed, saved)}: a resumed run keeps the settings it was "
-            f"started with; only {', '.join(n for n in RESUMABLE if n != 'resume')} may "
-            "change. Start a new run in another workdir for other settings.",
-            others=tuple(changed[1:]),
+            lambda name: (
+                f"{_pairs(name, config, changed, saved)}: a resumed run keeps the "
+                f"settings it was started with; only {', '.join(map(name, RESUMABLE[:-1]))} may "
+                "change. Start a new run in another workdir for other settings."
+            ),
         )
     if config.epochs < epochs_done:
         raise ConfigError(
             "epochs",
             f"epochs {config.epochs} is fewer than the {epochs_done} the run has finished; "
             f"give at least {epochs_done} (equal: nothing to train, the run is only tested).",
+        )
+    if saved.lr_schedule in PLANNED_SCHEDULES and config.epochs != saved.epochs:
+        raise ConfigError(
+            "epochs",
+            lambda name: (
+                f"{name('epochs')} {config.epochs} (the run's: {saved.epochs}): "
+                f"{name('lr_schedule')} {saved.lr_schedule} plans the learning rate over the "
+                f"run's {saved.epochs} epochs, down to 0 at the end; under other epochs it would "
+                "jump back up (planned again) or stay at 0 (the old plan continued). Resume it "
+                f"with its {saved.epochs} epochs, or start a new run for more."
+            ),
         )

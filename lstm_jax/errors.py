@@ -5,15 +5,33 @@ and what to do. ``train.py`` reports any of ``USER_ERRORS`` as one line, without
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Callable
 
 
 class ConfigError(ValueError):
     """A setting is out of range; the message starts with its name (``setting``) and says
-    what is allowed."""
+    what is allowed.
 
-    def __init__(self, setting: str, message: str, *, others: tuple[str, ...] = ()):
-        self.setting, self.others = setting, others
-        super().__init__(message)
+    ``message`` is the text, or a function that writes it given how to name a setting
+    (``name(setting) -> str``), for a message that names several: the library names them
+    as ``Config`` does, ``train.py`` as its flags (``naming``).
+    """
+
+    def __init__(self, setting: str, message: str | Callable[[Callable[[str], str]], str]):
+        self.setting = setting
+        self._write = message if callable(message) else None
+        super().__init__(message(str) if callable(message) else message)
+
+    def naming(self, name: Callable[[str], str]) -> str:
+        """The message with the settings it names named by ``name``."""
+        if self._write is not None:
+            return self._write(name)
+        text = str(self)
+        return (
+            name(self.setting) + text[len(self.setting) :]
+            if text.startswith(self.setting)
+            else text
+        )
 
 
 class DataError(RuntimeError):

@@ -205,6 +205,7 @@ class Scalars:
         ("train_accuracy", "accuracy/train"),
         ("val_accuracy", "accuracy/validation"),
         ("learning_rate", "learning_rate"),
+        ("learning_rate_first_step", "learning_rate/first_step"),
         ("epoch_seconds", "epoch_seconds"),
     )
 

@@ -334,6 +334,8 @@ class _Epochs:
         try:
             with contextlib.ExitStack() as stack:
                 stack.callback(self.progress.close)
+                if history:  # resumed: say so when there is nothing left to train
+                    self.say_if_done(history)
                 for epoch in range(len(history) + 1, self.config.epochs + 1):
                     if early_stopping.stopped(self.config, history):
                         break
@@ -355,6 +357,15 @@ class _Epochs:
                 raise
             raise distributed.lost(e, self.kept()) from None
 
+    def say_if_done(self, history: list[dict]) -> None:
+        """A line for a resumed run that trains no epoch: all done, or stopped early."""
+        done, epochs = len(history), self.config.epochs
+        if early_stopping.stopped(self.config, history) and done < epochs:
+            line = early_stopping.line(self.config, history)
+            self.print_fn(f"{line}. The run stopped after epoch {done}: nothing more to train")
+        elif done >= epochs:
+            self.print_fn(f"the run has finished its {epochs} epochs: nothing more to train")
+
     def epoch(self, state, epoch: int) -> tuple[Any, dict]:
         """Trains and validates ``epoch``: the new state, and the epoch's record."""
         train_epoch = self.fns[0]
@@ -363,6 +374,7 @@ class _Epochs:
             self.progress.open(
                 epoch, config.epochs, -(-n_train // config.batch_size), config.batch_size
             )
+            first_rate = self.learning_rate(state, int(state.step))  # before it is donated
             start = time.perf_counter()
             order = sharding.epoch_order(config.seed, epoch, n_train)
             batches = sharding.batches_on_mesh(self.train, order, config.batch_size, self.mesh)
@@ -380,15 +392,18 @@ class _Epochs:
         record = reporting.epoch_record(
             epoch, sums, val_sums, n_train, train_seconds, epoch_seconds
         )
-        learning_rate = optim.current_learning_rate(
-            config, state.opt_state, int(state.step) - 1, self.steps_per_epoch
-        )  # the epoch's last step's; a resumed run may change the base rate
         record.update(
             compilations=compiles.count,
             compile_seconds=compiles.seconds,
-            learning_rate=learning_rate,
+            # The rates of the epoch's first and last steps: a schedule's jump shows.
+            learning_rate_first_step=first_rate,
+            learning_rate=self.learning_rate(state, int(state.step) - 1),
         )
         return state, record
+
+    def learning_rate(self, state, step: int) -> float:
+        """The rate of ``step`` (a schedule's), with ``state``'s optimizer state (a plateau's)."""
+        return optim.current_learning_rate(self.config, state.opt_state, step, self.steps_per_epoch)
 
     def evaluate(self, state, split: str):
         """The sums of ``state``'s model (and its collections) over a held-out split."""

@@ -39,6 +39,8 @@ def test_the_learning_rate_follows_optax_s_schedule(tmp_path, schedule):
     lr = optim.learning_rate_schedule(training.Config(epochs=3, lr_schedule=schedule), steps)
     recorded = [h["learning_rate"] for h in result["history"]]
     np.testing.assert_allclose(recorded, [float(lr(e * steps - 1)) for e in (1, 2, 3)], 1e-6)
+    firsts = [h["learning_rate_first_step"] for h in result["history"]]
+    np.testing.assert_allclose(firsts, [float(lr(e * steps)) for e in (0, 1, 2)], 1e-6)
     if schedule == "warmup_cosine":
         assert float(lr(0)) == 0.0 and float(lr(steps)) == pytest.approx(1e-3)
 
@@ -225,3 +227,41 @@ def test_training_starts_from_given_variables(tmp_path):
         params_of(started),
         jax.device_get(given["params"]),
     )
+
+
+def test_a_cosine_run_resumes_only_with_its_own_epochs(tmp_path, capsys):
+    """A schedule planned over the run's epochs cannot be stretched by a resume (it would
+    jump back up, or stay at 0): refused with a line, named as flags by train.py; each
+    epoch records its first and last steps' rates, so that a jump would show."""
+    import train
+
+    first = run_fake(tmp_path, lr_schedule="cosine", epochs=1)
+    record = first["history"][0]
+    assert record["learning_rate_first_step"] == pytest.approx(1e-3)
+    assert record["learning_rate"] < 1e-4  # the plan's last step, near 0
+    with pytest.raises(training.ConfigError, match=r"^epochs 2 \(the run's: 1\): lr_schedule co"):
+        training.resume_config(tmp_path / "run", epochs=2)
+    args = ["--workdir", str(tmp_path / "run"), "--resume", "--epochs", "2"]
+    with pytest.raises(SystemExit):
+        train.main(args)
+    line = capsys.readouterr().err
+    assert line.startswith("error: --epochs 2 (the run's: 1): --lr-schedule cosine plans the")
+    assert "Resume it with its 1 epochs, or start a new run for more." in line
+    config = training.resume_config(tmp_path / "run", epochs=1, learning_rate=1e-4)
+    assert config.learning_rate == 1e-4  # the same epochs: an interrupted run continues
+
+
+def test_a_resumed_run_that_stopped_early_says_it_trains_nothing(tmp_path):
+    run_fake(tmp_path, epochs=8, early_stopping=1, learning_rate=0.3)
+    config = training.resume_config(tmp_path / "run", epochs=12, progress=False)
+    lines = []
+    with tfds.testing.mock_data(num_examples=512):
+        result = training.train_and_evaluate(config, tmp_path / "run", print_fn=lines.append)
+    said = [line for line in lines if "nothing more to train" in line]
+    assert len(said) == 1 and said[0].startswith("early stopping: val_loss has not improved")
+    assert len(result["history"]) < 8
+    config = training.resume_config(tmp_path / "run", epochs=len(result["history"]))
+    lines = []
+    with tfds.testing.mock_data(num_examples=512):
+        training.train_and_evaluate(config, tmp_path / "run", print_fn=lines.append)
+    assert any("nothing more to train" in line for line in lines)
