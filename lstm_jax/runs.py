@@ -292,6 +292,7 @@ class Run:
         if x.dtype == np.uint8 and x.ndim in (3, 4) and x.shape[1:] in image:
             return data_lib.to_sequences(x.reshape(-1, h, w, c), self.config.sequence)
         if floating and x.ndim == 3 and x.shape[1:] == self.input_shape:
+            x = np.asarray(_finite(x))
             low, high = (float(f(x, initial=0.0)) for f in (np.min, np.max))
             if not (low >= 0.0 and high <= 1.0):  # NaN fails too
                 raise ValueError(
@@ -322,9 +323,15 @@ class Run:
                 f"expected float sequences [N, T, {features}], as the run's data; got "
                 f"{x.dtype} {list(x.shape)}"
             )
-        return jnp.asarray(x, jnp.float32)
+        return _finite(x)
 
     def _mask(self, lengths, x: jax.Array) -> jax.Array | None:
+        if lengths is None and self.data.get("lengths"):
+            raise ValueError(
+                f"lengths: the run trained on sequences of given lengths, each masked past its "
+                f"length, so its predictions need them too: lengths=[N] ints (the full "
+                f"{x.shape[1]} for a sequence without padding)"
+            )
         if lengths is None:
             return None
         lengths = np.asarray(lengths)
@@ -405,6 +412,18 @@ class Run:
             data=data,
             model_state=self.model_state,
         )
+
+
+def _finite(x: np.ndarray) -> jax.Array:
+    """``x`` as float32, refused if any value is NaN or infinite (or becomes infinite)."""
+    with np.errstate(over="ignore"):
+        x32 = np.asarray(x, np.float32)
+    if not np.isfinite(x32).all():
+        raise ValueError(
+            "inputs hold NaN or infinite values (or values beyond float32's range, 3.4e38), "
+            "as the run's data could not: give finite values (pad with 0)"
+        )
+    return jnp.asarray(x32)
 
 
 def load_run(workdir: str | os.PathLike, *, model: nn.Module | None = None) -> Run:

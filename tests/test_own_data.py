@@ -58,8 +58,22 @@ def test_padding_further_does_not_change_a_prediction(sign_run):
         run.logits(longer, lengths=lengths), run.logits(x, lengths=lengths), atol=1e-5
     )
     assert (run.predict(longer, lengths=lengths) == run.predict(x, lengths=lengths)).all()
-    # Without the lengths the padding is read, and predictions change.
-    assert (run.predict(longer) != run.predict(x, lengths=lengths)).any()
+    # Read to the end (the lengths all 35), the padding changes predictions; without any
+    # lengths, predict refuses rather than read the padding unasked.
+    full = np.full(200, 35)
+    assert (run.predict(longer, lengths=full) != run.predict(x, lengths=lengths)).any()
+    with pytest.raises(ValueError, match="trained on sequences of given lengths.*the full 35"):
+        run.predict(longer)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, 1e39])
+def test_predict_refuses_inputs_that_are_not_finite(sign_run, bad):
+    ds, workdir, _ = sign_run
+    run = lstm_jax.load_run(workdir)
+    x = ds.test.images[:4].astype(np.float64)
+    x[2, 3, 1] = bad
+    with pytest.raises(ValueError, match="inputs hold NaN or infinite values"):
+        run.predict(x, lengths=ds.test.lengths[:4])
 
 
 def test_a_run_records_the_datas_shape_not_the_data(sign_run):

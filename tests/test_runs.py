@@ -309,7 +309,7 @@ def test_predict_refuses_slips_saying_what_to_do(fake_run):
     images = _fake_images().images[:8, ..., 0]  # uint8 [8, 28, 28]
     with pytest.raises(ValueError, match=r"float sequences must be in \[0, 1\], as the run's data"):
         run.predict(images.astype(np.float32))  # [0, 255] as float: a common slip
-    with pytest.raises(ValueError, match=r"got values from nan"):
+    with pytest.raises(ValueError, match=r"inputs hold NaN or infinite values"):
         run.predict(np.full((1, 28, 28), np.nan, np.float32))
     for one, what in [
         (images[0], "one image [28, 28]"),
