@@ -152,7 +152,9 @@ def describe_model(model: nn.Module) -> str:
     return type(model).__name__
 
 
-def print_setup(config, ds, train, model, input_shape, print_fn) -> None:
+def print_setup(config, ds, train, model, input_shape, print_fn, *, examples: int) -> None:
+    """The run's devices, data and model; ``examples``: of ``train``, those each epoch trains
+    (``steps.examples_per_epoch``)."""
     every = jax.devices()
     kinds = sorted({d.device_kind for d in every})
     print_fn(
@@ -168,6 +170,12 @@ def print_setup(config, ds, train, model, input_shape, print_fn) -> None:
         f"data: {ds.name}: {len(train):,} train, {len(ds.validation):,} validation, "
         f"{len(ds.test):,} test; {read}"
     )
+    if examples < len(train):
+        print_fn(
+            f"each epoch trains {examples:,} of the {len(train):,} examples, in whole batches "
+            f"of {config.batch_size}: the model keeps batch statistics, which a padded last "
+            "batch would skew (those left out differ each epoch)"
+        )
     params_lib.summary(model, (None, *input_shape), print_fn=print_fn)
 
 

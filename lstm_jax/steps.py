@@ -299,6 +299,14 @@ def make_epoch_fns(
     return train_epoch, evaluate
 
 
+def examples_per_epoch(n_train: int, batch_size: int, calls: calls_lib.Calls) -> int:
+    """How many of ``n_train`` examples each epoch trains on: all, the last batch padded
+    with examples of weight 0; or, for a model that keeps collections (``nn.BatchNorm``'s
+    batch statistics, which the padding would enter), whole batches only, as the flax
+    examples train (TFDS's ``drop_remainder``): those left out differ from epoch to epoch."""
+    return n_train - n_train % batch_size if calls.collections else n_train
+
+
 def rates(sums) -> tuple[float, float]:
     loss_sum, correct, count = (float(v) for v in sums)
     return loss_sum / max(count, 1), correct / max(count, 1)

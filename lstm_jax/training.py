@@ -124,9 +124,10 @@ def train_and_evaluate(
     model = _the_model(config, model, saved, ds.num_classes)
     unused = _unused_settings(config, model, ds.num_classes, new=saved is None)
     calls = _check_model(model, input_shape, ds.num_classes, masked=train.lengths is not None)
+    examples = steps.examples_per_epoch(len(train), config.batch_size, calls)
     if distributed.is_multiprocess():  # all alike, or all stop
         distributed.agree(_statement(config, model, ds, train))
-    reporting.print_setup(config, ds, train, model, input_shape, print_fn)
+    reporting.print_setup(config, ds, train, model, input_shape, print_fn, examples=examples)
     meta = runs.new_meta(model, ds, train.images.shape[1:], input_shape, config)
     new_paths = workdir_lib.missing(path)
     workdir_lib.make(path)
@@ -140,10 +141,6 @@ def train_and_evaluate(
         _check_run_in(path, config)  # again, now that the run is ours
         checkpointer = Checkpointer(path / "checkpoints")
         stack.callback(checkpointer.close)
-        steps_per_epoch = -(-len(train) // config.batch_size)
-        state = _initial_state(config, model, input_shape, nnx_model, variables, steps_per_epoch)
-        workdir_lib.check_free_space(path, state, checkpointer.max_to_keep)
-        state, history = _restore(config, checkpointer, mesh, state, print_fn)
         epochs = _Epochs.build(
             config,
             model,
@@ -155,7 +152,13 @@ def train_and_evaluate(
             print_fn=print_fn,
             writer=writer,
             calls=calls,
+            examples=examples,
         )
+        state = _initial_state(
+            config, model, input_shape, nnx_model, variables, epochs.steps_per_epoch
+        )
+        workdir_lib.check_free_space(path, state, checkpointer.max_to_keep)
+        state, history = _restore(config, checkpointer, mesh, state, print_fn)
         if writer and config.tensorboard:
             epochs.scalars = stack.enter_context(reporting.Scalars(path / "tensorboard"))
         state, test = epochs.run(state, history)
@@ -170,6 +173,7 @@ def train_and_evaluate(
             state=state,
             test=test,
             unused=unused,
+            examples=examples,
         )
     print_fn(f"test accuracy: {test[1]:.2%}")
     return _result(metrics, state, nnx_model)
@@ -188,9 +192,12 @@ def _result(metrics: dict, state, nnx_model) -> dict:
     return {**metrics, "state": state, "nnx_model": nnx_model}
 
 
-def _finish(path, config, model, history, *, mesh, ds, train, state, test, unused) -> dict:
+def _finish(
+    path, config, model, history, *, mesh, ds, train, state, test, unused, examples
+) -> dict:
     """The run's metrics (``test``: the test set's loss and accuracy; the settings in
-    ``unused``, which the model does not use, as null), written with its curves by process 0."""
+    ``unused``, which the model does not use, as null; ``examples`` trained each epoch, if
+    not all of ``train``), written with its curves by process 0."""
     metrics = reporting.metrics(
         config,
         model,
@@ -201,6 +208,8 @@ def _finish(path, config, model, history, *, mesh, ds, train, state, test, unuse
         test=test,
     )
     metrics["config"].update(dict.fromkeys(unused))
+    if examples < len(train):
+        metrics["train_examples_per_epoch"] = examples
     metrics.update(early_stopping.summary(config, history))
     if jax.process_index() == 0:
         title = f"{describe_model(model)} on {ds.name}: test accuracy {test[1]:.2%}"
@@ -297,6 +306,7 @@ class _Epochs:
     fns: tuple[Callable, Callable]  # make_epoch_fns': (train_epoch, evaluate)
     steps_per_epoch: int
     train: data_lib.Split
+    examples: int  # of ``train``, trained each epoch (``steps.examples_per_epoch``)
     held_out: dict[str, dict[str, jax.Array]]  # eval_batches of validation and test
     mesh: Mesh
     checkpointer: Checkpointer
@@ -307,17 +317,31 @@ class _Epochs:
 
     @classmethod
     def build(
-        cls, config, model, mesh, ds, train, *, checkpointer, meta, print_fn, writer, calls
+        cls,
+        config,
+        model,
+        mesh,
+        ds,
+        train,
+        *,
+        checkpointer,
+        meta,
+        print_fn,
+        writer,
+        calls,
+        examples,
     ) -> _Epochs:
-        """The epochs of ``model`` on ``ds`` (its training split cut to ``train``); the
-        ``writer`` process (0) alone shows a progress bar."""
+        """The epochs of ``model`` on ``ds`` (its training split cut to ``train``, of which
+        each epoch trains ``examples``); the ``writer`` process (0) alone shows a progress
+        bar."""
         progress = reporting.Progress(config.progress and writer)
         on_step = progress.update if progress.enabled else None
         return cls(
             config=config,
-            fns=make_epoch_fns(config, model, mesh, len(train), on_step, calls),
-            steps_per_epoch=-(-len(train) // config.batch_size),
+            fns=make_epoch_fns(config, model, mesh, examples, on_step, calls),
+            steps_per_epoch=-(-examples // config.batch_size),
             train=train,
+            examples=examples,
             held_out={
                 name: sharding.eval_batches(split, config, mesh)
                 for name, split in (("validation", ds.validation), ("test", ds.test))
@@ -369,14 +393,14 @@ class _Epochs:
     def epoch(self, state, epoch: int) -> tuple[Any, dict]:
         """Trains and validates ``epoch``: the new state, and the epoch's record."""
         train_epoch = self.fns[0]
-        config, n_train = self.config, len(self.train)
+        config, n_train = self.config, self.examples
         with reporting.CompileCounter() as compiles:
             self.progress.open(
                 epoch, config.epochs, -(-n_train // config.batch_size), config.batch_size
             )
             first_rate = self.learning_rate(state, int(state.step))  # before it is donated
             start = time.perf_counter()
-            order = sharding.epoch_order(config.seed, epoch, n_train)
+            order = sharding.epoch_order(config.seed, epoch, len(self.train))[:n_train]
             batches = sharding.batches_on_mesh(self.train, order, config.batch_size, self.mesh)
             state, sums, bad_step = train_epoch(state, batches)
             del batches  # the epoch's examples, freed as soon as it ends

@@ -265,3 +265,37 @@ def test_a_resumed_run_that_stopped_early_says_it_trains_nothing(tmp_path):
     with tfds.testing.mock_data(num_examples=512):
         training.train_and_evaluate(config, tmp_path / "run", print_fn=lines.append)
     assert any("nothing more to train" in line for line in lines)
+
+
+class _InputNorm(fnn.Module):
+    """BatchNorm of the first step's features (momentum 0: its statistics are the last
+    batch's), then a Dense head."""
+
+    @fnn.compact
+    def __call__(self, x, train: bool = False):
+        h = fnn.BatchNorm(use_running_average=not train, momentum=0.0)(x[:, 0])
+        return fnn.Dense(2)(h)
+
+
+def test_batch_statistics_are_of_real_examples_only(tmp_path):
+    """100 training examples in batches of 32: a model that keeps batch statistics trains on
+    whole batches (the padding of a last batch, copies of example 0, entered them); the
+    statistics kept are exactly those of the epoch's last whole batch."""
+    from lstm_jax import data, sharding
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(125, 3, 4)).astype(np.float32) + np.arange(4, dtype=np.float32)
+    x[0] = 100.0  # example 0, which padding copied
+    y = rng.integers(0, 2, 125)
+    ds = data.from_arrays(x, y, x_test=x[:10], y_test=y[:10])
+    config = training.Config(epochs=1, batch_size=32, seed=3, progress=False)
+    lines = []
+    result = training.train_and_evaluate(
+        config, tmp_path / "run", model=_InputNorm(), data=ds, print_fn=lines.append
+    )
+    order = sharding.epoch_order(3, 1, 100)
+    last_batch = ds.train.images[order[64:96], 0]
+    mean = result["state"].model_state["batch_stats"]["BatchNorm_0"]["mean"]
+    np.testing.assert_allclose(mean, last_batch.mean(axis=0), atol=1e-5)
+    assert result["train_examples_per_epoch"] == 96
+    assert any(line.startswith("each epoch trains 96 of the 100 examples") for line in lines)
