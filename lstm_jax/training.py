@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import hashlib
 import json
 import os
@@ -32,7 +31,6 @@ from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
@@ -40,12 +38,19 @@ if TYPE_CHECKING:
     from flax import nnx as flax_nnx
 
 import lstm_jax
-from lstm_jax import calls as calls_lib
 from lstm_jax import data as data_lib
-from lstm_jax import distributed, early_stopping, optim, reporting, runs, sharding, shutdown, steps
-from lstm_jax import nn as lnn
+from lstm_jax import (
+    distributed,
+    early_stopping,
+    model_checks,
+    optim,
+    reporting,
+    runs,
+    sharding,
+    shutdown,
+    steps,
+)
 from lstm_jax import workdir as workdir_lib
-from lstm_jax.calls import Calls
 from lstm_jax.checkpoints import Checkpointer
 from lstm_jax.config import CELLS as CELLS
 from lstm_jax.config import LR_SCHEDULES as LR_SCHEDULES
@@ -123,7 +128,13 @@ def train_and_evaluate(
     model, nnx_model = _linen(model)
     model = _the_model(config, model, saved, ds.num_classes)
     unused = _unused_settings(config, model, ds.num_classes, new=saved is None)
-    calls = _check_model(model, input_shape, ds.num_classes, masked=train.lengths is not None)
+    calls = model_checks.check_model(
+        model,
+        input_shape,
+        ds.num_classes,
+        masked=train.lengths is not None,
+        test_shape=data_lib.sequence_shape(ds.test.images.shape[1:], config.sequence),
+    )
     examples = steps.examples_per_epoch(len(train), config.batch_size, calls)
     if distributed.is_multiprocess():  # all alike, or all stop
         distributed.agree(_statement(config, model, ds, train))
@@ -157,6 +168,9 @@ def train_and_evaluate(
         state = _initial_state(
             config, model, input_shape, nnx_model, variables, epochs.steps_per_epoch
         )
+        if saved is None:
+            initial = {"params": state.params, **getattr(state, "model_state", {})}
+            model_checks.check_outputs(model, calls, initial, train, config.sequence)
         workdir_lib.check_free_space(path, state, checkpointer.max_to_keep)
         state, history = _restore(config, checkpointer, mesh, state, print_fn)
         if writer and config.tensorboard:
@@ -487,62 +501,3 @@ def _the_model(config: Config, model: nn.Module | None, saved: dict | None, num_
             f"{saved['num_classes']}",
         )
     return model
-
-
-def _check_model(model: nn.Module, input_shape, num_classes: int, *, masked: bool) -> Calls:
-    """How to call ``model`` (``lstm_jax.calls``), once it is known to map ``[batch,
-    *input_shape]`` to logits ``[batch, num_classes]`` in training (with its collections
-    updated and its random streams given keys) and in evaluation, and to take ``mask=`` if
-    the data is ``masked``; refused before anything is written otherwise."""
-    name = type(model).__name__
-    x = jax.ShapeDtypeStruct((2, *input_shape), jnp.float32)
-    mask = jax.ShapeDtypeStruct((2, input_shape[0]), jnp.bool_) if masked else None
-    calls = calls_lib.calls_of(model)
-    if masked and not calls.takes_mask:
-        raise ConfigError(
-            "model",
-            f"model: the data's sequences have lengths, so the model is given mask= (bool "
-            f"[batch, time]), which {name}.__call__ does not take; add a mask argument "
-            "(lstm_jax.nn's models and layers take it)",
-        )
-    try:
-        variables = steps.init_variables(model, input_shape, abstract=True)
-        calls = calls_lib.calls_of(model, variables)
-
-        def logits(variables, x, mask, *, train: bool):
-            rngs = calls_lib.eval_rngs(0)
-            return calls_lib.apply(
-                model.apply, calls, variables, x, train=train, rngs=rngs, mask=mask
-            )[0]
-
-        outs = [
-            jax.eval_shape(functools.partial(logits, train=train), variables, x, mask)
-            for train in (True, False)
-        ]
-    except Exception as e:  # the module's own error, for inputs of the data set's shape
-        raise ConfigError(
-            "model",
-            f"model: {name} cannot read inputs [batch, {input_shape[0]}, "
-            f"{input_shape[1]}]: {type(e).__name__}: {str(e)[:300]}",
-        ) from None
-    for out in outs:
-        _check_logits(model, out, num_classes)
-    return calls
-
-
-def _check_logits(model: nn.Module, out, num_classes: int) -> None:
-    if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != (2, num_classes):
-        shape = list(out.shape) if isinstance(out, jax.ShapeDtypeStruct) else type(out).__name__
-        raise ConfigError(
-            "model",
-            f"model must map [batch, time, features] to logits [batch, {num_classes}] (the "
-            f"data set's classes); {type(model).__name__} gives {shape}",
-        )
-    last = model.layers[-1] if isinstance(model, lnn.Sequential) and model.layers else None
-    if isinstance(last, lnn.Dense) and last.activation not in (None, "linear"):
-        raise ConfigError(
-            "model",
-            f"model: its last layer, Dense(activation={last.activation!r}), must return logits "
-            "(the loss is softmax cross-entropy on logits, as Keras's from_logits=True); use "
-            "Dense(..., activation=None)",
-        )

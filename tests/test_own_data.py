@@ -181,3 +181,24 @@ def test_data_without_a_validation_or_test_example_is_refused(tmp_path):
         with pytest.raises(training.ConfigError, match=f"the {split} split of arrays is empty"):
             training.train_and_evaluate(config, tmp_path / "run", data=empty)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_model_whose_weights_depend_on_the_length_is_refused_for_longer_tests(tmp_path):
+    """Test sequences of another length than the training set's (which ``from_arrays``
+    takes) need a model that reads any length: one that does not is refused before any
+    epoch, not after training (it left a checkpoint and no metrics.json)."""
+
+    class Flat(lnn.nn.Module):
+        @lnn.nn.compact
+        def __call__(self, x):
+            return lnn.nn.Dense(2)(x.reshape(x.shape[0], -1))  # weights [T * F, 2]
+
+    x, y, _ = sign_task(256, seed=0)
+    x_test, y_test, _ = sign_task(64, seed=1, steps=30)
+    ds = data.from_arrays(x, y, x_test=x_test, y_test=y_test)
+    config = training.Config(epochs=1, batch_size=64, progress=False)
+    with pytest.raises(training.ConfigError, match=r"not the test set's \[batch, 30, 2\]"):
+        training.train_and_evaluate(config, tmp_path / "run", model=Flat(), data=ds)
+    assert not (tmp_path / "run").exists()
+    result = training.train_and_evaluate(config, tmp_path / "lstm", data=ds, print_fn=print)
+    assert result["data"]["test"] == 64  # a recurrent model reads the longer tests

@@ -194,6 +194,22 @@ def test_a_model_whose_class_cannot_be_imported_is_passed_to_load_run(tmp_path):
     assert run.predict(_fake_images().images[:4]).shape == (4,)
 
 
+class _Probabilities(nn.Module):
+    """A model of one's own ending in a softmax."""
+
+    @nn.compact
+    def __call__(self, x):
+        return jax.nn.softmax(nn.Dense(10)(lnn.LSTM(8)(x)))
+
+
+class _Votes(nn.Module):
+    """Integer outputs: which logits are positive."""
+
+    @nn.compact
+    def __call__(self, x):
+        return (nn.Dense(10)(lnn.LSTM(8)(x)) > 0).astype(jnp.int32)
+
+
 @pytest.mark.parametrize(
     "model, message",
     [
@@ -208,8 +224,10 @@ def test_a_model_whose_class_cannot_be_imported_is_passed_to_load_run(tmp_path):
         ),
         (nn.Dense(10), None),  # maps [2, 28, 28] to [2, 28, 10]
         (lnn.LSTM(8, return_state=True), r"gives tuple"),
+        (_Probabilities(), r"_Probabilities returns probabilities \(each row in \[0, 1\]"),
+        (_Votes(), r"must return float logits; _Votes gives int32 \[batch, 10\]"),
     ],
-    ids=["classes", "sequences", "softmax", "flax Dense", "tuple"],
+    ids=["classes", "sequences", "softmax", "flax Dense", "tuple", "own softmax", "ints"],
 )
 def test_trainer_refuses_a_model_that_does_not_give_logits(tmp_path, model, message):
     with pytest.raises(training.ConfigError, match=message or r"logits \[batch, 10\]"):
