@@ -115,11 +115,15 @@ def _chain(keras_model) -> list:
             "functional ones with one input, one output and the layers in a chain"
         )
     by_name = {layer.name: layer for layer in keras_model.layers}
+    masks = _mask_operations(keras_model, config["layers"], by_name)
     layers, previous = [], None
     for layer_config in config["layers"]:
         name = layer_config["name"]
+        if name in masks:
+            continue
         nodes = layer_config.get("inbound_nodes", [])
-        sources = [h[0] for h in _keras_histories(nodes)]
+        sources = [h[0] for h in _keras_histories([n.get("args", n) for n in nodes])]
+        mask = [h[0] for n in nodes for h in _keras_histories(n.get("kwargs", {}).get("mask"))]
         if layer_config["class_name"] == "InputLayer":
             if previous is not None:
                 raise UnsupportedError(f"Keras model {keras_model.name!r} has two inputs")
@@ -128,10 +132,54 @@ def _chain(keras_model) -> list:
                 f"Keras layer {name!r} takes {sources or 'no'} as input, not only the layer "
                 f"before it ({previous!r}): from_keras converts layers in a chain"
             )
+        elif mask and not any(type(layer).__name__ == "Masking" for layer in layers):
+            raise UnsupportedError(
+                f"Keras layer {name!r} takes a mask that no Masking layer before it makes: "
+                "from_keras converts masks from Masking layers"
+            )
         else:
             layers.append(by_name[name])
         previous = name
     return layers
+
+
+# The operations a functional model records to compute a ``Masking`` layer's mask
+# (``any(x != mask_value, axis=-1)``), which ``Sequential`` computes from the layer itself.
+_MASK_OPERATIONS = ("NotEqual", "Any")
+
+
+def _mask_operations(keras_model, layer_configs: list[dict], by_name: dict) -> set[str]:
+    """The names of the operations (entries that are not layers) in a functional model's
+    config: each must compute a ``Masking`` layer's mask, with its ``mask_value``.
+
+    Raises:
+      UnsupportedError: another operation, or a mask value no ``Masking`` layer has.
+    """
+    values = {float(v.mask_value) for v in by_name.values() if type(v).__name__ == "Masking"}
+    names = set()
+    for layer_config in layer_configs:
+        name, cls = layer_config["name"], layer_config["class_name"]
+        if name in by_name or cls == "InputLayer":
+            continue
+        if cls not in _MASK_OPERATIONS or not values:
+            raise UnsupportedError(
+                f"Keras model {keras_model.name!r}: the operation {name!r} ({cls}) between "
+                "its layers is not converted: from_keras converts layers in a chain"
+            )
+        if cls == "NotEqual":
+            constants = [
+                a
+                for node in layer_config.get("inbound_nodes", [])
+                for a in node.get("args", [])
+                if isinstance(a, int | float)
+            ]
+            if not constants or any(float(c) not in values for c in constants):
+                raise UnsupportedError(
+                    f"Keras model {keras_model.name!r}: the mask of {name!r} ({cls}, "
+                    f"{constants}) is not a Masking layer's (mask_value {sorted(values)})"
+                )
+        names.add(name)
+    return names
 
 
 def _keras_histories(value) -> list:

@@ -136,6 +136,30 @@ def test_functional_chain_and_the_mask_argument(record_largest):
     assert float(np.max(np.abs(np.asarray(got) - expected))) < MAX_ABS_DIFF
 
 
+@pytest.mark.parametrize("mask_value", [0.0, 1.5])
+def test_a_functional_model_with_masking_converts(mask_value, record_largest):
+    """Keras 3.15 records a functional model's mask as operations (NotEqual, Any) between
+    its layers; they are Masking's own, which the Sequential computes from the layer."""
+    x = _inputs()
+    x[x == 0] = mask_value
+    inputs = keras.Input((None, D))
+    h = keras.layers.Masking(mask_value)(inputs)
+    h = keras.layers.LSTM(U, return_sequences=True)(h)
+    h = keras.layers.GRU(U)(h)
+    model = _randomise(keras.Model(inputs, keras.layers.Dense(4)(h)))
+    module, _ = _check_round_trip(model, record_largest, x=x)
+    assert [type(m).__name__ for m in module.layers] == ["Masking", "LSTM", "GRU", "Dense"]
+    assert module.layers[0].mask_value == mask_value
+
+
+def test_operations_between_functional_layers_are_refused_naming_them():
+    inputs = keras.Input((None, D))
+    h = keras.layers.LSTM(U)(keras.ops.multiply(inputs, 2.0))
+    model = keras.Model(inputs, keras.layers.Dense(4)(h))
+    with pytest.raises(UnsupportedError, match=r"the operation 'multiply' \(Multiply\) between"):
+        lstm_jax.from_keras(model)
+
+
 def test_the_lessons_classifier_goes_to_keras():
     model = lnn.Classifier(cell="gru", units=(8, 6), bidirectional=True)
     x = jnp.asarray(_inputs())
