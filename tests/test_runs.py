@@ -176,7 +176,9 @@ def test_trainer_takes_any_flax_module_and_the_run_loads_and_resumes(tmp_path, m
     expected = run.model.apply({"params": params_of(result)}, data.to_sequences(images))
     np.testing.assert_array_equal(run.predict(images), np.argmax(expected, -1))
 
-    resumed = run_fake(tmp_path, epochs=2, resume=True)  # the run's own model, not Classifier
+    config = training.resume_config(tmp_path / "run", epochs=2)  # the model is the run's own
+    with tfds.testing.mock_data(num_examples=512):
+        resumed = training.train_and_evaluate(config, tmp_path / "run", print_fn=lambda s: None)
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
     assert jax.tree.structure(params_of(resumed)) == jax.tree.structure(params_of(result))
     assert (tmp_path / "run" / "curves.png").exists()
