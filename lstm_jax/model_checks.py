@@ -103,30 +103,23 @@ def check_logits(model: nn.Module, out, num_classes: int) -> None:
             f"model must return float logits; {type(model).__name__} gives {out.dtype} "
             f"[batch, {num_classes}] (an argmax, or a cast, has no gradient to train on)",
         )
-    if _final_dense(model) not in (None, "linear"):
+    dense = _final_dense(model)
+    if dense is not None and dense.activation not in (None, "linear"):
         raise ConfigError(
             "model",
-            f"model: its last layer, Dense(activation={_final_dense(model)!r}), must return "
+            f"model: its last layer, Dense(activation={dense.activation!r}), must return "
             "logits (the loss is softmax cross-entropy on logits, as Keras's "
             "from_logits=True); use Dense(..., activation=None)",
         )
 
 
-def _final_dense(model: nn.Module) -> str | None:
-    """The activation of ``model``'s final ``lstm_jax.nn.Dense``, where one ends it."""
+def _final_dense(model: nn.Module) -> lnn.Dense | None:
+    """The ``lstm_jax.nn.Dense`` that ends ``model`` (a ``Classifier``, or a ``Sequential``
+    ending in one), whose activation says whether it returns logits."""
     if isinstance(model, lnn.Classifier):
-        return None
+        return model.layers()[-1]
     last = model.layers[-1] if isinstance(model, lnn.Sequential) and model.layers else None
-    return last.activation if isinstance(last, lnn.Dense) else None
-
-
-def returns_logits_by_construction(model: nn.Module) -> bool:
-    """Whether ``model`` is lstm_jax's ``Classifier``, or a ``Sequential`` ending in a linear
-    ``Dense``: its outputs are logits, known without running it."""
-    if isinstance(model, lnn.Classifier):
-        return True
-    last = model.layers[-1] if isinstance(model, lnn.Sequential) and model.layers else None
-    return isinstance(last, lnn.Dense) and last.activation in (None, "linear")
+    return last if isinstance(last, lnn.Dense) else None
 
 
 PROBE = 16  # training examples the outputs are looked at on
@@ -137,9 +130,9 @@ def check_outputs(
 ) -> None:
     """Refuses a model whose outputs, with its initial ``variables``, on the first ``PROBE``
     training examples, are probabilities (every row in [0, 1] and summing to 1: a softmax
-    of its own), which the loss would take as logits and train poorly on. lstm_jax's own
-    models return logits by construction and are not run."""
-    if returns_logits_by_construction(model):
+    of its own), which the loss would take as logits and train poorly on. A model ending in
+    lstm_jax's ``Dense`` (``check_logits`` has checked its activation) is not run."""
+    if _final_dense(model) is not None:
         return
     part = train.head(PROBE)
     x = data_lib.to_sequences(np.asarray(part.images), sequence)

@@ -176,19 +176,7 @@ def train_and_evaluate(
         if writer and config.tensorboard:
             epochs.scalars = stack.enter_context(reporting.Scalars(path / "tensorboard"))
         state, test = epochs.run(state, history)
-        metrics = _finish(
-            path,
-            config,
-            model,
-            history,
-            mesh=mesh,
-            ds=ds,
-            train=train,
-            state=state,
-            test=test,
-            unused=unused,
-            examples=examples,
-        )
+        metrics = _finish(path, epochs, model, ds, history, state=state, test=test, unused=unused)
     print_fn(f"test accuracy: {test[1]:.2%}")
     return _result(metrics, state, nnx_model)
 
@@ -206,24 +194,23 @@ def _result(metrics: dict, state, nnx_model) -> dict:
     return {**metrics, "state": state, "nnx_model": nnx_model}
 
 
-def _finish(
-    path, config, model, history, *, mesh, ds, train, state, test, unused, examples
-) -> dict:
+def _finish(path, epochs: _Epochs, model, ds, history, *, state, test, unused) -> dict:
     """The run's metrics (``test``: the test set's loss and accuracy; the settings in
-    ``unused``, which the model does not use, as null; ``examples`` trained each epoch, if
-    not all of ``train``), written with its curves by process 0."""
+    ``unused``, which the model does not use, as null; the examples trained each epoch, if
+    not all), written with its curves by process 0."""
+    config, train = epochs.config, epochs.train
     metrics = reporting.metrics(
         config,
         model,
         history,
-        mesh=mesh,
+        mesh=epochs.mesh,
         splits={"train": train, "validation": ds.validation, "test": ds.test},
         params=state.params,
         test=test,
     )
     metrics["config"].update(dict.fromkeys(unused))
-    if examples < len(train):
-        metrics["train_examples_per_epoch"] = examples
+    if epochs.examples < len(train):
+        metrics["train_examples_per_epoch"] = epochs.examples
     metrics.update(early_stopping.summary(config, history))
     if jax.process_index() == 0:
         title = f"{describe_model(model)} on {ds.name}: test accuracy {test[1]:.2%}"
