@@ -3,12 +3,21 @@
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import tempfile
 
 os.environ.setdefault("KERAS_BACKEND", "jax")  # before anything imports keras
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# One XLA compilation cache for the session (JAX's persistent cache), shared by the pytest
+# workers and the processes tests start: many tests compile the same programs (the fake-data
+# runs' epochs), which are then compiled once. New for each session, so nothing is reused
+# from an earlier one; made by the first process (pytest, or its controller), inherited by
+# the others, and removed by it at the end.
+_XLA_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _XLA_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="lstm_jax_xla_")
 
 import jax  # noqa: E402
 
@@ -58,6 +67,11 @@ def pytest_configure(config):
     if not hasattr(config, "workerinput"):  # the controller, or a run without workers
         directory = tempfile.mkdtemp(prefix="lstm_jax_figures_")
         os.environ["LSTM_JAX_FIGURES"] = os.path.join(directory, "figures.jsonl")
+
+
+def pytest_unconfigure(config):
+    if _XLA_CACHE is not None:
+        shutil.rmtree(_XLA_CACHE, ignore_errors=True)
 
 
 def _add_figure(item: dict) -> None:
