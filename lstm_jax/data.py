@@ -441,6 +441,13 @@ def from_arrays(
     return dataclasses.replace(ds, from_arrays=True)
 
 
+def float32(x) -> np.ndarray:
+    """``x`` as contiguous float32; a value beyond float32's range becomes infinite (for the
+    caller's finiteness check to refuse), without NumPy's overflow warning."""
+    with np.errstate(over="ignore"):
+        return np.ascontiguousarray(x, np.float32)
+
+
 def _arrays_split(part: str, x, y, lengths) -> Split:
     """One ``from_arrays`` split, checked."""
     x, y = np.asarray(x), np.asarray(y)
@@ -452,8 +459,7 @@ def _arrays_split(part: str, x, y, lengths) -> Split:
         )
     x = np.ascontiguousarray(x[..., None] if images and x.ndim == 3 else x)
     if not images:
-        with np.errstate(over="ignore"):  # beyond float32's range: inf, refused below
-            x = np.ascontiguousarray(x, np.float32)
+        x = float32(x)
         if not np.isfinite(x).all():
             raise DataError(
                 f"x_{part} holds NaN or infinite values, or values beyond float32's range "

@@ -91,17 +91,11 @@ def check_rank(layer, inputs: Array) -> None:
 
 
 def check_rates(layer) -> None:
-    """Refuses dropout rates outside Keras's range, naming the layer and the rate: checked
-    when a layer is built and at every call (an NNX layer's rate may be set later)."""
-    for name in ("dropout", "recurrent_dropout"):
-        rate = getattr(layer, name)
-        if isinstance(rate, bool) or not isinstance(rate, int | float | np.integer | np.floating):
-            raise ValueError(f"{type(layer).__name__}: {name} must be a number; got {rate!r}")
-        if not 0 <= rate < 1:
-            raise ValueError(
-                f"{type(layer).__name__}: {name} must be at least 0 and below 1 (the fraction "
-                f"of units dropped in training); got {rate!r}"
-            )
+    """``recurrent.check_rates`` for a layer's rates: when it is built, and at every call (an
+    NNX layer's rate may be set later)."""
+    recurrent.check_rates(
+        type(layer).__name__, dropout=layer.dropout, recurrent_dropout=layer.recurrent_dropout
+    )
 
 
 def init_layer_params(layer, key: Array, input_dim: int) -> dict[str, Array]:

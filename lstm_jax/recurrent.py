@@ -15,6 +15,7 @@ from typing import Any, TypedDict, Unpack
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lstm_jax import lstm_cudnn
 from lstm_jax.cells import (
@@ -242,14 +243,29 @@ def dropout_masks(
     return draw(k_x, dropout, input_dim), draw(k_h, recurrent_dropout, units)
 
 
+def check_rates(owner: str, **rates) -> None:
+    """Refuses a dropout rate (``dropout=``, ``recurrent_dropout=``) that is not a number
+    from 0 to below 1, Keras's range; the message names ``owner`` and the rate.
+
+    Raises:
+      ValueError: says which rate, and what it is.
+    """
+    for name, rate in rates.items():
+        if isinstance(rate, bool) or not isinstance(rate, int | float | np.integer | np.floating):
+            raise ValueError(f"{owner}: {name} must be a number; got {rate!r}")
+        if not 0 <= rate < 1:
+            raise ValueError(
+                f"{owner}: {name} must be at least 0 and below 1 (the fraction of units "
+                f"dropped in training); got {rate!r}"
+            )
+
+
 def _dropout(cell: Cell, params: Params, inputs: Array, dropout, recurrent_dropout, key):
     """``(inputs, masks)`` for the options ``dropout``, ``recurrent_dropout`` and ``key``: a
     mask shared by every gate and step multiplies ``inputs`` here, once; ``masks`` are what
     the cell must apply at each step (``(m_x, m_h)``), or None when it has none to apply."""
     rates = dropout, recurrent_dropout
-    for name, rate in zip(("dropout", "recurrent_dropout"), rates, strict=True):
-        if not 0 <= rate < 1:
-            raise ValueError(f"{cell.name}: {name} must be at least 0 and below 1; got {rate!r}")
+    check_rates(cell.name, dropout=dropout, recurrent_dropout=recurrent_dropout)
     if key is None or not any(rates):
         return inputs, None
     batch, _, input_dim = jnp.shape(inputs)

@@ -416,8 +416,7 @@ class Run:
 
 def _finite(x: np.ndarray) -> jax.Array:
     """``x`` as float32, refused if any value is NaN or infinite (or becomes infinite)."""
-    with np.errstate(over="ignore"):
-        x32 = np.asarray(x, np.float32)
+    x32 = data_lib.float32(x)
     if not np.isfinite(x32).all():
         raise ValueError(
             "inputs hold NaN or infinite values (or values beyond float32's range, 3.4e38), "
