@@ -14,8 +14,9 @@ import pathlib
 import signal
 import sys
 
-from lstm_jax import cpu, data, distributed, shutdown, training  # no JAX backend started
-from lstm_jax import workdir as workdir_lib
+from lstm_jax import data, training  # no JAX backend started
+from lstm_jax._process import cpu, distributed, shutdown
+from lstm_jax.training import workdir as workdir_lib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TFDS's TensorFlow: errors only
 
@@ -375,7 +376,7 @@ def _absolute(workdir: str) -> str:
 
 
 def _evaluate(workdir: str, args) -> None:
-    from lstm_jax import runs
+    from lstm_jax.training import runs
 
     run = runs.load_run(workdir)
     print(f"run: {training.describe_model(run.model)}, checkpoint of epoch {run.epoch}")

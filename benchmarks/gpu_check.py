@@ -72,7 +72,8 @@ def epoch_check() -> tuple[str, float]:
     import jax
     import numpy as np
 
-    from lstm_jax import data, sharding, steps, training
+    from lstm_jax import data, training
+    from lstm_jax.training import sharding, steps
 
     config = training.Config(units=(50,), batch_size=128, progress=False)
     rng = np.random.default_rng(0)

@@ -64,7 +64,7 @@ def run_worker(args) -> None:
     # backend once, at import (left to itself, TensorFlow).
     os.environ["KERAS_BACKEND"] = "jax"
     if args.worker in ("lstm_jax", "lstm_jax_scan"):  # what train.py does before JAX starts
-        from lstm_jax import cpu
+        from lstm_jax._process import cpu
 
         cpu.limit_malloc_arenas()
         cpu.use_host_cores(cpu.host_device_count(args.batch_size))

@@ -54,7 +54,7 @@ def timed_epochs(epochs, run_epoch, jax_compiles=True):
 
     counter_cls = contextlib.nullcontext  # no JAX: nothing imported, None per epoch
     if jax_compiles:
-        from lstm_jax.reporting import CompileCounter as counter_cls
+        from lstm_jax.training.reporting import CompileCounter as counter_cls
     times, compiles = [], []
     for epoch in range(1, epochs + 1):
         with counter_cls() as counter:
@@ -78,7 +78,8 @@ def _uses_cudnn(use_cudnn) -> bool:
 def worker_lstm_jax(args, images, labels, test_images, test_labels, *, use_cudnn="auto"):
     import jax
 
-    from lstm_jax import data, sharding, steps, training
+    from lstm_jax import data, training
+    from lstm_jax.training import sharding, steps
 
     config = training.Config(
         units=(args.units,),

@@ -3,9 +3,9 @@
 JAX renamed how ``jax.shard_map`` code marks a value as varying over mesh axes
 (``jax.lax.pvary`` became ``jax.lax.pcast(..., to="varying")``) and where an abstract value
 records those axes (``aval.vma`` became ``aval.manual_axis_type.varying``), and made the
-removal of a ``jax.monitoring`` listener public; and the one internal lstm_jax reads,
-whether the backends have started, lives here too. Everything else lstm_jax uses is public
-and the same in both.
+removal of a ``jax.monitoring`` listener public; and the two internals lstm_jax reads,
+whether the backends have started and whether jaxlib has cuDNN's RNN, live here too.
+Everything else lstm_jax uses is public and the same in both.
 """
 
 from __future__ import annotations
@@ -46,3 +46,13 @@ def backends_started() -> bool:
     from jax._src import xla_bridge
 
     return xla_bridge.backends_are_initialized()
+
+
+def has_cudnn_rnn() -> bool:
+    """Whether this jaxlib has the cuDNN RNN kernels behind ``jax.experimental.rnn`` (JAX's
+    CUDA plugin); only ``jax._src`` says so before a call fails."""
+    try:
+        from jax._src.lib import gpu_rnn
+    except ImportError:
+        return False
+    return gpu_rnn is not None

@@ -2,7 +2,7 @@
 
 A Keras model made of ``Input``, ``Masking``, ``LSTM``, ``GRU``, ``SimpleRNN``,
 ``Bidirectional`` and ``Dense`` (Sequential, or functional with its layers in a chain)
-becomes an ``lstm_jax.nn.Sequential`` and its variables, with the same weights in the same
+becomes an ``lstm_jax.linen.Sequential`` and its variables, with the same weights in the same
 layout, so that ``module.apply(variables, x)`` returns what ``keras_model(x)`` returns, and
 back. A layer computing in bfloat16 (``dtype=jnp.bfloat16``, float32 parameters) is Keras's
 ``mixed_bfloat16`` policy; ``dropout`` and ``recurrent_dropout`` come and go with their
@@ -21,12 +21,12 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from lstm_jax import nn as lnn
+from lstm_jax import linen as lnn
 from lstm_jax.params import is_nnx_module
 
 SUPPORTED = ("InputLayer", "Masking", "LSTM", "GRU", "SimpleRNN", "Bidirectional", "Dense")
 
-# What each recurrent layer's config must say, beyond the options lstm_jax.nn implements.
+# What each recurrent layer's config must say, beyond the options lstm_jax.linen implements.
 _RECURRENT_DEFAULTS = {
     "activation": "tanh",
     "recurrent_activation": "sigmoid",  # not SimpleRNN's
@@ -277,7 +277,7 @@ def from_keras(keras_model, *, api: str = "linen"):
     the ``lstm_jax.nnx.Sequential`` holding them instead, in evaluation mode as
     ``keras_model(x)`` is (``.train()`` turns dropout on).
 
-    ``module`` is an ``lstm_jax.nn.Sequential`` of the model's layers; ``variables`` is
+    ``module`` is an ``lstm_jax.linen.Sequential`` of the model's layers; ``variables`` is
     ``{"params": ...}`` holding copies of its weights. ``module.apply(variables, x)`` equals
     ``keras_model(x)`` (``mask=`` works as in Keras), and ``lstm_jax.training`` can train it
     (with a final ``Dense`` that returns logits).
@@ -353,7 +353,7 @@ def _keras_layer(keras, module: nn.Module, params):
         )
         return layer, [params["kernel"], *([params["bias"]] if module.use_bias else [])]
     raise UnsupportedError(
-        f"to_keras converts lstm_jax.nn's Sequential, Classifier, Masking, LSTM, GRU, "
+        f"to_keras converts lstm_jax.linen's Sequential, Classifier, Masking, LSTM, GRU, "
         f"SimpleRNN, Bidirectional and Dense; got {type(module).__name__}"
     )
 

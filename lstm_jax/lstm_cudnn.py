@@ -23,6 +23,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from lstm_jax import _jax_compat
 from lstm_jax.cells import Array, Params
 
 USE_CUDNN = ("auto", True, False)
@@ -47,11 +48,7 @@ def why_not(params: Params, inputs: Array, *, unroll) -> str | None:
     """Why cuDNN cannot run this LSTM here, or ``None`` when it can."""
     if jax.default_backend() != "gpu":
         return f"there is no GPU here (JAX's default backend is {jax.default_backend()})"
-    try:
-        from jax._src.lib import gpu_rnn
-    except ImportError:
-        gpu_rnn = None
-    if gpu_rnn is None:
+    if not _jax_compat.has_cudnn_rnn():
         return "this jaxlib has no cuDNN RNN (jax.experimental.rnn needs JAX's CUDA plugin)"
     if unroll not in (1, False):
         return f"unroll={unroll!r} (cuDNN runs the whole sequence itself; use unroll=1)"

@@ -1,7 +1,7 @@
 """Flax NNX layers over the same cells: ``LSTM``, ``GRU``, ``SimpleRNN``, ``Bidirectional``,
 ``Dense``, ``Masking``, ``Sequential`` and the lesson's ``Classifier``.
 
-Each is the linen layer of ``lstm_jax.nn`` as an NNX module: built eagerly from its input
+Each is the linen layer of ``lstm_jax.linen`` as an NNX module: built eagerly from its input
 size and ``rngs=nnx.Rngs(...)``, holding its parameters (``kernel``, ``recurrent_kernel``,
 ``bias``, Keras's layout and initialisers) as ``nnx.Param``, and computed by the same
 functions as the linen layer (``nn.recurrent_call``, ``nn.bidirectional_call``,
@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lstm_jax import nn as lnn
+from lstm_jax import linen as lnn
 from lstm_jax import recurrent
 
 Array = jax.Array
@@ -36,7 +36,7 @@ _PARAMS = ("kernel", "recurrent_kernel", "bias")
 
 
 class _Recurrent(nnx.Module):
-    """Shared body of the three recurrent layers: the options of ``lstm_jax.nn``'s, with
+    """Shared body of the three recurrent layers: the options of ``lstm_jax.linen``'s, with
     ``in_features`` (the ``D`` of ``[batch, time, D]``) first, since NNX builds eagerly."""
 
     cell: ClassVar[recurrent.Cell]
@@ -116,7 +116,7 @@ class _Recurrent(nnx.Module):
 class LSTM(_Recurrent):
     """``LSTM(in_features, units, *, return_sequences=..., return_state=..., go_backwards=...,
     unroll=..., zero_output_for_mask=False, unit_forget_bias=True, use_cudnn="auto",
-    rngs)``: ``lstm_jax.nn.LSTM`` in NNX."""
+    rngs)``: ``lstm_jax.linen.LSTM`` in NNX."""
 
     cell = recurrent.CELLS["lstm"]
 
@@ -127,13 +127,13 @@ class LSTM(_Recurrent):
 
 
 class GRU(_Recurrent):
-    """``lstm_jax.nn.GRU`` (Keras's ``reset_after=True``) in NNX."""
+    """``lstm_jax.linen.GRU`` (Keras's ``reset_after=True``) in NNX."""
 
     cell = recurrent.CELLS["gru"]
 
 
 class SimpleRNN(_Recurrent):
-    """``lstm_jax.nn.SimpleRNN`` in NNX."""
+    """``lstm_jax.linen.SimpleRNN`` in NNX."""
 
     cell = recurrent.CELLS["simple_rnn"]
 
@@ -144,7 +144,7 @@ LAYERS = {layer.cell.name: layer for layer in (LSTM, GRU, SimpleRNN)}
 class Bidirectional(nnx.Module):
     """``Bidirectional(layer, merge_mode="concat", *, rngs)``: ``layer`` reads forwards, a
     new layer of the same kind and options (its own weights, from ``rngs``) reads backwards;
-    merged as ``lstm_jax.nn.Bidirectional`` merges them. The halves are ``forward`` and
+    merged as ``lstm_jax.linen.Bidirectional`` merges them. The halves are ``forward`` and
     ``backward``."""
 
     def __init__(self, layer: _Recurrent, merge_mode: str | None = "concat", *, rngs: nnx.Rngs):
@@ -166,7 +166,7 @@ class Bidirectional(nnx.Module):
 
 class Dense(nnx.Module):
     """``Dense(in_features, units, activation=None, use_bias=True, dtype=None, *, rngs)``:
-    ``lstm_jax.nn.Dense`` in NNX (Keras's glorot-uniform kernel, zero bias)."""
+    ``lstm_jax.linen.Dense`` in NNX (Keras's glorot-uniform kernel, zero bias)."""
 
     def __init__(
         self,
@@ -191,7 +191,7 @@ class Dense(nnx.Module):
 
 
 class Masking(nnx.Module):
-    """``lstm_jax.nn.Masking`` in NNX (no parameters)."""
+    """``lstm_jax.linen.Masking`` in NNX (no parameters)."""
 
     def __init__(self, mask_value: float = 0.0):
         self.mask_value = mask_value
@@ -204,7 +204,7 @@ class Masking(nnx.Module):
 
 
 class Sequential(nnx.Module):
-    """``Sequential(layers)``: ``lstm_jax.nn.Sequential`` in NNX; the layers are
+    """``Sequential(layers)``: ``lstm_jax.linen.Sequential`` in NNX; the layers are
     ``layers_0``, ``layers_1``, ... as in linen."""
 
     def __init__(self, layers: Sequence[nnx.Module]):
@@ -223,7 +223,7 @@ class Sequential(nnx.Module):
 class Classifier(nnx.Module):
     """The lesson's model in NNX: ``Classifier(in_features=28, cell="lstm", units=(50,),
     num_classes=10, bidirectional=False, dtype=None, unroll=1, use_cudnn="auto", *, rngs)``,
-    ``lstm_jax.nn.Classifier``'s layers with the same names (``LSTM_0``, ..., ``Dense_0``);
+    ``lstm_jax.linen.Classifier``'s layers with the same names (``LSTM_0``, ..., ``Dense_0``);
     returns logits."""
 
     def __init__(
@@ -319,7 +319,7 @@ _CLASSIFIER_OPTIONS = (
 
 
 def to_linen(model: nnx.Module) -> lnn.nn.Module:
-    """The ``lstm_jax.nn`` (linen) model of the same layers and options as ``model``: with
+    """The ``lstm_jax.linen`` (linen) model of the same layers and options as ``model``: with
     ``to_linen_variables(model)`` it computes what ``model`` computes. ``to_keras``,
     ``summary`` and the trainer take NNX models through it.
 

@@ -112,14 +112,14 @@ def summary(
     allocated: the model is traced with ``jax.eval_shape``.
 
     Args:
-      model: a Flax linen module, e.g. ``lstm_jax.nn.Classifier()`` or an ``nn.Sequential``,
+      model: a Flax linen module, e.g. ``lstm_jax.linen.Classifier()`` or an ``nn.Sequential``,
         or an ``lstm_jax.nnx`` model.
       input_shape: ``[batch, time, features]``; ``None`` for the batch prints as ``None``,
         as Keras does.
       dtype: the dtype of the traced input.
       print_fn: where the lines go.
 
-    >>> from lstm_jax.nn import LSTM
+    >>> from lstm_jax.linen import LSTM
     >>> total = summary(LSTM(10), (None, 5, 1))  # doctest: +ELLIPSIS
     Model: "LSTM"
     ...

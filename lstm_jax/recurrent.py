@@ -43,7 +43,7 @@ class Cell:
 
     Attributes:
       name: how ``train.py --cell`` and ``nn.Classifier(cell=...)`` name it, e.g. ``"lstm"``.
-      layer: Keras's (and ``lstm_jax.nn``'s) layer name, e.g. ``"LSTM"``.
+      layer: Keras's (and ``lstm_jax.linen``'s) layer name, e.g. ``"LSTM"``.
       step: ``step(params, carry, x_t) -> (carry, y_t)``, the signature ``jax.lax.scan`` wants.
       init: ``init(key, input_dim, units, *, dtype)``, Keras's initialisers.
       gates: gate blocks in each kernel (``kernel [D, gates * U]``).

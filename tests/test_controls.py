@@ -15,8 +15,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 import lstm_jax
-from lstm_jax import early_stopping, optim, training
-from lstm_jax import nn as lnn
+from lstm_jax import linen as lnn
+from lstm_jax import training
+from lstm_jax.training import early_stopping, optim
 from tests.fakes import params_of, run_fake
 
 
@@ -281,7 +282,8 @@ def test_batch_statistics_are_of_real_examples_only(tmp_path):
     """100 training examples in batches of 32: a model that keeps batch statistics trains on
     whole batches (the padding of a last batch, copies of example 0, entered them); the
     statistics kept are exactly those of the epoch's last whole batch."""
-    from lstm_jax import data, sharding
+    from lstm_jax import data
+    from lstm_jax.training import sharding
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(125, 3, 4)).astype(np.float32) + np.arange(4, dtype=np.float32)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from jax.experimental import rnn
 
-from lstm_jax import lstm_cudnn, nn, recurrent
+from lstm_jax import linen as lnn
+from lstm_jax import lstm_cudnn, recurrent
 from tests import reference
 
 B, T, D, U = 4, 7, 3, 5
@@ -126,16 +127,16 @@ def _layers_both_ways(module_fn, x, mask=None):
 @pytest.mark.parametrize(
     "build",
     [
-        lambda u: nn.LSTM(U, return_sequences=True, use_cudnn=u),
-        lambda u: nn.Bidirectional(nn.LSTM(U, return_sequences=True, use_cudnn=u)),
-        lambda u: nn.Sequential(
-            [nn.LSTM(U, return_sequences=True, use_cudnn=u), nn.LSTM(3, use_cudnn=u)]
+        lambda u: lnn.LSTM(U, return_sequences=True, use_cudnn=u),
+        lambda u: lnn.Bidirectional(lnn.LSTM(U, return_sequences=True, use_cudnn=u)),
+        lambda u: lnn.Sequential(
+            [lnn.LSTM(U, return_sequences=True, use_cudnn=u), lnn.LSTM(3, use_cudnn=u)]
         ),
-        lambda u: nn.Sequential(
+        lambda u: lnn.Sequential(
             [
-                nn.Bidirectional(nn.LSTM(U, return_sequences=True, use_cudnn=u)),
-                nn.LSTM(3, go_backwards=True, use_cudnn=u),
-                nn.Dense(10),
+                lnn.Bidirectional(lnn.LSTM(U, return_sequences=True, use_cudnn=u)),
+                lnn.LSTM(3, go_backwards=True, use_cudnn=u),
+                lnn.Dense(10),
             ]
         ),
     ],
@@ -191,10 +192,10 @@ def test_why_not_names_each_reason(monkeypatch):
 
 def test_the_classifier_carries_use_cudnn_to_its_lstms(as_on_a_gpu):
     for use_cudnn in lstm_cudnn.USE_CUDNN:
-        model = nn.Classifier(units=(8, 4), bidirectional=True, use_cudnn=use_cudnn)
+        model = lnn.Classifier(units=(8, 4), bidirectional=True, use_cudnn=use_cudnn)
         assert [m.layer.use_cudnn for m in model.layers()[:2]] == [use_cudnn] * 2
     x = _inputs(d=28)
     got, want = _layers_both_ways(
-        lambda u: nn.Classifier(units=(8, 4), bidirectional=True, use_cudnn=u), x
+        lambda u: lnn.Classifier(units=(8, 4), bidirectional=True, use_cudnn=u), x
     )
     reference.assert_trees_close(got, want, atol=TOL, rtol=TOL)

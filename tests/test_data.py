@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lstm_jax import data
-from lstm_jax import runs as runs_lib
+from lstm_jax.training import runs as runs_lib
 from tests import reference
 from tests.fakes import real_data_dir
 

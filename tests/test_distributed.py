@@ -15,8 +15,9 @@ import jax
 import numpy as np
 import pytest
 
-from lstm_jax import distributed, runs
-from lstm_jax.checkpoints import finished_epochs
+from lstm_jax._process import distributed
+from lstm_jax.training import runs
+from lstm_jax.training.checkpoints import finished_epochs
 from tests import reference
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ import pytest
 
 import lstm_jax
 from lstm_jax import keras_io, recurrent, training
-from lstm_jax import nn as lnn
+from lstm_jax import linen as lnn
 from tests.fakes import run_fake
 
 B, T, D, U = 4000, 6, 3, 3
@@ -186,7 +186,7 @@ def test_the_trainer_draws_fresh_masks_each_step_and_evaluates_without(tmp_path)
     variables = {"params": result["state"].params}
     x = jnp.ones((4, 28, 28))
     assert (model.apply(variables, x) == model.apply(variables, x)).all()  # inference
-    from lstm_jax import calls
+    from lstm_jax.training import calls
 
     outs = [
         model.apply(variables, x, deterministic=False, rngs=calls.step_rngs(0, step))

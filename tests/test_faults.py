@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 
 import lstm_jax
-from lstm_jax import data, reporting, training, workdir
-from lstm_jax import nn as lnn
+from lstm_jax import data, training
+from lstm_jax import linen as lnn
+from lstm_jax.training import reporting, workdir
 from tests.fakes import run_fake
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

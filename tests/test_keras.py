@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lstm_jax import nn as lnn
+from lstm_jax import linen as lnn
 from lstm_jax import params as lparams
-from lstm_jax import steps
+from lstm_jax.training import steps
 
 assert os.environ["KERAS_BACKEND"] == "jax"  # set in conftest.py before this import
 keras = pytest.importorskip("keras")  # a test dependency: pip install -e ".[test]"

@@ -15,7 +15,7 @@ import pytest
 
 import lstm_jax
 from lstm_jax import data
-from lstm_jax import nn as lnn
+from lstm_jax import linen as lnn
 from lstm_jax.keras_io import UnsupportedError
 
 assert os.environ["KERAS_BACKEND"] == "jax"  # set in conftest.py before this import

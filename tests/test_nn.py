@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import lstm_jax
-from lstm_jax import nn as lnn
+from lstm_jax import linen as lnn
 
 X = jnp.asarray(np.random.default_rng(0).normal(size=(3, 6, 4)), jnp.float32)
 

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 import lstm_jax
-from lstm_jax import nn
+from lstm_jax import linen as lnn
 from lstm_jax import nnx as lx
 from tests import reference
 
@@ -18,9 +18,9 @@ TOL = 1e-6
 X = jnp.asarray(np.random.default_rng(0).normal(size=(B, T, D)), jnp.float32)
 MASK = jnp.arange(T)[None] < jnp.array([6, 2, 4])[:, None]
 KINDS = {
-    "lstm": (nn.LSTM, lx.LSTM),
-    "gru": (nn.GRU, lx.GRU),
-    "simple_rnn": (nn.SimpleRNN, lx.SimpleRNN),
+    "lstm": (lnn.LSTM, lx.LSTM),
+    "gru": (lnn.GRU, lx.GRU),
+    "simple_rnn": (lnn.SimpleRNN, lx.SimpleRNN),
 }
 
 
@@ -83,7 +83,7 @@ def test_bidirectional_equals_linen(merge_mode):
         lx.Bidirectional(
             lx.LSTM(D, 5, return_sequences=True, rngs=nnx.Rngs(0)), merge_mode, rngs=nnx.Rngs(1)
         ),
-        nn.Bidirectional(nn.LSTM(5, return_sequences=True), merge_mode),
+        lnn.Bidirectional(lnn.LSTM(5, return_sequences=True), merge_mode),
         mask=MASK,
     )
 
@@ -100,12 +100,12 @@ def test_sequential_with_masking_equals_linen():
             lx.Dense(4, 3, activation="tanh", rngs=nnx.Rngs(3)),
         ]
     )
-    linen = nn.Sequential(
+    linen = lnn.Sequential(
         [
-            nn.Masking(),
-            nn.Bidirectional(nn.GRU(5, return_sequences=True)),
-            nn.LSTM(4),
-            nn.Dense(3, activation="tanh"),
+            lnn.Masking(),
+            lnn.Bidirectional(lnn.GRU(5, return_sequences=True)),
+            lnn.LSTM(4),
+            lnn.Dense(3, activation="tanh"),
         ]
     )
     _same(model, linen, x=x)
@@ -118,7 +118,7 @@ def test_the_classifier_equals_linen_and_weights_move_both_ways(cell, bidirectio
     model = lx.Classifier(
         28, cell=cell, units=(8, 4), bidirectional=bidirectional, rngs=nnx.Rngs(0)
     )
-    linen = nn.Classifier(cell=cell, units=(8, 4), bidirectional=bidirectional)
+    linen = lnn.Classifier(cell=cell, units=(8, 4), bidirectional=bidirectional)
     _same(model, linen, x=x)
     theirs = linen.init(jax.random.key(5), x)  # linen -> NNX -> linen
     lx.load_linen_variables(model, theirs)
@@ -128,14 +128,14 @@ def test_the_classifier_equals_linen_and_weights_move_both_ways(cell, bidirectio
 
 def test_weights_of_another_model_are_refused():
     model = lx.Classifier(28, units=(8,), rngs=nnx.Rngs(0))
-    other = nn.Classifier(units=(16,)).init(jax.random.key(0), jnp.ones((1, 28, 28)))
+    other = lnn.Classifier(units=(16,)).init(jax.random.key(0), jnp.ones((1, 28, 28)))
     with pytest.raises(
         ValueError,
         match=r"\['Dense_0'\]\['kernel'\]: the model's parameter is \(8, 10\), the "
         r"variables' \(16, 10\)",
     ):
         lx.load_linen_variables(model, other)
-    gru = nn.Classifier(cell="gru", units=(8,)).init(jax.random.key(0), jnp.ones((1, 28, 28)))
+    gru = lnn.Classifier(cell="gru", units=(8,)).init(jax.random.key(0), jnp.ones((1, 28, 28)))
     with pytest.raises(ValueError, match="do not name this model's parameters"):
         lx.load_linen_variables(model, gru)
 
@@ -202,12 +202,13 @@ def test_summary_and_keras_take_nnx_models(capsys):
 def test_the_trainer_trains_an_nnx_model_as_its_linen_twin(tmp_path):
     """From the same initial weights, the NNX Classifier's run is the linen Classifier's, to
     the bit; the NNX model then holds the trained weights, and ``load_run`` gives it back."""
-    from lstm_jax import steps, training
+    from lstm_jax import training
+    from lstm_jax.training import steps
     from tests.fakes import FAKE, params_of, run_fake
 
     config = training.Config(**FAKE)
-    linen = run_fake(tmp_path / "linen", model=nn.Classifier(units=(16,)))
-    initial = steps.create_train_state(config, nn.Classifier(units=(16,)), (28, 28)).params
+    linen = run_fake(tmp_path / "linen", model=lnn.Classifier(units=(16,)))
+    initial = steps.create_train_state(config, lnn.Classifier(units=(16,)), (28, 28)).params
     model = lx.load_linen_variables(
         lx.Classifier(28, units=(16,), rngs=nnx.Rngs(0)), {"params": initial}
     )
@@ -230,13 +231,14 @@ def test_the_trainer_trains_an_nnx_model_as_its_linen_twin(tmp_path):
 def test_the_lesson_trained_from_an_nnx_classifier_as_from_the_linen_one(tmp_path, report):
     """The lesson's recipe on the real MNIST, seed 0: the NNX Classifier (given the weights
     the trainer draws for seed 0) reaches the linen Classifier's test accuracy."""
-    from lstm_jax import steps, training
+    from lstm_jax import training
+    from lstm_jax.training import steps
     from tests.fakes import real_data_dir
 
     config = training.Config(seed=0, data_dir=real_data_dir(), progress=False)
     quiet = dict(print_fn=lambda s: None)
     linen = training.train_and_evaluate(config, tmp_path / "linen", **quiet)
-    initial = steps.create_train_state(config, nn.Classifier(), (28, 28)).params
+    initial = steps.create_train_state(config, lnn.Classifier(), (28, 28)).params
     model = lx.load_linen_variables(lx.Classifier(28, rngs=nnx.Rngs(0)), {"params": initial})
     result = training.train_and_evaluate(config, tmp_path / "nnx", model=model, **quiet)
     report(

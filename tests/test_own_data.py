@@ -9,7 +9,7 @@ import pytest
 
 import lstm_jax
 from lstm_jax import data, training
-from lstm_jax import nn as lnn
+from lstm_jax import linen as lnn
 from lstm_jax.data import DataError
 
 T, F = 20, 2

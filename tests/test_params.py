@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import lstm_jax
-from lstm_jax import nn as lnn
+from lstm_jax import linen as lnn
 
 # The lesson's figures.
 LSTM10_ON_1_PARAMS = 480

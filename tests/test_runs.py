@@ -18,9 +18,10 @@ import pytest
 import tensorflow_datasets as tfds
 
 import lstm_jax
-from lstm_jax import data, runs, training
-from lstm_jax import nn as lnn
-from lstm_jax.checkpoints import CheckpointError
+from lstm_jax import data, training
+from lstm_jax import linen as lnn
+from lstm_jax.training import runs
+from lstm_jax.training.checkpoints import CheckpointError
 from tests.fakes import FAKE, params_of, run_fake
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

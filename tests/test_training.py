@@ -11,7 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from lstm_jax import data, reporting, training
+from lstm_jax import data, training
+from lstm_jax.training import reporting
 from tests import reference
 from tests.fakes import FAKE, params_of, real_data_dir, run_fake
 
@@ -184,7 +185,7 @@ def test_unknown_dataset(tmp_path):
 
 
 def test_no_data_and_no_network_says_where_it_looked(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "_network_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(data.tfds, "_network_reachable", lambda timeout=3.0: False)
     empty = tmp_path / "empty"
     with pytest.raises(data.DataError, match=f"not prepared in {empty}.*unreachable.*--data-dir"):
         training.train_and_evaluate(training.Config(data_dir=str(empty)), tmp_path / "run")
@@ -203,7 +204,7 @@ def test_tensorflow_is_kept_off_the_gpus(monkeypatch):
 
     calls = []
     monkeypatch.setattr(tf.config, "set_visible_devices", lambda *a: calls.append(a))
-    data._tfds()
+    data.tfds._tfds()
     assert calls == [([], "GPU")]
 
 
@@ -379,7 +380,7 @@ def test_cli_first_line_is_the_projects_own(tmp_path):
 
 
 def test_cpu_device_count_divides_the_batch_and_stays_at_what_was_measured():
-    from lstm_jax import cpu
+    from lstm_jax._process import cpu
 
     assert cpu.host_device_count(128, cores=2) == 2
     assert cpu.host_device_count(128, cores=16) == cpu.MAX_DEFAULT_DEVICES == 2

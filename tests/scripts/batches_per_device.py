@@ -9,7 +9,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from lstm_jax import data, sharding
+from lstm_jax import data
+from lstm_jax.training import sharding
 
 mesh = Mesh(np.array(jax.devices()), ("data",))
 n, batch = 203, 64  # the last batch padded

@@ -2,7 +2,7 @@
 
 import os
 
-from lstm_jax import cpu
+from lstm_jax._process import cpu
 
 print(cpu.use_host_cores(2))
 print(os.environ["XLA_FLAGS"])

@@ -11,7 +11,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from lstm_jax import data, sharding, steps, training
+from lstm_jax import data, training
+from lstm_jax.training import sharding, steps
 
 config = training.Config(units=(16,), batch_size=64, bidirectional=sys.argv[1] == "True")
 mesh = Mesh(np.array(jax.devices()), ("data",))

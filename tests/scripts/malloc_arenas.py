@@ -8,7 +8,7 @@ import sys
 import tempfile
 import threading
 
-from lstm_jax import cpu
+from lstm_jax._process import cpu
 
 if sys.argv[1] == "True":
     cpu.limit_malloc_arenas()

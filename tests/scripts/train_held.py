@@ -29,7 +29,8 @@ import tensorflow_datasets as tfds
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # train.py
 import train  # noqa: E402
-from lstm_jax import checkpoints, reporting, sharding, shutdown, steps  # noqa: E402
+from lstm_jax._process import shutdown  # noqa: E402
+from lstm_jax.training import checkpoints, reporting, sharding, steps
 
 point = sys.argv[1]
 kind, _, number = point.partition(":")

@@ -8,7 +8,7 @@ import json
 import pathlib
 import sys
 
-from lstm_jax import cpu
+from lstm_jax._process import cpu
 
 assert cpu.use_host_cores(4)  # before JAX starts its backends
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import optax
 
-from lstm_jax.config import Config
+from lstm_jax.training.config import Config
 
 PLATEAU_FACTOR = 0.5
 PLATEAU_PATIENCE = 2  # epochs

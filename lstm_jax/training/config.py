@@ -49,7 +49,7 @@ class Config:
     dropout: float = 0.0
     recurrent_dropout: float = 0.0
     clipnorm: float | None = None  # clip the gradients' global norm to this
-    lr_schedule: str = "constant"  # one of LR_SCHEDULES (lstm_jax.optim)
+    lr_schedule: str = "constant"  # one of LR_SCHEDULES (lstm_jax.training.optim)
     # Stop after this many epochs without a lower val_loss, keeping the best epoch's weights.
     early_stopping: int | None = None
     tensorboard: bool = False  # write TensorBoard scalars into the workdir

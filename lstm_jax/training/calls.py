@@ -14,19 +14,20 @@ training switch, the random streams it draws from, and the mask of padded steps.
   too, which Flax uses for streams it was not given, so every stream gets a fresh key per step.
   Evaluation gives fixed keys.
 * **The mask.** With sequences of given lengths, ``mask=`` (bool ``[batch, time]``) is passed
-  to a module whose ``__call__`` takes it (``lstm_jax.nn``'s models do).
+  to a module whose ``__call__`` takes it (``lstm_jax.linen``'s models do).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from lstm_jax.linen import parameters_of
 
 SWITCHES = ("deterministic", "train", "training")  # how a __call__ may name the switch
 NOT_KEPT = ("params", "intermediates")
@@ -52,14 +53,6 @@ class Calls:
         if mask is not None:
             kwargs["mask"] = mask
         return kwargs
-
-
-def parameters_of(module: nn.Module) -> set[str]:
-    """The names ``module.__call__`` takes."""
-    try:
-        return set(inspect.signature(type(module).__call__).parameters)
-    except (TypeError, ValueError):  # a builtin or C callable: no names to read
-        return set()
 
 
 def calls_of(module: nn.Module, variables: dict | None = None) -> Calls:

@@ -3,7 +3,7 @@ state, one optimizer step, and the jitted epoch functions built from it.
 
 * A whole epoch is one jitted call (``train_epoch``): a ``lax.scan`` over batches, with the
   training state donated, compiled once per run.
-* Data parallel over every device of the mesh (``lstm_jax.sharding``), parameters and
+* Data parallel over every device of the mesh (``lstm_jax.training.sharding``), parameters and
   optimizer state replicated: each device computes the gradient of its slice of the batch
   (``jax.shard_map``), and the gradients are summed across devices. The same code serves one
   device, several, and several processes on one or many hosts.
@@ -26,12 +26,13 @@ from flax.training import train_state
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from lstm_jax import _jax_compat, optim, sharding
-from lstm_jax import calls as calls_lib
+from lstm_jax import _jax_compat
 from lstm_jax import data as data_lib
-from lstm_jax import nn as lnn
-from lstm_jax.config import Config
+from lstm_jax import linen as lnn
 from lstm_jax.errors import ConfigError
+from lstm_jax.training import calls as calls_lib
+from lstm_jax.training import optim, sharding
+from lstm_jax.training.config import Config
 
 
 def make_model(config: Config, num_classes: int) -> nn.Module:
@@ -59,7 +60,7 @@ class TrainState(train_state.TrainState):
 
 
 def model_calls(model: nn.Module, input_shape: tuple[int, int]) -> calls_lib.Calls:
-    """How the trainer calls ``model`` on ``[batch, *input_shape]`` (``lstm_jax.calls``)."""
+    """How the trainer calls ``model`` on ``[batch, *input_shape]`` (``calls``)."""
     return calls_lib.calls_of(model, init_variables(model, input_shape, abstract=True))
 
 
@@ -159,7 +160,7 @@ def train_step(
     sequences ``[B, T, F]``), ``label`` (``[B]``), ``weight`` (``[B]``, 0 for padding) and,
     for sequences of given lengths, ``length`` (``[B]``: the model gets ``mask=``); ``sums``
     is ``[loss_sum, correct, count]`` over the weighted examples. The model is called as
-    ``calls`` says (``lstm_jax.calls``), with this step's keys (``calls.step_rngs``: from
+    ``calls`` says (``lstm_jax.training.calls``), with this step's keys (``calls.step_rngs``: from
     ``seed``, the step and the device); ``needs_loss``: the optimizer's update takes the loss.
 
     The loss is the mean over the batch's real examples, as Keras averages a smaller

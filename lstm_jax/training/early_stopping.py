@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from lstm_jax.config import Config
+from lstm_jax.training.config import Config
 
 
 def _best(history: list[dict]) -> dict:

@@ -1,6 +1,6 @@
 """The run's directory as a place to write: checked before anything is made, made, locked
 for one run at a time, written atomically, and cleared of what a run refused before its
-first checkpoint made there. What its files hold is ``lstm_jax.runs``'s to say.
+first checkpoint made there. What its files hold is ``lstm_jax.training.runs``'s to say.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from lstm_jax import shutdown
-from lstm_jax.checkpoints import finished_epochs
+from lstm_jax._process import shutdown
 from lstm_jax.errors import ConfigError, RunFileError
+from lstm_jax.training.checkpoints import finished_epochs
 
 
 def check(workdir: str | os.PathLike) -> pathlib.Path:

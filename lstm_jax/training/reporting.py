@@ -14,11 +14,12 @@ import time
 import flax.linen as nn
 import jax
 
-from lstm_jax import _jax_compat, console
-from lstm_jax import nn as lnn
+from lstm_jax import _jax_compat
+from lstm_jax import linen as lnn
 from lstm_jax import params as params_lib
+from lstm_jax._process import console
 from lstm_jax.errors import ConfigError
-from lstm_jax.steps import rates
+from lstm_jax.training.steps import rates
 
 
 class Progress:

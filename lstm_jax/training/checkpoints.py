@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from lstm_jax import console
+from lstm_jax._process import console
 from lstm_jax.errors import CheckpointError, CheckpointGone
 
 

@@ -14,12 +14,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lstm_jax import calls as calls_lib
 from lstm_jax import data as data_lib
-from lstm_jax import nn as lnn
-from lstm_jax import steps
-from lstm_jax.calls import Calls
+from lstm_jax import linen as lnn
 from lstm_jax.errors import ConfigError
+from lstm_jax.training import calls as calls_lib
+from lstm_jax.training import steps
+from lstm_jax.training.calls import Calls
 
 
 def check_model(
@@ -30,7 +30,7 @@ def check_model(
     masked: bool,
     test_shape: tuple[int, int] | None = None,
 ) -> Calls:
-    """How to call ``model`` (``lstm_jax.calls``), once it is known to map ``[batch,
+    """How to call ``model`` (``lstm_jax.training.calls``), once it is known to map ``[batch,
     *input_shape]`` to logits ``[batch, num_classes]`` in training (with its collections
     updated and its random streams given keys) and in evaluation, to read the test set's
     ``[batch, *test_shape]`` too with the same weights, and to take ``mask=`` if the data
@@ -42,7 +42,7 @@ def check_model(
             "model",
             f"model: the data's sequences have lengths, so the model is given mask= (bool "
             f"[batch, time]), which {name}.__call__ does not take; add a mask argument "
-            "(lstm_jax.nn's models and layers take it)",
+            "(lstm_jax.linen's models and layers take it)",
         )
     try:
         variables = steps.init_variables(model, input_shape, abstract=True)
@@ -114,7 +114,7 @@ def check_logits(model: nn.Module, out, num_classes: int) -> None:
 
 
 def _final_dense(model: nn.Module) -> lnn.Dense | None:
-    """The ``lstm_jax.nn.Dense`` that ends ``model`` (a ``Classifier``, or a ``Sequential``
+    """The ``lstm_jax.linen.Dense`` that ends ``model`` (a ``Classifier``, or a ``Sequential``
     ending in one), whose activation says whether it returns logits."""
     if isinstance(model, lnn.Classifier):
         return model.layers()[-1]

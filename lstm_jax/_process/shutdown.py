@@ -22,7 +22,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 
-from lstm_jax import console
+from lstm_jax._process import console
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 

@@ -32,12 +32,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lstm_jax import calls as calls_lib
 from lstm_jax import data as data_lib
-from lstm_jax import sharding, steps
-from lstm_jax.checkpoints import Checkpointer, CheckpointError, CheckpointGone, finished_epochs
-from lstm_jax.config import Config, check_resume
 from lstm_jax.errors import ConfigError
+from lstm_jax.training import calls as calls_lib
+from lstm_jax.training import sharding, steps
+from lstm_jax.training.checkpoints import (
+    Checkpointer,
+    CheckpointError,
+    CheckpointGone,
+    finished_epochs,
+)
+from lstm_jax.training.config import Config, check_resume
 
 FORMAT = 1  # the version of what a checkpoint's meta holds; bumped when that changes
 
@@ -52,10 +57,10 @@ def module_spec(module: nn.Module) -> dict:
 
     Fields may be JSON scalars, dtypes, tuples or lists, and other modules.
 
-    >>> from lstm_jax.nn import LSTM, Bidirectional
+    >>> from lstm_jax.linen import LSTM, Bidirectional
     >>> spec = module_spec(Bidirectional(LSTM(8, return_sequences=True)))
     >>> spec["class"], spec["fields"]["layer"]["module"]["fields"]["units"]
-    ('lstm_jax.nn.Bidirectional', 8)
+    ('lstm_jax.linen.Bidirectional', 8)
     >>> module_from_spec(spec) == Bidirectional(LSTM(8, return_sequences=True))
     True
 

@@ -1,6 +1,6 @@
 """Data in Keras's ``mnist.npz`` layout, the file ``keras.datasets.mnist.load_data()``
 caches: read (``load_npz``, behind ``data.load("FILE.npz")``) and written (``save_npz``),
-without TensorFlow. ``lstm_jax.data`` gives both under its own name.
+without TensorFlow. ``lstm_jax.data`` gives both.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from lstm_jax import data as data_lib
+from lstm_jax.data import splits as data_lib
 from lstm_jax.errors import DataError
 
 _NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")

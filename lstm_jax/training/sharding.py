@@ -20,8 +20,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from lstm_jax import data as data_lib
-from lstm_jax.config import Config
 from lstm_jax.errors import ConfigError, DeviceError
+from lstm_jax.training.config import Config
 
 
 def devices() -> list[jax.Device]:

@@ -29,7 +29,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from lstm_jax import console, rollcall
+from lstm_jax._process import console, rollcall
 from lstm_jax.errors import DistributedError, ProcessLost
 
 # Seconds without a heartbeat after which JAX's coordination service declares a process

@@ -1,21 +1,5 @@
-"""Training and evaluation on sequential image data: the library behind ``train.py``.
-
-``train_and_evaluate(config, workdir)`` runs the lesson by default: LSTM(50) then Dense(10)
-on MNIST read row by row, softmax cross-entropy, Adam at 1e-3, batch 128, 3 epochs, the
-last 20% of the training set held out for validation, then the test set.
-
-How it runs: the data set is loaded once and kept on the host as ``uint8``; each epoch's
-batches are placed on the devices before it starts (``lstm_jax.sharding``); a whole epoch
-is one jitted, data-parallel call (``lstm_jax.steps``); each epoch is validated, reported
-(``lstm_jax.reporting``) and saved as an orbax checkpoint (``lstm_jax.checkpoints``), in a
-workdir that one run holds at a time (``lstm_jax.workdir``), with the meta that
-``lstm_jax.runs`` reads back. Several processes (``lstm_jax.distributed``;
-``Config.distributed``) train the same model as one process with as many devices: process 0
-writes the run's files and prints; all write the checkpoints together, as orbax does.
-
-This module is the trainer's public face: the settings, errors and parts that callers use
-are importable from here, each defined in the module named beside it.
-"""
+"""The training loop: ``train_and_evaluate``, a run from its settings to its test accuracy,
+with each epoch trained, validated, reported and checkpointed (``_Epochs``)."""
 
 from __future__ import annotations
 
@@ -37,44 +21,25 @@ from jax.sharding import Mesh
 if TYPE_CHECKING:
     from flax import nnx as flax_nnx
 
-import lstm_jax
+from lstm_jax import _version
 from lstm_jax import data as data_lib
-from lstm_jax import (
-    distributed,
+from lstm_jax._process import distributed, shutdown
+from lstm_jax.errors import ConfigError, TrainingDiverged
+from lstm_jax.params import is_nnx_module
+from lstm_jax.training import (
     early_stopping,
     model_checks,
     optim,
     reporting,
     runs,
     sharding,
-    shutdown,
     steps,
 )
-from lstm_jax import workdir as workdir_lib
-from lstm_jax.checkpoints import Checkpointer
-from lstm_jax.config import CELLS as CELLS
-from lstm_jax.config import LR_SCHEDULES as LR_SCHEDULES
-from lstm_jax.config import MODEL_SETTINGS as MODEL_SETTINGS
-from lstm_jax.config import OPTIMIZERS as OPTIMIZERS
-from lstm_jax.config import PRECISIONS as PRECISIONS
-from lstm_jax.config import RESUMABLE as RESUMABLE
-from lstm_jax.config import Config as Config
-from lstm_jax.config import check_model_settings as check_model_settings
-from lstm_jax.config import check_resume as check_resume
-from lstm_jax.errors import USER_ERRORS as USER_ERRORS
-from lstm_jax.errors import CheckpointError as CheckpointError
-from lstm_jax.errors import ConfigError as ConfigError
-from lstm_jax.errors import DeviceError as DeviceError
-from lstm_jax.errors import RunFileError as RunFileError
-from lstm_jax.errors import TrainingDiverged as TrainingDiverged
-from lstm_jax.params import is_nnx_module
-from lstm_jax.reporting import describe_model as describe_model
-from lstm_jax.runs import resume_config as resume_config
-from lstm_jax.sharding import devices as devices
-from lstm_jax.steps import evaluate_params as evaluate_params
-from lstm_jax.steps import make_epoch_fns as make_epoch_fns
-from lstm_jax.steps import make_model as make_model
-from lstm_jax.steps import train_step as train_step
+from lstm_jax.training import workdir as workdir_lib
+from lstm_jax.training.checkpoints import Checkpointer
+from lstm_jax.training.config import MODEL_SETTINGS, Config, check_model_settings
+from lstm_jax.training.reporting import describe_model
+from lstm_jax.training.steps import make_epoch_fns
 
 
 def train_and_evaluate(
@@ -280,7 +245,7 @@ def _statement(config: Config, model: nn.Module, ds, train: data_lib.Split) -> d
         "model": f"{describe_model(model)} {_digest(runs.model_spec_or_reason(model))}",
         "data": f"{ds.name} {list(train.images.shape)} "
         + data_lib.fingerprint(train, ds.validation, ds.test),
-        "lstm_jax": lstm_jax.__version__,
+        "lstm_jax": _version.__version__,
         "jax": jax.__version__,
     }
 

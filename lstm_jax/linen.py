@@ -1,0 +1,479 @@
+"""Flax linen layers over the functional core, with Keras's names and behaviour.
+
+``LSTM(50)(x)`` does what ``keras.layers.LSTM(50)(x)`` does: ``x`` is ``[batch, time,
+features]``, the output ``[batch, 50]`` (or ``[batch, time, 50]`` with
+``return_sequences=True``). Each layer owns the parameters ``kernel``, ``recurrent_kernel``
+and ``bias`` in Keras's layout (see ``lstm_jax.recurrent``), so weights move between the two
+by name. Unlike Keras's ``Dense(10, activation="softmax")``, ``Classifier`` returns logits:
+pair it with ``optax.softmax_cross_entropy``, which is the same loss, computed stably.
+
+``Sequential``, ``Dense`` and ``Masking`` complete Keras's vocabulary for stacking layers:
+``Sequential`` carries a mask from ``Masking`` (or its ``mask=`` argument) to each recurrent
+layer, as Keras does, and ``lstm_jax.from_keras`` builds one from a Keras model.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lstm_jax import recurrent
+
+Array = jax.Array
+
+
+def parameters_of(module: nn.Module) -> set[str]:
+    """The names ``module.__call__`` takes."""
+    try:
+        return set(inspect.signature(type(module).__call__).parameters)
+    except (TypeError, ValueError):  # a builtin or C callable: no names to read
+        return set()
+
+
+class _Recurrent(nn.Module):
+    """Shared body of the three layers: parameters in Keras layout, then the scan."""
+
+    units: int
+    return_sequences: bool = False
+    return_state: bool = False
+    go_backwards: bool = False
+    unroll: int = 1
+    dtype: Any = None  # compute dtype, e.g. jnp.bfloat16; None: that of inputs and params
+    param_dtype: Any = jnp.float32
+    # With a mask and return_sequences: zeros at masked steps, not the previous output.
+    zero_output_for_mask: bool = False
+    # Keras's rates: inputs' and h's units dropped in training (``deterministic=False``).
+    dropout: float = 0.0
+    recurrent_dropout: float = 0.0
+
+    cell: ClassVar[recurrent.Cell]  # the registry's entry (``recurrent.CELLS``)
+
+    def __post_init__(self):
+        check_rates(self)
+        super().__post_init__()
+
+    def _init_params(self, key: Array, input_dim: int) -> dict[str, Array]:
+        return init_layer_params(self, key, input_dim)
+
+    @nn.compact
+    def __call__(
+        self,
+        inputs: Array,
+        *,
+        mask: Array | None = None,
+        initial_state=None,
+        deterministic: bool | None = None,
+    ) -> Array | tuple[Array, ...]:
+        """``inputs: [batch, time, features]``; ``mask: [batch, time]`` bool (optional).
+        ``deterministic=False`` (training) applies dropout, from the ``"dropout"`` rng;
+        ``None`` or ``True`` (inference, Keras's default) does not."""
+        check_rank(self, inputs)
+        input_dim = jnp.shape(inputs)[-1]
+        # Flax hands each parameter its own key; drawing all three from one
+        # ``init_*`` call keeps one source of truth for Keras's initialisers.
+        params = {
+            name: self.param(
+                name,
+                lambda key, name=name: self._init_params(key, input_dim)[name],
+            )
+            for name in ("kernel", "recurrent_kernel", "bias")
+        }
+        key = None
+        if deterministic is False and (self.dropout or self.recurrent_dropout):
+            key = self.make_rng("dropout")
+        return recurrent_call(self, params, inputs, mask=mask, initial_state=initial_state, key=key)
+
+
+def check_rank(layer, inputs: Array) -> None:
+    if jnp.ndim(inputs) != 3:
+        raise ValueError(
+            f"{type(layer).__name__}: inputs must be rank 3, [batch, time, features]; "
+            f"got shape {jnp.shape(inputs)}"
+        )
+
+
+def check_rates(layer) -> None:
+    """``recurrent.check_rates`` for a layer's rates: when it is built, and at every call (an
+    NNX layer's rate may be set later)."""
+    recurrent.check_rates(
+        type(layer).__name__, dropout=layer.dropout, recurrent_dropout=layer.recurrent_dropout
+    )
+
+
+def init_layer_params(layer, key: Array, input_dim: int) -> dict[str, Array]:
+    """The parameters of a recurrent ``layer`` (this module's, or ``lstm_jax.nnx``'s: its
+    ``cell``, ``units``, ``param_dtype`` and, for the LSTM, ``unit_forget_bias``)."""
+    if layer.cell.name == "lstm":
+        return recurrent.init_lstm(
+            key,
+            input_dim,
+            layer.units,
+            unit_forget_bias=layer.unit_forget_bias,
+            dtype=layer.param_dtype,
+        )
+    return layer.cell.init(key, input_dim, layer.units, dtype=layer.param_dtype)
+
+
+def recurrent_call(layer, params, inputs: Array, *, mask=None, initial_state=None, key=None):
+    """The forward pass of a recurrent ``layer`` (this module's, or ``lstm_jax.nnx``'s, which
+    have the same options) with its ``params``: Keras's layer over ``recurrent.run_cell``;
+    ``key`` draws dropout's masks (training), ``None`` drops nothing."""
+    check_rates(layer)
+    if layer.dtype is not None:
+        inputs = inputs.astype(layer.dtype)
+        params = {k: v.astype(layer.dtype) for k, v in params.items()}
+    options = dict(
+        return_sequences=layer.return_sequences,
+        return_state=layer.return_state,
+        initial_state=initial_state,
+        go_backwards=layer.go_backwards,
+        mask=mask,
+        unroll=layer.unroll,
+    )
+    if key is not None:
+        options.update(dropout=layer.dropout, recurrent_dropout=layer.recurrent_dropout, key=key)
+    if layer.cell.name == "lstm":
+        out = recurrent.lstm(params, inputs, use_cudnn=layer.use_cudnn, **options)
+    else:
+        out = recurrent.run_cell(layer.cell, params, inputs, **options)
+    if not (layer.zero_output_for_mask and layer.return_sequences and mask is not None):
+        return out
+    steps = jnp.flip(mask, axis=1) if layer.go_backwards else mask  # the outputs' order
+    if layer.return_state:
+        return (jnp.where(steps[..., None], out[0], 0), *out[1:])
+    return jnp.where(steps[..., None], out, 0)
+
+
+class LSTM(_Recurrent):
+    """Keras-style LSTM layer: ``LSTM(units, return_sequences=..., return_state=...,
+    go_backwards=..., unroll=..., zero_output_for_mask=False, unit_forget_bias=True,
+    use_cudnn="auto")``; see ``recurrent.lstm`` (``use_cudnn`` too).
+
+    >>> import jax, jax.numpy as jnp
+    >>> layer = LSTM(50)
+    >>> x = jnp.ones((4, 28, 28))
+    >>> variables = layer.init(jax.random.key(0), x)
+    >>> layer.apply(variables, x).shape
+    (4, 50)
+    """
+
+    unit_forget_bias: bool = True
+    use_cudnn: str | bool = "auto"
+    cell = recurrent.CELLS["lstm"]
+
+
+class GRU(_Recurrent):
+    """Keras-style GRU layer (``reset_after=True``); see ``recurrent.gru``."""
+
+    cell = recurrent.CELLS["gru"]
+
+
+class SimpleRNN(_Recurrent):
+    """Keras-style SimpleRNN layer (tanh); see ``recurrent.simple_rnn``."""
+
+    cell = recurrent.CELLS["simple_rnn"]
+
+
+_MERGES = {
+    "concat": lambda a, b: jnp.concatenate([a, b], axis=-1),
+    "sum": lambda a, b: a + b,
+    "mul": lambda a, b: a * b,
+    "ave": lambda a, b: (a + b) / 2,
+}
+
+
+class Bidirectional(nn.Module):
+    """Runs a recurrent layer forwards and a copy of it backwards, as Keras's wrapper does.
+
+    The copy reads the sequence from the end; with ``return_sequences`` its outputs are
+    flipped back into time order before merging, so step ``t`` of both halves refers to the
+    same input step; as in Keras, both halves then output zeros at masked steps
+    (``zero_output_for_mask``). ``merge_mode`` is one of ``concat`` (default), ``sum``, ``mul``,
+    ``ave``, or ``None`` for the pair ``(forward, backward)``. With ``return_state`` on the
+    wrapped layer the result is ``(output, *forward_states, *backward_states)``. The halves'
+    parameters live under ``forward`` and ``backward``.
+
+    >>> import jax, jax.numpy as jnp
+    >>> layer = Bidirectional(LSTM(8, return_sequences=True))
+    >>> x = jnp.ones((2, 5, 3))
+    >>> layer.apply(layer.init(jax.random.key(0), x), x).shape
+    (2, 5, 16)
+    """
+
+    layer: _Recurrent
+    merge_mode: str | None = "concat"
+
+    def setup(self):
+        check_merge_mode(self.merge_mode)
+        zero = self.layer.return_sequences  # as Keras's Bidirectional sets it
+        self.forward = self.layer.clone(parent=self, name="forward", zero_output_for_mask=zero)
+        self.backward = self.layer.clone(
+            parent=self,
+            name="backward",
+            go_backwards=not self.layer.go_backwards,
+            zero_output_for_mask=zero,
+        )
+
+    def __call__(
+        self, inputs: Array, *, mask: Array | None = None, deterministic: bool | None = None
+    ):
+        return bidirectional_call(self, inputs, mask=mask, deterministic=deterministic)
+
+
+def check_merge_mode(merge_mode) -> None:
+    if merge_mode is not None and merge_mode not in _MERGES:
+        raise ValueError(f"merge_mode must be one of {sorted(_MERGES)} or None; got {merge_mode!r}")
+
+
+def bidirectional_call(wrapper, inputs: Array, *, mask: Array | None = None, deterministic=None):
+    """The forward pass of a ``Bidirectional`` ``wrapper`` (this module's or
+    ``lstm_jax.nnx``'s): its ``forward`` and ``backward`` halves, merged as Keras merges them;
+    each half draws its own dropout masks."""
+    fwd = wrapper.forward(inputs, mask=mask, deterministic=deterministic)
+    bwd = wrapper.backward(inputs, mask=mask, deterministic=deterministic)
+    states_f, states_b = (), ()
+    if wrapper.layer.return_state:
+        fwd, *states_f = fwd
+        bwd, *states_b = bwd
+    if wrapper.layer.return_sequences:
+        bwd = jnp.flip(bwd, axis=1)
+    merge_mode = wrapper.merge_mode
+    out = (fwd, bwd) if merge_mode is None else _MERGES[merge_mode](fwd, bwd)
+    if wrapper.layer.return_state:
+        return (out, *states_f, *states_b)
+    return out
+
+
+# The layer of each registered cell (``recurrent.CELLS``), by its name.
+LAYERS = {layer.cell.name: layer for layer in (LSTM, GRU, SimpleRNN)}
+assert LAYERS.keys() == recurrent.CELLS.keys(), "each registered cell needs its layer"
+
+
+def classifier_chain(model) -> list[tuple[str, int, dict]]:
+    """The recurrent layers of a ``Classifier`` (this module's or ``lstm_jax.nnx``'s), as
+    ``(name, units, options)``: ``LSTM_0`` (or ``Bidirectional_0`` wrapping it), ``LSTM_1``,
+    ...; each but the last returns sequences. ``Dense_0`` follows them."""
+    if model.cell not in LAYERS:
+        raise ValueError(f"cell must be one of {sorted(LAYERS)}; got {model.cell!r}")
+    if not model.units:
+        raise ValueError("units must hold at least one layer's size, e.g. (50,); got ()")
+    classes = model.num_classes
+    if isinstance(classes, bool) or not isinstance(classes, int | np.integer) or classes < 1:
+        raise ValueError(f"num_classes must be a positive int; got {classes!r}")
+    chain = []
+    for n, units in enumerate(model.units):
+        options = {
+            "return_sequences": n < len(model.units) - 1,
+            "dtype": model.dtype,
+            "unroll": model.unroll,
+            "dropout": model.dropout,
+            "recurrent_dropout": model.recurrent_dropout,
+        }
+        if model.cell == "lstm":
+            options["use_cudnn"] = model.use_cudnn
+        kind = "Bidirectional" if model.bidirectional else LAYERS[model.cell].__name__
+        chain.append((f"{kind}_{n}", units, options))
+    return chain
+
+
+class Classifier(nn.Module):
+    """Recurrent layers then a Dense head returning logits: the lesson's model.
+
+    ``Classifier(cell="lstm", units=(50,), num_classes=10)`` is ``LSTM(50)`` then
+    ``Dense(10)``; with several ``units`` the layers stack, each but the last returning
+    sequences. ``bidirectional`` wraps each layer in ``Bidirectional``. ``dtype`` is the
+    compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32. ``use_cudnn``,
+    ``dropout`` and ``recurrent_dropout`` are each recurrent layer's (``recurrent.lstm``).
+    ``mask`` (bool ``[batch, time]``) marks each sequence's valid steps, as ``Sequential``'s.
+    """
+
+    cell: str = "lstm"
+    units: int | Sequence[int] = (50,)
+    num_classes: int = 10
+    bidirectional: bool = False
+    dtype: Any = None
+    unroll: int = 1
+    use_cudnn: str | bool = "auto"
+    dropout: float = 0.0
+    recurrent_dropout: float = 0.0
+
+    def __post_init__(self):
+        # ``units=50`` as in Keras's ``LSTM(50)``; a tuple either way (hashable, for jit).
+        units = (self.units,) if isinstance(self.units, int | np.integer) else self.units
+        object.__setattr__(self, "units", tuple(units))
+        super().__post_init__()
+
+    @nn.nowrap
+    def layers(self) -> tuple[nn.Module, ...]:
+        """The model as a chain of this module's layers, each named as its parameters are
+        (``LSTM_0`` or ``Bidirectional_0``, ..., ``Dense_0``): what ``__call__`` runs, and
+        what ``to_keras`` and ``describe_model`` read."""
+        chain = []
+        for name, units, options in classifier_chain(self):
+            if name.startswith("Bidirectional"):
+                chain.append(Bidirectional(LAYERS[self.cell](units, **options), name=name))
+            else:
+                chain.append(LAYERS[self.cell](units, **options, name=name))
+        return (*chain, Dense(self.num_classes, dtype=self.dtype, name="Dense_0"))
+
+    @nn.compact
+    def __call__(
+        self, x: Array, *, mask: Array | None = None, deterministic: bool | None = None
+    ) -> Array:
+        """``x: [batch, time, features]`` -> logits ``[batch, num_classes]``; dropout in
+        training (``deterministic=False``) only."""
+        deterministic = True if deterministic is None else deterministic
+        return classifier_call(self, x, mask=mask, deterministic=deterministic)
+
+
+def classifier_call(model, x: Array, *, mask=None, deterministic=None) -> Array:
+    """A ``Classifier``'s (this module's or ``lstm_jax.nnx``'s) layers over ``x``; float32
+    logits whatever the compute dtype."""
+    if model.dtype is not None:
+        x = x.astype(model.dtype)
+    x = chain_call(model.layers(), x, mask=mask, deterministic=deterministic)
+    return x.astype(jnp.float32)
+
+
+# Keras's activations by name, for ``Dense``.
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "linear": lambda x: x,
+    "relu": jax.nn.relu,
+    "sigmoid": jax.nn.sigmoid,
+    "tanh": jnp.tanh,
+    "softmax": jax.nn.softmax,
+    "log_softmax": jax.nn.log_softmax,
+    "softplus": jax.nn.softplus,
+    "elu": jax.nn.elu,
+    "selu": jax.nn.selu,
+    "silu": jax.nn.silu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # Keras's default
+}
+
+
+class Dense(nn.Module):
+    """Keras's ``Dense(units, activation=None, use_bias=True)``: ``y = activation(x W + b)``
+    on the last axis, ``kernel [features, units]`` initialised glorot-uniform as Keras does,
+    ``bias [units]`` zeros. ``activation`` is a name from ``ACTIVATIONS`` or None (linear)."""
+
+    units: int
+    activation: str | None = None
+    use_bias: bool = True
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        check_activation(self.activation)
+        kernel = self.param(
+            "kernel", nn.initializers.glorot_uniform(), (jnp.shape(x)[-1], self.units)
+        )
+        bias = None
+        if self.use_bias:
+            bias = self.param("bias", nn.initializers.zeros_init(), (self.units,))
+        return dense_call(self, x, kernel, bias)
+
+
+def check_activation(activation) -> None:
+    if activation is not None and activation not in ACTIVATIONS:
+        raise ValueError(
+            f"Dense: activation must be one of {sorted(ACTIVATIONS)} or None; got {activation!r}"
+        )
+
+
+def dense_call(layer, x: Array, kernel: Array, bias: Array | None) -> Array:
+    """``activation(x W + b)`` for a ``Dense`` ``layer`` (this module's or ``lstm_jax.nnx``'s)."""
+    if layer.dtype is not None:
+        x, kernel = x.astype(layer.dtype), kernel.astype(layer.dtype)
+    y = x @ kernel
+    if bias is not None:
+        y = y + jnp.broadcast_to(bias.astype(y.dtype), y.shape)
+    return ACTIVATIONS[layer.activation or "linear"](y)
+
+
+class Masking(nn.Module):
+    """Keras's ``Masking(mask_value=0.0)``: a step whose features all equal ``mask_value``
+    is masked for the recurrent layers that follow in a ``Sequential``; its features are
+    zeroed, as Keras does. Alone, ``Masking()(x)`` returns ``x`` with the masked steps zeroed;
+    ``compute_mask(x)`` gives the mask, bool ``[batch, time]``."""
+
+    mask_value: float = 0.0
+
+    def compute_mask(self, x: Array) -> Array:
+        return valid_steps(x, self.mask_value)
+
+    def __call__(self, x: Array) -> Array:
+        return masked(x, self.mask_value)
+
+
+def valid_steps(x: Array, mask_value: float) -> Array:
+    """Keras's ``Masking``: a step is valid unless all its features equal ``mask_value``;
+    bool ``[batch, time]``."""
+    return jnp.any(x != mask_value, axis=-1)
+
+
+def masked(x: Array, mask_value: float) -> Array:
+    """``x`` with the steps ``valid_steps`` masks zeroed, as Keras's ``Masking`` outputs."""
+    return x * valid_steps(x, mask_value)[..., None].astype(x.dtype)
+
+
+class Sequential(nn.Module):
+    """Layers applied in turn, as Keras's ``Sequential``: ``[batch, time, features]`` in.
+
+    The mask (bool ``[batch, time]``, from the ``mask=`` argument or a ``Masking`` layer)
+    goes to every recurrent layer and ``Bidirectional``; a layer returning sequences passes
+    it on, one returning its last output ends it, as in Keras. Any other Flax module is
+    called on the output alone.
+
+    >>> import jax, jax.numpy as jnp
+    >>> model = Sequential([Masking(), LSTM(8, return_sequences=True), GRU(4), Dense(3)])
+    >>> x = jnp.ones((2, 5, 3))
+    >>> model.apply(model.init(jax.random.key(0), x), x).shape
+    (2, 3)
+    """
+
+    layers: Sequence[nn.Module]
+
+    def __post_init__(self):
+        object.__setattr__(self, "layers", tuple(self.layers))  # hashable, for jax.jit
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(
+        self, x: Array, *, mask: Array | None = None, deterministic: bool | None = None
+    ) -> Array:
+        """``deterministic=False`` trains (dropout on); ``None`` or ``True`` infers."""
+        deterministic = True if deterministic is None else deterministic
+        return chain_call(self.layers, x, mask=mask, deterministic=deterministic)
+
+
+def _recurrent_in(layer):
+    """The recurrent layer that ``layer`` is or wraps (``Bidirectional``), or ``None``."""
+    inner = getattr(layer, "layer", layer)
+    return inner if isinstance(getattr(inner, "cell", None), recurrent.Cell) else None
+
+
+def chain_call(layers, x: Array, *, mask: Array | None = None, deterministic=None) -> Array:
+    """``layers`` applied in turn as Keras's ``Sequential`` applies them, the mask carried
+    to each recurrent layer (this module's layers, or ``lstm_jax.nnx``'s), and
+    ``deterministic``, unless None, to each layer whose call takes it (the recurrent
+    layers, ``nn.Dropout``, a module of your own)."""
+    for layer in layers:
+        switch = {}
+        if deterministic is not None and "deterministic" in parameters_of(layer):
+            switch = {"deterministic": deterministic}
+        if hasattr(layer, "compute_mask"):  # Masking
+            mask = layer.compute_mask(x)
+            x = layer(x)
+        elif _recurrent_in(layer) is not None:
+            x = layer(x, mask=mask, **switch)
+            if not _recurrent_in(layer).return_sequences:
+                mask = None
+        else:
+            x = layer(x, **switch)
+    return x

@@ -1,0 +1,76 @@
+"""The trainer: ``train_and_evaluate(config, workdir)`` trains, validates each epoch, tests,
+and writes a run directory that ``load_run`` reads back.
+
+By default it runs the lesson: LSTM(50) then Dense(10) on MNIST read row by row, softmax
+cross-entropy, Adam at 1e-3, batch 128, 3 epochs, the last 20% of the training set held out
+for validation, then the test set.
+
+Where each part lives:
+
+* ``config``: ``Config``, the run's settings, and what each one is (``settings``);
+* ``steps``: the jitted train step and whole-epoch programs, and the one evaluation;
+* ``calls``: how a module is called (its ``train``/``deterministic``/``mask`` arguments);
+* ``optim``: the optimizer and learning-rate schedules (optax);
+* ``sharding``: the device mesh, and each epoch's batches placed on it;
+* ``early_stopping``, ``reporting`` (progress, setup and epoch lines, metrics, curves,
+  TensorBoard), ``model_checks`` (a user's model checked before training);
+* ``checkpoints`` (orbax), ``workdir`` (the directory, its lock, its files written
+  atomically), ``runs`` (what a run holds, resuming it, ``load_run``);
+* ``loop``: ``train_and_evaluate``.
+
+Several processes (``Config.distributed``) train the same model as one process with as many
+devices: process 0 writes the run's files and prints; all write the checkpoints together.
+"""
+
+from lstm_jax.errors import (
+    USER_ERRORS,
+    CheckpointError,
+    ConfigError,
+    DeviceError,
+    RunFileError,
+    TrainingDiverged,
+)
+from lstm_jax.training.config import (
+    CELLS,
+    LR_SCHEDULES,
+    MODEL_SETTINGS,
+    OPTIMIZERS,
+    PRECISIONS,
+    RESUMABLE,
+    Config,
+    check_model_settings,
+    check_resume,
+)
+from lstm_jax.training.loop import train_and_evaluate
+from lstm_jax.training.reporting import describe_model
+from lstm_jax.training.runs import Run, load_run, resume_config
+from lstm_jax.training.sharding import devices
+from lstm_jax.training.steps import evaluate_params, make_epoch_fns, make_model, train_step
+
+__all__ = [
+    "CELLS",
+    "LR_SCHEDULES",
+    "MODEL_SETTINGS",
+    "OPTIMIZERS",
+    "PRECISIONS",
+    "RESUMABLE",
+    "USER_ERRORS",
+    "CheckpointError",
+    "Config",
+    "ConfigError",
+    "DeviceError",
+    "Run",
+    "RunFileError",
+    "TrainingDiverged",
+    "check_model_settings",
+    "check_resume",
+    "describe_model",
+    "devices",
+    "evaluate_params",
+    "load_run",
+    "make_epoch_fns",
+    "make_model",
+    "resume_config",
+    "train_and_evaluate",
+    "train_step",
+]
