@@ -8,7 +8,6 @@ batch 128, 3 epochs, validation_split 0.2, MNIST read as 28 rows of 28 pixels.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import pathlib
 import signal
@@ -41,15 +40,16 @@ examples:
 """
 
 
-def _settings() -> dict[str, dict[str, dict]]:
-    """The flags of ``Config``'s settings, by group: ``add_argument``'s options for each;
-    every default is ``Config``'s. ``flag`` names a flag other than ``--setting-name``."""
+def _settings() -> dict[str, dict]:
+    """The flags of ``Config``'s settings: ``add_argument``'s options for each; every default
+    is ``Config``'s, and the group each is listed in its kind (``config.settings``).
+    ``flag`` names a flag other than ``--setting-name``."""
     return {**_model_and_recipe(), **_data_and_run()}
 
 
-def _model_and_recipe() -> dict[str, dict[str, dict]]:
+def _model_and_recipe() -> dict[str, dict]:
     return {
-        "model": {
+        **{
             "cell": dict(choices=training.CELLS, help="the recurrent layer"),
             "units": dict(
                 type=_units,
@@ -66,7 +66,7 @@ def _model_and_recipe() -> dict[str, dict[str, dict]]:
                 type=float, metavar="RATE", help="h's units dropped in training, as Keras's"
             ),
         },
-        "recipe": {
+        **{
             "epochs": dict(type=int, help="passes over the training set"),
             "batch_size": dict(type=int, help="examples per step"),
             "learning_rate": dict(type=float, help="the step size"),
@@ -95,9 +95,9 @@ def _model_and_recipe() -> dict[str, dict[str, dict]]:
     }
 
 
-def _data_and_run() -> dict[str, dict[str, dict]]:
+def _data_and_run() -> dict[str, dict]:
     return {
-        "data": {
+        **{
             "dataset": dict(
                 help="a TFDS image classification data set (mnist, fashion_mnist, ...), or a "
                 "FILE.npz in Keras's mnist.npz layout, read without TensorFlow"
@@ -120,7 +120,7 @@ def _data_and_run() -> dict[str, dict[str, dict]]:
                 help="never download; fail at once when the data is missing",
             ),
         },
-        "run": {
+        **{
             "progress": dict(flag="--no-progress", action="store_false", help="no progress bar"),
             "tensorboard": dict(
                 action="store_true",
@@ -142,13 +142,15 @@ def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
         argument_default=None if defaults else argparse.SUPPRESS,
     )
     config = training.Config()
-    groups = {}
-    for group, settings in _settings().items():
-        groups[group] = p.add_argument_group(group)
-        for name, options in settings.items():
-            flag = options.pop("flag", "--" + name.replace("_", "-"))
+    groups = {kind: p.add_argument_group(kind) for kind in training.KINDS}
+    options = _settings()
+    for kind in training.KINDS:
+        for name in training.settings(kind=kind):
+            if name not in options:  # --resume and --distributed: among the flags below
+                continue
+            flag = options[name].pop("flag", "--" + name.replace("_", "-"))
             default = getattr(config, name) if defaults else argparse.SUPPRESS
-            groups[group].add_argument(flag, dest=name, default=default, **options)
+            groups[kind].add_argument(flag, dest=name, default=default, **options[name])
     _add_run_flags(groups["run"])
     _add_process_flags(p)
     if defaults:  # of the flags that are not the run's settings (``Config`` has those)
@@ -225,9 +227,7 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 
 
 # The run's settings, as flags: every other flag says how or where this start runs.
-_SETTINGS = frozenset(f.name for f in dataclasses.fields(training.Config))
-# Settings that --evaluate takes besides the run's own: where its data is, what it shows.
-_EVALUATE_SETTINGS = frozenset({"data_dir", "download", "progress"})
+_SETTINGS = frozenset(training.settings())
 
 
 def main(argv=None) -> int:
@@ -313,7 +313,7 @@ def _config(parser, args, given: dict, workdir: str | None) -> training.Config:
     with the settings given as changes; ``--evaluate``)."""
     try:
         if args.evaluate:
-            extra = sorted(set(given) & _SETTINGS - _EVALUATE_SETTINGS)
+            extra = sorted(set(given) & _SETTINGS - set(training.settings(evaluate=True)))
             if extra:
                 flags = ", ".join("--" + f.replace("_", "-") for f in extra)
                 parser.error(f"--evaluate reads the model and settings from the run; drop {flags}")
@@ -345,10 +345,7 @@ def _with_flags(e: training.ConfigError) -> str:
 def _flag(setting: str) -> str:
     """The flag of a setting: ``--batch-size`` for ``batch_size``, ``--no-progress`` for
     ``progress``."""
-    for settings in _settings().values():
-        if setting in settings:
-            return settings[setting].get("flag", "--" + setting.replace("_", "-"))
-    return "--" + setting.replace("_", "-")
+    return _settings().get(setting, {}).get("flag", "--" + setting.replace("_", "-"))
 
 
 def _flag_names(message: str) -> str:

@@ -32,6 +32,7 @@ from lstm_jax.errors import (
 )
 from lstm_jax.training.config import (
     CELLS,
+    KINDS,
     LR_SCHEDULES,
     MODEL_SETTINGS,
     OPTIMIZERS,
@@ -40,6 +41,7 @@ from lstm_jax.training.config import (
     Config,
     check_model_settings,
     check_resume,
+    settings,
 )
 from lstm_jax.training.loop import train_and_evaluate
 from lstm_jax.training.reporting import describe_model
@@ -49,6 +51,7 @@ from lstm_jax.training.steps import evaluate_params, make_epoch_fns, make_model,
 
 __all__ = [
     "CELLS",
+    "KINDS",
     "LR_SCHEDULES",
     "MODEL_SETTINGS",
     "OPTIMIZERS",
@@ -71,6 +74,7 @@ __all__ = [
     "make_epoch_fns",
     "make_model",
     "resume_config",
+    "settings",
     "train_and_evaluate",
     "train_step",
 ]

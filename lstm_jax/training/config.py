@@ -22,37 +22,55 @@ PRECISIONS = ("float32", "bfloat16")
 LR_SCHEDULES = ("constant", "cosine", "warmup_cosine", "reduce_on_plateau")
 
 
+KINDS = ("model", "optimizer", "data", "run")
+
+
+def _setting(default, kind: str, *, resumable=False, agreed=True, evaluate=False):
+    """A ``Config`` field and what it is (see ``Config``)."""
+    assert kind in KINDS, kind
+    meta = {"kind": kind, "resumable": resumable, "agreed": agreed, "evaluate": evaluate}
+    return dataclasses.field(default=default, metadata=meta)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Config:
-    """Everything a run depends on; the defaults are the lesson's recipe."""
+    """Everything a run depends on; the defaults are the lesson's recipe.
 
-    cell: str = "lstm"
-    units: tuple[int, ...] = (50,)
-    bidirectional: bool = False
-    epochs: int = 3
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    optimizer: str = "adam"
-    dataset: str = "mnist"
-    sequence: str = "rows"
-    validation_split: float = 0.2
-    seed: int = 0
-    data_dir: str | None = None
-    download: bool = True
-    precision: str = "float32"
-    resume: bool = False
-    distributed: bool = False
-    progress: bool = True
-    # Cap on training examples; None uses them all. For quick runs (notebooks, smoke tests).
-    max_train_examples: int | None = None
+    Each field's metadata says what it is (``kind``: ``model``, ``data``, ``optimizer`` or
+    ``run``), whether a resumed run may change it (``resumable``), whether the processes of
+    a run must agree on it (``agreed``: what the run computes, not how or where it runs),
+    and whether ``--evaluate`` takes it (``evaluate``). ``settings(...)`` selects by them;
+    ``resume_config``, the processes' comparison, ``--evaluate`` and ``train.py --help``
+    read them there.
+    """
+
+    cell: str = _setting("lstm", "model")
+    units: tuple[int, ...] = _setting((50,), "model")
+    bidirectional: bool = _setting(False, "model")
     # Keras's LSTM(dropout=..., recurrent_dropout=...) for each recurrent layer.
-    dropout: float = 0.0
-    recurrent_dropout: float = 0.0
-    clipnorm: float | None = None  # clip the gradients' global norm to this
-    lr_schedule: str = "constant"  # one of LR_SCHEDULES (lstm_jax.training.optim)
+    dropout: float = _setting(0.0, "model")
+    recurrent_dropout: float = _setting(0.0, "model")
+    precision: str = _setting("float32", "model")
+    epochs: int = _setting(3, "optimizer", resumable=True)
+    batch_size: int = _setting(128, "optimizer")
+    learning_rate: float = _setting(1e-3, "optimizer", resumable=True)
+    optimizer: str = _setting("adam", "optimizer")
+    seed: int = _setting(0, "optimizer")
+    clipnorm: float | None = _setting(None, "optimizer")  # clip the gradients' global norm
+    lr_schedule: str = _setting("constant", "optimizer")  # one of LR_SCHEDULES (optim)
     # Stop after this many epochs without a lower val_loss, keeping the best epoch's weights.
-    early_stopping: int | None = None
-    tensorboard: bool = False  # write TensorBoard scalars into the workdir
+    early_stopping: int | None = _setting(None, "optimizer")
+    dataset: str = _setting("mnist", "data")
+    sequence: str = _setting("rows", "data")
+    validation_split: float = _setting(0.2, "data")
+    # Cap on training examples; None uses them all. For quick runs (notebooks, smoke tests).
+    max_train_examples: int | None = _setting(None, "data")
+    data_dir: str | None = _setting(None, "data", resumable=True, agreed=False, evaluate=True)
+    download: bool = _setting(True, "data", resumable=True, agreed=False, evaluate=True)
+    progress: bool = _setting(True, "run", resumable=True, agreed=False, evaluate=True)
+    tensorboard: bool = _setting(False, "run", resumable=True, agreed=False)  # its scalars
+    distributed: bool = _setting(False, "run", resumable=True, agreed=False)
+    resume: bool = _setting(False, "run", resumable=True)  # the switch itself: not a change
 
     def __post_init__(self):
         # NumPy scalars as Python's (a run's settings are written as JSON), a path as text.
@@ -155,9 +173,27 @@ def _one_of(options) -> str:
     return "one of " + ", ".join(options)
 
 
+def settings(**metadata) -> tuple[str, ...]:
+    """The names of ``Config``'s fields whose metadata has the values given, in order.
+
+    >>> settings(kind="model")
+    ('cell', 'units', 'bidirectional', 'dropout', 'recurrent_dropout', 'precision')
+    >>> settings(evaluate=True)
+    ('data_dir', 'download', 'progress')
+    """
+    return tuple(
+        f.name
+        for f in dataclasses.fields(Config)
+        if all(f.metadata[k] == v for k, v in metadata.items())
+    )
+
+
 # The settings of the model the trainer builds (``steps.make_model``): a model given to the
 # trainer is used as it is, and these describe nothing of it.
-MODEL_SETTINGS = ("cell", "units", "bidirectional", "dropout", "recurrent_dropout", "precision")
+MODEL_SETTINGS = settings(kind="model")
+# Settings a resumed run may change (``resume`` last: not a change a user makes); every other
+# one stays as the run was started.
+RESUMABLE = settings(resumable=True)
 
 
 def check_model_settings(config: Config) -> None:
@@ -192,19 +228,6 @@ def _pairs(name, config: Config, names, saved: Config | None = None) -> str:
         + ("" if saved is None else f" (the run's: {_show(getattr(saved, n))})")
         for n in names
     )
-
-
-# Settings a resumed run may change; every other one stays as the run was started.
-RESUMABLE = (
-    "epochs",
-    "learning_rate",
-    "progress",
-    "tensorboard",
-    "data_dir",
-    "download",
-    "distributed",
-    "resume",  # last: not a change a user makes
-)
 
 
 # Schedules planned over the run's epochs: a resumed run keeps its epochs under them.

@@ -37,7 +37,7 @@ from lstm_jax.training import (
 )
 from lstm_jax.training import workdir as workdir_lib
 from lstm_jax.training.checkpoints import Checkpointer
-from lstm_jax.training.config import MODEL_SETTINGS, Config, check_model_settings
+from lstm_jax.training.config import MODEL_SETTINGS, Config, check_model_settings, settings
 from lstm_jax.training.reporting import describe_model
 from lstm_jax.training.steps import make_epoch_fns
 
@@ -239,9 +239,8 @@ def _check_run_in(path: pathlib.Path, config: Config) -> dict | None:
 def _statement(config: Config, model: nn.Module, ds, train: data_lib.Split) -> dict:
     """What makes the run, as each of its processes states it (``distributed.agree``): the
     settings, the model, the data's shapes and fingerprint, and the versions."""
-    where = ("progress", "data_dir", "download", "distributed", "tensorboard")  # how, not what
     return {
-        **{k: v for k, v in dataclasses.asdict(config).items() if k not in where},
+        **{k: getattr(config, k) for k in settings(agreed=True)},
         "model": f"{describe_model(model)} {_digest(runs.model_spec_or_reason(model))}",
         "data": f"{ds.name} {list(train.images.shape)} "
         + data_lib.fingerprint(train, ds.validation, ds.test),
