@@ -77,7 +77,7 @@ def initialize(
     except (RuntimeError, ValueError) as e:
         raise DistributedError(
             f"cannot start JAX's distributed runtime: {_first_line(e)}"
-        ) from None
+        ) from e
     _take_back_signals()
 
 
@@ -171,7 +171,7 @@ def _gathered(row: np.ndarray) -> np.ndarray:
     try:
         return np.asarray(multihost_utils.process_allgather(row))
     except jax.errors.JaxRuntimeError as e:
-        raise lost(e, "No checkpoint was saved.") from None
+        raise lost(e, "No checkpoint was saved.") from e
 
 
 def _shown(value: Any) -> str:
@@ -203,7 +203,7 @@ def check_one_workdir(path: pathlib.Path) -> None:
         rows = _gathered(np.frombuffer(seen, np.uint8))
         multihost_utils.sync_global_devices("lstm_jax: token read")
     except jax.errors.JaxRuntimeError as e:
-        raise lost(e, "No checkpoint was saved.") from None
+        raise lost(e, "No checkpoint was saved.") from e
     finally:
         if jax.process_index() == 0:
             token_file.unlink(missing_ok=True)

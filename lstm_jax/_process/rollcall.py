@@ -185,12 +185,12 @@ def _connect(host, port, address, num_processes, process_id, deadline) -> socket
     while True:
         try:
             return socket.create_connection((host, port), timeout=HEARD_TIMEOUT_S)
-        except OSError:
+        except OSError as e:
             if time.monotonic() + _RETRY_S > deadline:
                 raise DistributedError(
                     f"process {process_id} of {num_processes} found no coordinator at "
                     f"{address} within the join timeout: start process 0 there (it is the "
                     "coordinator), check the host and port, and give every process the same "
                     "--coordinator-address and --num-processes."
-                ) from None
+                ) from e
             time.sleep(_RETRY_S)

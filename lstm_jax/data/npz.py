@@ -35,7 +35,7 @@ def load_npz(path: str | os.PathLike) -> tuple[data_lib.Split, data_lib.Split]:
                 )
             arrays = {k: f[k] for k in _NPZ_KEYS}
     except (OSError, ValueError, EOFError) as e:
-        raise DataError(f"cannot read the data file {path}: {e}") from None
+        raise DataError(f"cannot read the data file {path}: {e}") from e
     return tuple(_npz_split(path, arrays, part) for part in ("train", "test"))
 
 

@@ -69,7 +69,7 @@ def _tfds():
         raise DataError(
             f"TensorFlow Datasets cannot be imported here: {type(e).__name__}: "
             f"{str(e)[:300]}.{hint}"
-        ) from None
+        ) from e
     return tfds
 
 
@@ -118,7 +118,7 @@ def _load_split(name: str, split: str, data_dir: str | None, download: bool) -> 
         raise DataError(
             f"the prepared {name} data cannot be read: {' or '.join(files) or version_dir}: "
             f"{reason} ({type(e).__name__}). {_rebuild(name, version_dir)}"
-        ) from None
+        ) from e
     return Split(np.concatenate(images), np.concatenate(labels).astype(np.int32))
 
 
@@ -173,14 +173,14 @@ def load(
     try:
         with _absl_warnings_held():
             builder = tfds.builder(name, data_dir=data_dir)
-    except tfds.core.registered.DatasetNotFoundError:
+    except tfds.core.registered.DatasetNotFoundError as e:
         known = tfds.list_builders()
         close = difflib.get_close_matches(name, known, n=5)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise DataError(f"TFDS does not know a data set called {name!r}.{hint}") from None
+        raise DataError(f"TFDS does not know a data set called {name!r}.{hint}") from e
     except (AssertionError, ValueError) as e:  # e.g. a version TFDS does not have
         reason = str(e).rsplit('": ', 1)[-1].splitlines()[0]  # after TFDS's preamble
-        raise DataError(f"TFDS cannot open {name!r}: {reason}") from None
+        raise DataError(f"TFDS cannot open {name!r}: {reason}") from e
     except Exception as e:  # a dataset_info.json or features.json that does not parse
         infos = sorted(pathlib.Path(_where(data_dir), name.split(":")[0]).glob("*/*.json"))
         version_dir = infos[-1].parent if infos else pathlib.Path(_where(data_dir), name)
@@ -190,7 +190,7 @@ def load(
             f"the prepared {name} data cannot be read: {broken[0] if broken else version_dir}: "
             f"{reason} "
             f"({type(e).__name__}). {_rebuild(name, version_dir)}"
-        ) from None
+        ) from e
     features = builder.info.features
     if "image" not in features or "label" not in features or len(features["image"].shape) != 3:
         raise DataError(
@@ -214,7 +214,7 @@ def load(
                 f"on a machine with network access (`tfds build {name}`, or one run of train.py "
                 "there), copy that tensorflow_datasets directory here, and point at it with "
                 "data_dir=DIR (train.py --data-dir DIR) or TFDS_DATA_DIR=DIR."
-            ) from None
+            ) from e
         train, test = (_load_split(name, s, data_dir, download=True) for s in ("train", "test"))
 
     return held_out(name, train, test, validation_split, int(features["label"].num_classes))

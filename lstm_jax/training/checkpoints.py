@@ -93,7 +93,7 @@ class Checkpointer:
             raise CheckpointError(
                 f"cannot save the checkpoint of epoch {epoch} in {self.directory}: {reason}. "
                 f"Earlier checkpoints are kept (epochs: {kept})."
-            ) from None
+            ) from e
         held.release(show=True)
 
     def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict]:
@@ -115,9 +115,9 @@ class Checkpointer:
         """
         try:
             return self._restore(epoch, abstract_state)
-        except CheckpointError:
+        except CheckpointError as e:
             if epoch not in finished_epochs(self.directory):
-                raise CheckpointGone(epoch, self.directory) from None
+                raise CheckpointGone(epoch, self.directory) from e
             raise
 
     def _restore(self, epoch: int, abstract_state: Any) -> tuple[Any, dict]:
@@ -130,7 +130,7 @@ class Checkpointer:
                 f"cannot restore the checkpoint of epoch {epoch} in "
                 f"{self.directory / str(epoch)}: it is corrupt. No checkpoint was changed. "
                 f"Details: {type(e).__name__}: {str(e)[:400]}"
-            ) from None
+            ) from e
         if saved != _signature(abstract_state):
             raise CheckpointError(
                 f"the checkpoint of epoch {epoch} in {self.directory / str(epoch)} "
@@ -152,7 +152,7 @@ class Checkpointer:
                 f"model or optimizer (the same cell, units, bidirectional, optimizer and "
                 f"data set are needed). No checkpoint was changed. Details: "
                 f"{type(e).__name__}: {str(e)[:400]}"
-            ) from None
+            ) from e
         return restored.state, dict(restored.meta)
 
     def close(self) -> None:

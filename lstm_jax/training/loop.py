@@ -193,7 +193,7 @@ def _linen(model) -> tuple[nn.Module | None, Any]:
     try:
         return lnnx.to_linen(model), model
     except ValueError as e:
-        raise ConfigError("model", f"model: {e}") from None
+        raise ConfigError("model", f"model: {e}") from e
 
 
 def _initial_state(config: Config, model: nn.Module, input_shape, nnx_model, variables, per_epoch):
@@ -344,7 +344,7 @@ class _Epochs:
         except jax.errors.JaxRuntimeError as e:
             if not distributed.is_multiprocess():
                 raise
-            raise distributed.lost(e, self.kept()) from None
+            raise distributed.lost(e, self.kept()) from e
 
     def say_if_done(self, history: list[dict]) -> None:
         """A line for a resumed run that trains no epoch: all done, or stopped early."""
@@ -436,7 +436,7 @@ def _the_model(config: Config, model: nn.Module | None, saved: dict | None, num_
         try:
             model = runs.module_from_spec(saved["model"])
         except ValueError as e:
-            raise ConfigError("model", f"model: {e}") from None
+            raise ConfigError("model", f"model: {e}") from e
     elif saved is not None and runs.model_spec_or_reason(model) != saved["model"]:
         raise ConfigError(
             "model", "model: this is not the model the run was started with; resume that one"

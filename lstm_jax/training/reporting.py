@@ -230,7 +230,7 @@ class Scalars:
                 "tensorboard",
                 f"tensorboard: its writer needs TensorFlow and TensorBoard ({e}); pip install "
                 "tensorflow tensorboard, or train without it",
-            ) from None
+            ) from e
         self._writer = tensorboard.SummaryWriter(str(self.directory))
         return self
 

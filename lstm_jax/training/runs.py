@@ -194,11 +194,11 @@ def read_meta(workdir: str | os.PathLike) -> tuple[pathlib.Path, int, dict]:
         version = meta.get("format", 0) if isinstance(meta, dict) else None
     except (OSError, ValueError) as e:
         if not path.parent.parent.exists():
-            raise CheckpointGone(epoch, directory) from None
+            raise CheckpointGone(epoch, directory) from e
         raise CheckpointError(
             f"the checkpoint of epoch {epoch} in {directory / str(epoch)} is half-written or "
             f"corrupt: {path.name} cannot be read ({type(e).__name__}: {e})"
-        ) from None
+        ) from e
     if version != FORMAT:
         raise CheckpointError(
             f"the run in {workdir} was saved in checkpoint format {version}; this lstm_jax "
@@ -228,7 +228,7 @@ def resume_config(workdir: str | os.PathLike, **changes: Any) -> Config:
     try:
         config = dataclasses.replace(saved, **{**changes, "resume": True})
     except TypeError as e:
-        raise ConfigError("resume", f"resume_config: {e}") from None
+        raise ConfigError("resume", f"resume_config: {e}") from e
     config.validate()
     check_resume(saved, config, len(meta["history"][:epoch]))
     return config
@@ -465,7 +465,7 @@ def _load_newest(workdir: str | os.PathLike, model: nn.Module | None) -> Run:
         try:
             model = module_from_spec(meta["model"])
         except ValueError as e:
-            raise CheckpointError(str(e)) from None
+            raise CheckpointError(str(e)) from e
     input_shape = tuple(meta["input_shape"])
     abstract = jax.eval_shape(lambda: steps.create_train_state(config, model, input_shape))
     sharding.devices()  # starts JAX's backends: a platform that cannot start is DeviceError

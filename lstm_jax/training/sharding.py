@@ -39,7 +39,7 @@ def devices() -> list[jax.Device]:
             else ""
         )
         reason = (str(e).strip().splitlines() or [f"{type(e).__name__} in jax.devices()"])[0]
-        raise DeviceError(f"JAX cannot start its devices: {reason}.{hint}") from None
+        raise DeviceError(f"JAX cannot start its devices: {reason}.{hint}") from e
 
 
 def data_mesh(batch_size: int | None = None) -> Mesh:

@@ -48,7 +48,7 @@ def make(path: pathlib.Path) -> None:
     except OSError as e:
         raise ConfigError(
             "workdir", f"workdir {path} cannot be written: {e.strerror or e}"
-        ) from None
+        ) from e
 
 
 def missing(workdir: pathlib.Path) -> list[pathlib.Path]:
@@ -84,7 +84,7 @@ class WorkdirLock:
         f = open(self.path, "a+")  # noqa: SIM115 (held open while the run lasts)
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as e:
             f.seek(0)
             holder = f.read().strip() or "another process"
             f.close()
@@ -92,7 +92,7 @@ class WorkdirLock:
                 "workdir",
                 f"workdir {self.path.parent} is in use by another run ({holder}); wait for it "
                 "to end, or choose another workdir",
-            ) from None
+            ) from e
         f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.ctime()}\n")
@@ -121,7 +121,7 @@ def write_atomically(path: pathlib.Path, write: Callable[[pathlib.Path], None]) 
         raise RunFileError(
             f"cannot write {path}: {e.strerror or e}; the previous {path.name}, if any, is "
             "unchanged"
-        ) from None
+        ) from e
 
 
 def check_free_space(workdir: pathlib.Path, state, keep: int) -> None:
