@@ -14,7 +14,7 @@ import signal
 import sys
 
 from lstm_jax import data, training  # no JAX backend started
-from lstm_jax._process import cpu, distributed, shutdown
+from lstm_jax._process import console, cpu, distributed, shutdown
 from lstm_jax.training import workdir as workdir_lib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TFDS's TensorFlow: errors only
@@ -251,6 +251,7 @@ def main(argv=None) -> int:
     if workdir is None:
         path, made = workdir_lib.make_default()
         workdir = str(path)
+    console.hold_writer_errors()  # a failed checkpoint write: one line, not orbax's threads'
     cpu.limit_malloc_arenas()
     cpu.use_host_cores(args.cpu_devices or cpu.host_device_count(config.batch_size))
     hosts = (args.coordinator_address, args.num_processes, args.process_id)
@@ -262,7 +263,7 @@ def main(argv=None) -> int:
                 _evaluate(workdir, args)
                 return 0
             if args.distributed:
-                distributed.initialize(*hosts, timeout=args.join_timeout)
+                distributed.initialize(*hosts, timeout=args.join_timeout, restore_signals=True)
             training.train_and_evaluate(config, workdir)
     except distributed.ProcessLost as e:
         distributed.wait_for_verdict()  # JAX's runtime names the lost process meanwhile

@@ -199,13 +199,15 @@ def test_tfds_that_cannot_be_imported_is_one_clear_error(tmp_path, monkeypatch):
         data.load("mnist", data_dir=str(tmp_path))
 
 
-def test_tensorflow_is_kept_off_the_gpus(monkeypatch):
+@pytest.mark.parametrize("imported_first", [False, True])
+def test_tensorflow_is_kept_off_the_gpus_unless_the_caller_imported_it(imported_first, monkeypatch):
     import tensorflow as tf
 
     calls = []
     monkeypatch.setattr(tf.config, "set_visible_devices", lambda *a: calls.append(a))
+    monkeypatch.setattr(data.tfds, "_tensorflow_not_yet_imported", lambda: not imported_first)
     data.tfds._tfds()
-    assert calls == [([], "GPU")]
+    assert calls == ([] if imported_first else [([], "GPU")])
 
 
 def test_loading_tensorflow_prints_nothing():

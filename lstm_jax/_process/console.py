@@ -3,7 +3,9 @@ print is held back where it would only be noise, and shown where it explains a f
 
 * ``native_log_held()``: file descriptor 2, for native code (TensorFlow's start-up log),
   held where a supervisor can read it back (``hold_native_log_in``);
-* ``ErrorsHeld``: ``sys.stderr`` and absl's log records, for orbax's writer threads;
+* ``errors_held()``: ``sys.stderr`` and absl's log records, for orbax's writer threads,
+  held back (``ErrorsHeld``) only in a process that asked for it (``hold_writer_errors``:
+  ``train.py``); a library caller's process is left as it is;
 * ``original()``: a copy of file descriptor 2 as it is now, for a last line written while
   it may be held (``shutdown``);
 * ``into(fd)``: file descriptor 2 into ``fd`` from now on (a supervised child's, into its
@@ -53,6 +55,27 @@ def native_log_held():
             os.ftruncate(fd, start)
             if failed:
                 sys.stderr.write(held.decode(errors="replace"))
+
+
+_writers = {"held": False}
+
+
+def hold_writer_errors() -> None:
+    """From now on, ``errors_held()`` holds back what orbax's writer threads print; for a
+    command line that ends a failed write with one line (``train.py``)."""
+    _writers["held"] = True
+
+
+def errors_held() -> ErrorsHeld | NotHeld:
+    """``ErrorsHeld()`` where ``hold_writer_errors`` was called, else a ``NotHeld``."""
+    return ErrorsHeld() if _writers["held"] else NotHeld()
+
+
+class NotHeld:
+    """Holds nothing: ``sys.stderr`` and absl's logging stay as they are."""
+
+    def release(self, *, show: bool) -> None:
+        pass
 
 
 class ErrorsHeld:

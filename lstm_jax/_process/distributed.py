@@ -45,6 +45,7 @@ def initialize(
     process_id: int | None = None,
     *,
     timeout: int = JOIN_TIMEOUT_S,
+    restore_signals: bool = False,
 ) -> None:
     """Joins this process to the run's others (``jax.distributed.initialize``).
 
@@ -52,7 +53,9 @@ def initialize(
     Gloo is chosen for collectives between CPU devices of different processes (other
     platforms have their own). Given the three, the processes first answer ``rollcall``
     (one process per id, a coordinator port that is free). Call before anything starts
-    JAX's backends; a second call does nothing.
+    JAX's backends; a second call does nothing. ``restore_signals``: SIGINT and SIGTERM go
+    back to this process's Python handlers afterwards (``train.py``'s; JAX's runtime takes
+    them); a library caller's are left as JAX leaves them.
 
     Raises:
       DistributedError: arguments that cannot describe a run (some given and not others, a
@@ -75,10 +78,9 @@ def initialize(
             heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S,
         )
     except (RuntimeError, ValueError) as e:
-        raise DistributedError(
-            f"cannot start JAX's distributed runtime: {_first_line(e)}"
-        ) from e
-    _take_back_signals()
+        raise DistributedError(f"cannot start JAX's distributed runtime: {_first_line(e)}") from e
+    if restore_signals:
+        _take_back_signals()
 
 
 def _take_back_signals() -> None:

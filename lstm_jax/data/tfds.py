@@ -11,6 +11,7 @@ import os
 import pathlib
 import re
 import socket
+import sys
 
 import numpy as np
 
@@ -35,14 +36,20 @@ def _where(data_dir: str | None) -> str:
     return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
 
 
+def _tensorflow_not_yet_imported() -> bool:
+    return "tensorflow" not in sys.modules
+
+
 def _tfds():
-    """``tensorflow_datasets``, imported when data is first loaded (it is heavy), with its
-    TensorFlow kept off every GPU, as the flax examples do: TensorFlow would otherwise
-    reserve the GPU's memory that JAX needs.
+    """``tensorflow_datasets``, imported when data is first loaded (it is heavy). When it is
+    lstm_jax that imports TensorFlow, TensorFlow is kept off every GPU, as the flax examples
+    do: it would otherwise reserve the GPU's memory that JAX needs. A TensorFlow the caller
+    imported first is theirs, and left as they set it.
 
     Raises:
       DataError: TFDS cannot be imported; says what failed.
     """
+    ours = _tensorflow_not_yet_imported()
     try:
         with console.native_log_held():
             import tensorflow as tf
@@ -50,7 +57,8 @@ def _tfds():
             import tensorflow_datasets.core  # noqa: F401  (TFDS defers import errors to here)
 
             try:
-                tf.config.set_visible_devices([], "GPU")
+                if ours:
+                    tf.config.set_visible_devices([], "GPU")
             except RuntimeError:  # TensorFlow already started its devices in this process
                 pass
     except Exception as e:  # VersionError, ImportError, ...: each a broken environment

@@ -38,7 +38,7 @@ class Checkpointer:
     ):
         self.directory = pathlib.Path(directory).resolve()
         self.max_to_keep = max_to_keep
-        self._failed_write: console.ErrorsHeld | None = None
+        self._failed_write: console.ErrorsHeld | console.NotHeld | None = None
         options = ocp.CheckpointManagerOptions(
             max_to_keep=None if read_only else max_to_keep,
             save_interval_steps=0 if read_only else 1,
@@ -68,7 +68,7 @@ class Checkpointer:
     def save(self, epoch: int, state: Any, meta: dict) -> None:
         """Raises CheckpointError if it cannot be written (e.g. a full disk); the earlier
         checkpoints are then as they were."""
-        held = console.ErrorsHeld()
+        held = console.errors_held()  # train.py's choice (hold_writer_errors)
         try:
             self._manager.save(
                 epoch,

@@ -46,9 +46,7 @@ def make(path: pathlib.Path) -> None:
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
-        raise ConfigError(
-            "workdir", f"workdir {path} cannot be written: {e.strerror or e}"
-        ) from e
+        raise ConfigError("workdir", f"workdir {path} cannot be written: {e.strerror or e}") from e
 
 
 def missing(workdir: pathlib.Path) -> list[pathlib.Path]:

@@ -2,5 +2,5 @@
 
 from lstm_jax import data
 
-data._tfds()
+data.tfds._tfds()
 print("loaded")
