@@ -40,6 +40,18 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+__all__ = [
+    "Array",
+    "Params",
+    "check_sizes",
+    "init_lstm",
+    "init_gru",
+    "init_simple_rnn",
+    "lstm_cell",
+    "gru_cell",
+    "simple_rnn_cell",
+]
+
 Array = jax.Array
 Params = dict[str, Array]
 

@@ -24,6 +24,13 @@ import numpy as np
 from lstm_jax import linen as lnn
 from lstm_jax.params import is_nnx_module
 
+__all__ = [
+    "SUPPORTED",
+    "UnsupportedError",
+    "from_keras",
+    "to_keras",
+]
+
 SUPPORTED = ("InputLayer", "Masking", "LSTM", "GRU", "SimpleRNN", "Bidirectional", "Dense")
 
 # What each recurrent layer's config must say, beyond the options lstm_jax.linen implements.
@@ -320,7 +327,7 @@ def _keras_layer(keras, module: nn.Module, params):
     """A Keras layer equal to ``module``, and its weights in ``set_weights`` order."""
     if isinstance(module, lnn.Masking):
         return keras.layers.Masking(module.mask_value), []
-    if isinstance(module, lnn._Recurrent):
+    if isinstance(module, lnn.RecurrentBase):
         if module.return_state:
             raise UnsupportedError(f"to_keras: {type(module).__name__}(return_state=True)")
         cls = getattr(keras.layers, type(module).__name__)

@@ -25,6 +25,20 @@ import numpy as np
 
 from lstm_jax import recurrent
 
+__all__ = [
+    "ACTIVATIONS",
+    "LAYERS",
+    "GRU",
+    "LSTM",
+    "Bidirectional",
+    "Classifier",
+    "Dense",
+    "Masking",
+    "RecurrentBase",
+    "Sequential",
+    "SimpleRNN",
+]
+
 Array = jax.Array
 
 
@@ -36,19 +50,37 @@ def parameters_of(module: nn.Module) -> set[str]:
         return set()
 
 
-class _Recurrent(nn.Module):
-    """Shared body of the three layers: parameters in Keras layout, then the scan."""
+class RecurrentBase(nn.Module):
+    """The base of the recurrent layers (``LSTM``, ``GRU``, ``SimpleRNN``), as Flax's
+    ``RNNCellBase`` is of its cells: the parameters ``kernel``, ``recurrent_kernel`` and
+    ``bias`` in Keras's layout, then the cell run over time by ``recurrent.run_cell``.
+
+    A subclass names its cell (``cell = recurrent.CELLS[...]``, whose ``init`` makes the
+    parameters) and adds the cell's own options.
+
+    Attributes:
+      units: the size of the state ``h`` (and ``c``), and of each output step.
+      return_sequences: the outputs of every step ``[batch, time, units]``, not the last.
+      return_state: also the final state: ``(output, h)`` or the LSTM's ``(output, h, c)``.
+      go_backwards: read the sequence from its end (outputs in the order read, as Keras).
+      unroll: time steps per iteration of the scan (``lax.scan``'s ``unroll``).
+      dtype: the compute dtype (e.g. ``jnp.bfloat16``); None: that of inputs and params.
+      param_dtype: the parameters' dtype.
+      zero_output_for_mask: with a mask and ``return_sequences``, zeros at masked steps
+        instead of the previous output (``Bidirectional`` sets it, as Keras's does).
+      dropout: Keras's rate of the inputs' units dropped in training
+        (``deterministic=False``, from the ``"dropout"`` rng).
+      recurrent_dropout: Keras's rate of ``h``'s units dropped in training.
+    """
 
     units: int
     return_sequences: bool = False
     return_state: bool = False
     go_backwards: bool = False
     unroll: int = 1
-    dtype: Any = None  # compute dtype, e.g. jnp.bfloat16; None: that of inputs and params
+    dtype: Any = None
     param_dtype: Any = jnp.float32
-    # With a mask and return_sequences: zeros at masked steps, not the previous output.
     zero_output_for_mask: bool = False
-    # Keras's rates: inputs' and h's units dropped in training (``deterministic=False``).
     dropout: float = 0.0
     recurrent_dropout: float = 0.0
 
@@ -150,10 +182,16 @@ def recurrent_call(layer, params, inputs: Array, *, mask=None, initial_state=Non
     return jnp.where(steps[..., None], out, 0)
 
 
-class LSTM(_Recurrent):
+class LSTM(RecurrentBase):
     """Keras-style LSTM layer: ``LSTM(units, return_sequences=..., return_state=...,
     go_backwards=..., unroll=..., zero_output_for_mask=False, unit_forget_bias=True,
-    use_cudnn="auto")``; see ``recurrent.lstm`` (``use_cudnn`` too).
+    use_cudnn="auto")``; see ``recurrent.lstm``.
+
+    Attributes:
+      unit_forget_bias: the forget gate's bias starts at 1 (Keras's default).
+      use_cudnn: ``"auto"`` runs cuDNN's LSTM on a GPU where it computes the same, ``True``
+        requires it, ``False`` never (``recurrent.lstm``).
+      (and those of ``RecurrentBase``)
 
     >>> import jax, jax.numpy as jnp
     >>> layer = LSTM(50)
@@ -168,14 +206,16 @@ class LSTM(_Recurrent):
     cell = recurrent.CELLS["lstm"]
 
 
-class GRU(_Recurrent):
-    """Keras-style GRU layer (``reset_after=True``); see ``recurrent.gru``."""
+class GRU(RecurrentBase):
+    """Keras-style GRU layer (``reset_after=True``); see ``recurrent.gru``. Its attributes
+    are ``RecurrentBase``'s."""
 
     cell = recurrent.CELLS["gru"]
 
 
-class SimpleRNN(_Recurrent):
-    """Keras-style SimpleRNN layer (tanh); see ``recurrent.simple_rnn``."""
+class SimpleRNN(RecurrentBase):
+    """Keras-style SimpleRNN layer (tanh); see ``recurrent.simple_rnn``. Its attributes are
+    ``RecurrentBase``'s."""
 
     cell = recurrent.CELLS["simple_rnn"]
 
@@ -199,6 +239,10 @@ class Bidirectional(nn.Module):
     wrapped layer the result is ``(output, *forward_states, *backward_states)``. The halves'
     parameters live under ``forward`` and ``backward``.
 
+    Attributes:
+      layer: the recurrent layer read forwards; a copy of it reads backwards.
+      merge_mode: how the two halves' outputs are merged (``_MERGES``), or None.
+
     >>> import jax, jax.numpy as jnp
     >>> layer = Bidirectional(LSTM(8, return_sequences=True))
     >>> x = jnp.ones((2, 5, 3))
@@ -206,7 +250,7 @@ class Bidirectional(nn.Module):
     (2, 5, 16)
     """
 
-    layer: _Recurrent
+    layer: RecurrentBase
     merge_mode: str | None = "concat"
 
     def setup(self):
@@ -291,6 +335,14 @@ class Classifier(nn.Module):
     compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32. ``use_cudnn``,
     ``dropout`` and ``recurrent_dropout`` are each recurrent layer's (``recurrent.lstm``).
     ``mask`` (bool ``[batch, time]``) marks each sequence's valid steps, as ``Sequential``'s.
+
+    Attributes:
+      cell: ``"lstm"``, ``"gru"`` or ``"simple_rnn"`` (``recurrent.CELLS``).
+      units: each recurrent layer's units; an int is one layer.
+      num_classes: the logits' size.
+      bidirectional: each recurrent layer wrapped in ``Bidirectional``.
+      dtype: the compute dtype; the logits are float32 whatever it is.
+      unroll, use_cudnn, dropout, recurrent_dropout: each recurrent layer's.
     """
 
     cell: str = "lstm"
@@ -360,7 +412,14 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 class Dense(nn.Module):
     """Keras's ``Dense(units, activation=None, use_bias=True)``: ``y = activation(x W + b)``
     on the last axis, ``kernel [features, units]`` initialised glorot-uniform as Keras does,
-    ``bias [units]`` zeros. ``activation`` is a name from ``ACTIVATIONS`` or None (linear)."""
+    ``bias [units]`` zeros.
+
+    Attributes:
+      units: the outputs' size.
+      activation: a name from ``ACTIVATIONS``, or None (linear).
+      use_bias: add ``bias``.
+      dtype: the compute dtype; None: that of the inputs.
+    """
 
     units: int
     activation: str | None = None
@@ -400,7 +459,11 @@ class Masking(nn.Module):
     """Keras's ``Masking(mask_value=0.0)``: a step whose features all equal ``mask_value``
     is masked for the recurrent layers that follow in a ``Sequential``; its features are
     zeroed, as Keras does. Alone, ``Masking()(x)`` returns ``x`` with the masked steps zeroed;
-    ``compute_mask(x)`` gives the mask, bool ``[batch, time]``."""
+    ``compute_mask(x)`` gives the mask, bool ``[batch, time]``.
+
+    Attributes:
+      mask_value: the value whose steps are masked.
+    """
 
     mask_value: float = 0.0
 
@@ -429,6 +492,9 @@ class Sequential(nn.Module):
     goes to every recurrent layer and ``Bidirectional``; a layer returning sequences passes
     it on, one returning its last output ends it, as in Keras. Any other Flax module is
     called on the output alone.
+
+    Attributes:
+      layers: the layers, applied in order (``layers_0``, ``layers_1``, ... in the params).
 
     >>> import jax, jax.numpy as jnp
     >>> model = Sequential([Masking(), LSTM(8, return_sequences=True), GRU(4), Dense(3)])

@@ -26,6 +26,14 @@ import jax.numpy as jnp
 from lstm_jax import _jax_compat
 from lstm_jax.cells import Array, Params
 
+__all__ = [
+    "USE_CUDNN",
+    "cudnn_weights",
+    "why_not",
+    "right_padded",
+    "run",
+]
+
 USE_CUDNN = ("auto", True, False)
 
 

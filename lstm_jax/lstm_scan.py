@@ -18,6 +18,11 @@ from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
 
 from lstm_jax import _jax_compat
 
+__all__ = [
+    "lstm_unmasked_scan",
+    "varying_like",
+]
+
 Array = jax.Array
 Params = dict[str, Array]
 

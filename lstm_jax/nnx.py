@@ -4,8 +4,8 @@
 Each is the linen layer of ``lstm_jax.linen`` as an NNX module: built eagerly from its input
 size and ``rngs=nnx.Rngs(...)``, holding its parameters (``kernel``, ``recurrent_kernel``,
 ``bias``, Keras's layout and initialisers) as ``nnx.Param``, and computed by the same
-functions as the linen layer (``nn.recurrent_call``, ``nn.bidirectional_call``,
-``nn.dense_call``, ``nn.chain_call``), so no equation is written twice. Parameters are named
+functions as the linen layer (``linen.recurrent_call``, ``linen.bidirectional_call``,
+``linen.dense_call``, ``linen.chain_call``), so no equation is written twice. Parameters are named
 and nested as the linen model's (``Sequential``'s ``layers_0``, ``Classifier``'s ``LSTM_0``,
 ``Bidirectional``'s ``forward``), so weights move between the two by name:
 ``to_linen_variables(model)`` gives ``{"params": ...}`` as the linen model's ``init`` does, and
@@ -31,13 +31,39 @@ from flax import nnx
 from lstm_jax import linen as lnn
 from lstm_jax import recurrent
 
+__all__ = [
+    "LAYERS",
+    "GRU",
+    "LSTM",
+    "Bidirectional",
+    "Classifier",
+    "Dense",
+    "Masking",
+    "RecurrentBase",
+    "Sequential",
+    "SimpleRNN",
+    "from_linen",
+    "load_linen_variables",
+    "to_linen",
+    "to_linen_variables",
+]
+
 Array = jax.Array
 _PARAMS = ("kernel", "recurrent_kernel", "bias")
 
 
-class _Recurrent(nnx.Module):
-    """Shared body of the three recurrent layers: the options of ``lstm_jax.linen``'s, with
-    ``in_features`` (the ``D`` of ``[batch, time, D]``) first, since NNX builds eagerly."""
+class RecurrentBase(nnx.Module):
+    """The base of the NNX recurrent layers: ``lstm_jax.linen.RecurrentBase``'s options, with
+    ``in_features`` (the ``D`` of ``[batch, time, D]``) first, since NNX builds eagerly.
+
+    Attributes:
+      in_features, units: the inputs' features and the state's size.
+      kernel, recurrent_kernel, bias: the parameters (``nnx.Param``, Keras's layout).
+      deterministic: dropout off (``.eval()``) or on (``.train()``), as ``nnx.Dropout``'s.
+      rngs: where dropout's masks are drawn from in training.
+      return_sequences, return_state, go_backwards, unroll, zero_output_for_mask, dtype,
+      param_dtype, dropout, recurrent_dropout: as ``lstm_jax.linen.RecurrentBase``'s.
+    """
 
     cell: ClassVar[recurrent.Cell]
 
@@ -113,7 +139,7 @@ class _Recurrent(nnx.Module):
         )
 
 
-class LSTM(_Recurrent):
+class LSTM(RecurrentBase):
     """``LSTM(in_features, units, *, return_sequences=..., return_state=..., go_backwards=...,
     unroll=..., zero_output_for_mask=False, unit_forget_bias=True, use_cudnn="auto",
     rngs)``: ``lstm_jax.linen.LSTM`` in NNX."""
@@ -126,13 +152,13 @@ class LSTM(_Recurrent):
         )
 
 
-class GRU(_Recurrent):
+class GRU(RecurrentBase):
     """``lstm_jax.linen.GRU`` (Keras's ``reset_after=True``) in NNX."""
 
     cell = recurrent.CELLS["gru"]
 
 
-class SimpleRNN(_Recurrent):
+class SimpleRNN(RecurrentBase):
     """``lstm_jax.linen.SimpleRNN`` in NNX."""
 
     cell = recurrent.CELLS["simple_rnn"]
@@ -147,7 +173,7 @@ class Bidirectional(nnx.Module):
     merged as ``lstm_jax.linen.Bidirectional`` merges them. The halves are ``forward`` and
     ``backward``."""
 
-    def __init__(self, layer: _Recurrent, merge_mode: str | None = "concat", *, rngs: nnx.Rngs):
+    def __init__(self, layer: RecurrentBase, merge_mode: str | None = "concat", *, rngs: nnx.Rngs):
         lnn.check_merge_mode(merge_mode)
         self.merge_mode = merge_mode
         zero = layer.return_sequences  # as Keras's Bidirectional sets it
@@ -157,7 +183,7 @@ class Bidirectional(nnx.Module):
         self.backward = type(layer)(layer.in_features, layer.units, **options, rngs=rngs)
 
     @property
-    def layer(self) -> _Recurrent:
+    def layer(self) -> RecurrentBase:
         return self.forward
 
     def __call__(self, inputs: Array, *, mask: Array | None = None, deterministic=None):
@@ -326,7 +352,7 @@ def to_linen(model: nnx.Module) -> lnn.nn.Module:
     Raises:
       ValueError: ``model`` holds a module that is not one of this module's layers.
     """
-    if isinstance(model, _Recurrent):
+    if isinstance(model, RecurrentBase):
         return lnn.LAYERS[model.cell.name](model.units, **model.options())
     if isinstance(model, Bidirectional):
         return lnn.Bidirectional(to_linen(model.forward), model.merge_mode)
@@ -360,8 +386,8 @@ def from_linen(module: lnn.nn.Module, variables: dict, in_features: int) -> nnx.
 
 def _nnx_of(module, features: int, rngs: nnx.Rngs) -> tuple[nnx.Module, int]:
     """The NNX form of ``module`` reading ``features``, and the features it outputs."""
-    if isinstance(module, lnn._Recurrent):
-        options = {f: getattr(module, f) for f in _Recurrent.option_names(module.cell.name)}
+    if isinstance(module, lnn.RecurrentBase):
+        options = {f: getattr(module, f) for f in RecurrentBase.option_names(module.cell.name)}
         return LAYERS[module.cell.name](features, module.units, **options, rngs=rngs), module.units
     if isinstance(module, lnn.Bidirectional):
         inner, units = _nnx_of(module.layer, features, rngs)

@@ -19,6 +19,15 @@ import numpy as np
 
 from lstm_jax.cells import check_sizes
 
+__all__ = [
+    "lstm_param_count",
+    "gru_param_count",
+    "simple_rnn_param_count",
+    "is_nnx_module",
+    "count_params",
+    "summary",
+]
+
 
 def lstm_param_count(input_dim: int, units: int) -> int:
     """``4 * (d*u + u*u + u)``: 480 for LSTM(10) on 1 feature, 15,800 for LSTM(50) on 28."""

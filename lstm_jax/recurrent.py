@@ -30,6 +30,24 @@ from lstm_jax.cells import (
 )
 from lstm_jax.lstm_scan import lstm_unmasked_scan, varying_like
 
+__all__ = [
+    "CELLS",
+    "Cell",
+    "SequenceOptions",
+    "check_rates",
+    "dropout_masks",
+    "gru",
+    "gru_cell",
+    "init_gru",
+    "init_lstm",
+    "init_simple_rnn",
+    "lstm",
+    "lstm_cell",
+    "run_cell",
+    "simple_rnn",
+    "simple_rnn_cell",
+]
+
 # --------------------------------------------------------------------------------------
 # The registry of cells
 # --------------------------------------------------------------------------------------

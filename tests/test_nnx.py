@@ -1,4 +1,4 @@
-"""The Flax NNX layers (``lstm_jax.nnx``) against the linen layers (``lstm_jax.nn``) with the
+"""The Flax NNX layers (``lstm_jax.nnx``) against the linen layers (``lstm_jax.linen``) with the
 same weights: outputs and gradients within 1e-6, every option; weights both ways."""
 
 import jax

@@ -146,7 +146,7 @@ def describe_model(model: nn.Module) -> str:
         return " -> ".join(map(describe_model, layers))
     if isinstance(model, lnn.Bidirectional):
         return f"Bidirectional({describe_model(model.layer)})"
-    if isinstance(model, lnn._Recurrent):
+    if isinstance(model, lnn.RecurrentBase):
         return f"{model.cell.layer}({model.units})"
     if isinstance(model, lnn.Dense | nn.Dense):
         return f"Dense({model.units if isinstance(model, lnn.Dense) else model.features})"
