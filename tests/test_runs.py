@@ -290,7 +290,7 @@ def test_resume_reads_the_settings_from_the_run(tmp_path):
     assert out.stderr.startswith("error: --units 8 (the run's: 8,6); --seed 3 (the run's: 0): ")
     assert "keeps the settings it was started with; only --epochs, --learning-rate, " in out.stderr
     assert (
-        "--no-progress, --tensorboard, --data-dir, --no-download, --distributed may" in out.stderr
+        "--data-dir, --no-download, --no-progress, --tensorboard, --distributed may" in out.stderr
     )
     out = _train_py("--workdir", tmp_path / "run", "--evaluate", "--cell", "lstm")
     assert out.returncode == 2 and "drop --cell" in out.stderr

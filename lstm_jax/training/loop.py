@@ -39,7 +39,6 @@ from lstm_jax.training import workdir as workdir_lib
 from lstm_jax.training.checkpoints import Checkpointer
 from lstm_jax.training.config import MODEL_SETTINGS, Config, check_model_settings, settings
 from lstm_jax.training.reporting import describe_model
-from lstm_jax.training.steps import make_epoch_fns
 
 
 def train_and_evaluate(
@@ -268,11 +267,12 @@ class _Epochs:
     ``history`` and checkpointed, then tests the final state."""
 
     config: Config
-    fns: tuple[Callable, Callable]  # make_epoch_fns': (train_epoch, evaluate)
+    train_epoch: Callable  # steps.make_train_epoch's
+    evaluator: steps.Evaluator
     steps_per_epoch: int
     train: data_lib.Split
     examples: int  # of ``train``, trained each epoch (``steps.examples_per_epoch``)
-    held_out: dict[str, dict[str, jax.Array]]  # eval_batches of validation and test
+    held_out: dict[str, data_lib.Split]  # validation and test
     mesh: Mesh
     checkpointer: Checkpointer
     progress: reporting.Progress
@@ -303,14 +303,12 @@ class _Epochs:
         on_step = progress.update if progress.enabled else None
         return cls(
             config=config,
-            fns=make_epoch_fns(config, model, mesh, examples, on_step, calls),
+            train_epoch=steps.make_train_epoch(config, model, mesh, examples, on_step, calls),
+            evaluator=steps.Evaluator(config, model, mesh, calls),
             steps_per_epoch=-(-examples // config.batch_size),
             train=train,
             examples=examples,
-            held_out={
-                name: sharding.eval_batches(split, config, mesh)
-                for name, split in (("validation", ds.validation), ("test", ds.test))
-            },
+            held_out={"validation": ds.validation, "test": ds.test},
             mesh=mesh,
             checkpointer=checkpointer,
             progress=progress,
@@ -357,7 +355,7 @@ class _Epochs:
 
     def epoch(self, state, epoch: int) -> tuple[Any, dict]:
         """Trains and validates ``epoch``: the new state, and the epoch's record."""
-        train_epoch = self.fns[0]
+        train_epoch = self.train_epoch
         config, n_train = self.config, self.examples
         with reporting.CompileCounter() as compiles:
             self.progress.open(
@@ -397,7 +395,7 @@ class _Epochs:
     def evaluate(self, state, split: str):
         """The sums of ``state``'s model (and its collections) over a held-out split."""
         model_state = getattr(state, "model_state", None)
-        return self.fns[1](state.params, self.held_out[split], model_state)
+        return self.evaluator.sums(split, self.held_out[split], state.params, model_state)
 
     def kept(self) -> str:
         return workdir_lib.describe_kept(self.checkpointer.directory)

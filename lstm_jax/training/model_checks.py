@@ -36,7 +36,11 @@ def check_model(
     ``[batch, *test_shape]`` too with the same weights, and to take ``mask=`` if the data
     is ``masked``; refused before anything is written otherwise."""
     name = type(model).__name__
-    calls = calls_lib.calls_of(model)
+    try:
+        variables = steps.init_variables(model, input_shape, abstract=True)
+        calls = steps.model_calls(model, input_shape, variables)
+    except Exception as e:  # the module's own error, for inputs of the data set's shape
+        raise _unreadable(name, input_shape, e) from e
     if masked and not calls.takes_mask:
         raise ConfigError(
             "model",
@@ -44,11 +48,6 @@ def check_model(
             f"[batch, time]), which {name}.__call__ does not take; add a mask argument "
             "(lstm_jax.linen's models and layers take it)",
         )
-    try:
-        variables = steps.init_variables(model, input_shape, abstract=True)
-        calls = calls_lib.calls_of(model, variables)
-    except Exception as e:  # the module's own error, for inputs of the data set's shape
-        raise _unreadable(name, input_shape, e) from e
     reads = [(input_shape, True), (input_shape, False)]
     if test_shape is not None and tuple(test_shape) != tuple(input_shape):
         reads.append((tuple(test_shape), False))

@@ -262,14 +262,14 @@ class Run:
     data: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
-        calls = calls_lib.calls_of(self.model, {"params": {}, **self.model_state})
+        variables = {"params": self.params, **self.model_state}
+        calls = steps.model_calls(self.model, self.input_shape, variables)
         self._calls = calls
 
         def logits(variables, x, mask):
-            rngs = calls_lib.eval_rngs(self.config.seed)
-            return calls_lib.apply(
-                self.model.apply, calls, variables, x, train=False, rngs=rngs, mask=mask
-            )[0]
+            return steps.eval_logits(
+                self.model, calls, variables, x, seed=self.config.seed, mask=mask
+            )
 
         self._logits = jax.jit(logits)
 

@@ -59,9 +59,15 @@ class TrainState(train_state.TrainState):
     best: Any = None
 
 
-def model_calls(model: nn.Module, input_shape: tuple[int, int]) -> calls_lib.Calls:
-    """How the trainer calls ``model`` on ``[batch, *input_shape]`` (``calls``)."""
-    return calls_lib.calls_of(model, init_variables(model, input_shape, abstract=True))
+def model_calls(
+    model: nn.Module, input_shape: tuple[int, int], variables: dict | None = None
+) -> calls_lib.Calls:
+    """How ``model`` is called (``calls.Calls``) on ``[batch, *input_shape]``: its switch,
+    its mask, and the collections its ``variables`` hold (by default, those ``init`` makes).
+    The one place the trainer, its model checks and ``Run`` work it out."""
+    if variables is None:
+        variables = init_variables(model, input_shape, abstract=True)
+    return calls_lib.calls_of(model, variables)
 
 
 def init_variables(model, input_shape, *, seed: int = 0, abstract: bool = False) -> dict:
@@ -94,7 +100,7 @@ def create_train_state(
     initial = init_variables(model, input_shape, seed=config.seed)
     if variables is not None:
         initial = _given_variables(initial, variables)
-    calls = calls_lib.calls_of(model, initial)
+    calls = model_calls(model, input_shape, initial)
     tx = optim.make_optimizer(config, steps_per_epoch)
     params = initial["params"]
     if not calls.collections and config.early_stopping is None:
@@ -226,24 +232,31 @@ def make_epoch_fns(
     on_step: Callable[[int, float, float], None] | None = None,
     calls: calls_lib.Calls | None = None,
 ):
-    """Builds the jitted ``train_epoch`` and ``evaluate`` for one run, calling ``model`` as
-    ``calls`` says (by default, as its ``__call__``'s signature says, with no collections).
+    """``(make_train_epoch(...), make_evaluate(...))`` for one run, calling ``model`` as
+    ``calls`` says (by default, as its ``__call__``'s signature says, with no collections)."""
+    calls = calls_lib.calls_of(model) if calls is None else calls
+    train_epoch = make_train_epoch(config, model, mesh, n_train, on_step, calls)
+    return train_epoch, make_evaluate(config, model, mesh, calls)
 
-    ``on_step(step, loss_sum, count)``, if given, is called from inside the jitted epoch
-    (``jax.debug.callback``) about 50 times an epoch and after its last step, e.g. to draw a
-    progress bar.
 
-    ``train_epoch(state, batches) -> (state, sums, bad_step)`` runs a whole epoch as one
-    ``lax.scan`` over ``batches`` (``batches_on_mesh`` of the training split in
+def make_train_epoch(
+    config: Config,
+    model: nn.Module,
+    mesh: Mesh,
+    n_train: int,
+    on_step: Callable[[int, float, float], None] | None,
+    calls: calls_lib.Calls,
+):
+    """The jitted ``train_epoch(state, batches) -> (state, sums, bad_step)``: a whole epoch
+    as one ``lax.scan`` over ``batches`` (``batches_on_mesh`` of the training split in
     ``epoch_order(seed, epoch, n)``). ``sums`` is ``[loss_sum, correct, count]``;
     ``bad_step`` is ``-1``, or the first step whose loss or updated parameters were not
     finite, after which the state is left as it was before that step.
 
-    ``evaluate(params, batches, model_state=None) -> sums`` runs over a split's batches (in
-    fixed order, of ``eval_batch_size``), the model in evaluation mode.
+    ``on_step(step, loss_sum, count)``, if given, is called from inside the jitted epoch
+    (``jax.debug.callback``) about 50 times an epoch and after its last step, e.g. to draw a
+    progress bar.
     """
-    calls = calls_lib.calls_of(model) if calls is None else calls
-    replicated = sharding.replicated(mesh)
     report_every = max(1, -(-n_train // config.batch_size) // 50)
     step = functools.partial(
         train_step,
@@ -278,26 +291,59 @@ def make_epoch_fns(
         (state, sums, bad_step), _ = jax.lax.scan(body, init, (jnp.arange(steps), batches))
         return state, sums, bad_step
 
+    return jax.jit(train_epoch, donate_argnums=0, out_shardings=sharding.replicated(mesh))
+
+
+def make_evaluate(config: Config, model: nn.Module, mesh: Mesh, calls: calls_lib.Calls):
+    """The jitted ``evaluate(params, batches, model_state=None) -> sums`` (``[loss_sum,
+    correct, count]``) over a split's batches (``sharding.eval_batches``: fixed order, of
+    ``eval_batch_size``), the model in evaluation mode: the one evaluation program, which
+    ``Evaluator`` runs for the epoch loop, ``evaluate_params`` and ``Run.evaluate``."""
+
     def evaluate(params, batches, model_state=None):
         variables = {"params": params, **(model_state or {})}
-        rngs = calls_lib.eval_rngs(config.seed)
 
         def body(sums, batch):
             x = data_lib.to_sequences(batch["image"], config.sequence)
             mask = None
             if "length" in batch:
                 mask = calls_lib.lengths_mask(batch["length"], x.shape[1])
-            logits, _ = calls_lib.apply(
-                model.apply, calls, variables, x, train=False, rngs=rngs, mask=mask
-            )
+            logits = eval_logits(model, calls, variables, x, seed=config.seed, mask=mask)
             return sums + loss_and_metrics(logits, batch["label"], batch["weight"]), None
 
         sums, _ = jax.lax.scan(body, jnp.zeros(3, jnp.float32), batches)
         return sums
 
-    train_epoch = jax.jit(train_epoch, donate_argnums=0, out_shardings=replicated)
-    evaluate = jax.jit(evaluate, out_shardings=replicated)
-    return train_epoch, evaluate
+    return jax.jit(evaluate, out_shardings=sharding.replicated(mesh))
+
+
+def eval_logits(model, calls: calls_lib.Calls, variables, x, *, seed: int, mask=None):
+    """``model``'s logits in evaluation mode (``calls``' switch off, fixed keys from
+    ``seed`` for any stream it draws): as evaluation and ``Run.logits`` compute them."""
+    rngs = calls_lib.eval_rngs(seed)
+    return calls_lib.apply(model.apply, calls, variables, x, train=False, rngs=rngs, mask=mask)[0]
+
+
+class Evaluator:
+    """One model's evaluation on held-out splits, the one way the epoch loop,
+    ``evaluate_params`` (``train.py --evaluate``) and ``Run.evaluate`` evaluate: each split's
+    batches placed on ``mesh`` once, the program compiled once."""
+
+    def __init__(self, config: Config, model: nn.Module, mesh: Mesh, calls: calls_lib.Calls):
+        self.config, self.mesh = config, mesh
+        self.program = make_evaluate(config, model, mesh, calls)
+        self._batches: dict[str, Any] = {}
+
+    def sums(self, name: str, split: data_lib.Split, params, model_state=None) -> jax.Array:
+        """``[loss_sum, correct, count]`` over ``split`` (called ``name``), on the mesh."""
+        if name not in self._batches:
+            self._batches[name] = sharding.eval_batches(split, self.config, self.mesh)
+        return self.program(params, self._batches[name], model_state or {})
+
+    def __call__(self, name: str, split: data_lib.Split, params, model_state=None) -> dict:
+        """``{"split", "examples", "loss", "accuracy"}`` of ``split``."""
+        loss, accuracy = rates(jax.device_get(self.sums(name, split, params, model_state)))
+        return {"split": name, "examples": len(split), "loss": loss, "accuracy": accuracy}
 
 
 def examples_per_epoch(n_train: int, batch_size: int, calls: calls_lib.Calls) -> int:
@@ -367,9 +413,6 @@ def evaluate_params(
     examples = {"train": train, "validation": ds.validation, "test": ds.test}[split]
     mesh = sharding.data_mesh()
     input_shape = data_lib.sequence_shape(train.images.shape[1:], config.sequence)
-    calls = model_calls(model, input_shape)
-    _, evaluate = make_epoch_fns(config, model, mesh, len(train), calls=calls)
+    evaluator = Evaluator(config, model, mesh, model_calls(model, input_shape))
     params, model_state = jax.device_put((params, model_state or {}), sharding.replicated(mesh))
-    sums = evaluate(params, sharding.eval_batches(examples, config, mesh), model_state)
-    loss, accuracy = rates(jax.device_get(sums))
-    return {"split": split, "examples": len(examples), "loss": loss, "accuracy": accuracy}
+    return evaluator(split, examples, params, model_state)
