@@ -20,6 +20,7 @@ from lstm_jax._version import __version__
 from lstm_jax.keras_io import from_keras, to_keras
 from lstm_jax.params import (
     count_params,
+    describe,
     gru_param_count,
     lstm_param_count,
     simple_rnn_param_count,
@@ -43,6 +44,7 @@ __all__ = [
     "__version__",
     "count_params",
     "data",
+    "describe",
     "from_keras",
     "gru",
     "gru_cell",

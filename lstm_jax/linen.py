@@ -365,7 +365,7 @@ class Classifier(nn.Module):
     def layers(self) -> tuple[nn.Module, ...]:
         """The model as a chain of this module's layers, each named as its parameters are
         (``LSTM_0`` or ``Bidirectional_0``, ..., ``Dense_0``): what ``__call__`` runs, and
-        what ``to_keras`` and ``describe_model`` read."""
+        what ``to_keras`` and ``params.describe`` read."""
         chain = []
         for name, units, options in classifier_chain(self):
             if name.startswith("Bidirectional"):

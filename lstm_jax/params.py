@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lstm_jax import linen as lnn
 from lstm_jax.cells import check_sizes
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "simple_rnn_param_count",
     "is_nnx_module",
     "count_params",
+    "describe",
     "summary",
 ]
 
@@ -105,6 +107,31 @@ def _traced_shape(input_shape) -> tuple[bool, tuple[int, ...]]:
         raise ValueError(f"only the batch dimension may be None; got {input_shape}")
     batch_is_none = input_shape[0] is None if input_shape else False
     return batch_is_none, tuple(1 if d is None else d for d in input_shape)
+
+
+def describe(model) -> str:
+    """The model in Keras's words, e.g. ``LSTM(50) -> Dense(10)``, as the trainer's setup
+    line, ``metrics.json`` and ``train.py --evaluate`` name it (``summary`` gives its
+    table); an ``lstm_jax.nnx`` model as its linen twin; other modules by class name.
+
+    >>> from lstm_jax.linen import Classifier
+    >>> describe(Classifier(units=(64, 32), bidirectional=True))
+    'Bidirectional(LSTM(64)) -> Bidirectional(LSTM(32)) -> Dense(10)'
+    """
+    if is_nnx_module(model):
+        from lstm_jax import nnx as lnnx
+
+        model = lnnx.to_linen(model)
+    if isinstance(model, lnn.Classifier | lnn.Sequential):
+        layers = model.layers() if isinstance(model, lnn.Classifier) else model.layers
+        return " -> ".join(map(describe, layers))
+    if isinstance(model, lnn.Bidirectional):
+        return f"Bidirectional({describe(model.layer)})"
+    if isinstance(model, lnn.RecurrentBase):
+        return f"{model.cell.layer}({model.units})"
+    if isinstance(model, lnn.Dense | nn.Dense):
+        return f"Dense({model.units if isinstance(model, lnn.Dense) else model.features})"
+    return type(model).__name__
 
 
 def summary(

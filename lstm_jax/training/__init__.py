@@ -30,6 +30,7 @@ from lstm_jax.errors import (
     RunFileError,
     TrainingDiverged,
 )
+from lstm_jax.params import describe as describe_model
 from lstm_jax.training.config import (
     CELLS,
     KINDS,
@@ -44,7 +45,6 @@ from lstm_jax.training.config import (
     settings,
 )
 from lstm_jax.training.loop import train_and_evaluate
-from lstm_jax.training.reporting import describe_model
 from lstm_jax.training.runs import Run, load_run, resume_config
 from lstm_jax.training.sharding import devices
 from lstm_jax.training.steps import evaluate_params, make_epoch_fns, make_model, train_step

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 from lstm_jax import _version
 from lstm_jax import data as data_lib
+from lstm_jax import params as params_lib
 from lstm_jax._process import distributed, shutdown
 from lstm_jax.errors import ConfigError, TrainingDiverged
 from lstm_jax.params import is_nnx_module
@@ -38,7 +39,6 @@ from lstm_jax.training import (
 from lstm_jax.training import workdir as workdir_lib
 from lstm_jax.training.checkpoints import Checkpointer
 from lstm_jax.training.config import MODEL_SETTINGS, Config, check_model_settings, settings
-from lstm_jax.training.reporting import describe_model
 
 
 def train_and_evaluate(
@@ -177,7 +177,7 @@ def _finish(path, epochs: _Epochs, model, ds, history, *, state, test, unused) -
         metrics["train_examples_per_epoch"] = epochs.examples
     metrics.update(early_stopping.summary(config, history))
     if jax.process_index() == 0:
-        title = f"{describe_model(model)} on {ds.name}: test accuracy {test[1]:.2%}"
+        title = f"{params_lib.describe(model)} on {ds.name}: test accuracy {test[1]:.2%}"
         _write_run_files(path, metrics, title)
     return metrics
 
@@ -240,7 +240,7 @@ def _statement(config: Config, model: nn.Module, ds, train: data_lib.Split) -> d
     settings, the model, the data's shapes and fingerprint, and the versions."""
     return {
         **{k: getattr(config, k) for k in settings(agreed=True)},
-        "model": f"{describe_model(model)} {_digest(runs.model_spec_or_reason(model))}",
+        "model": f"{params_lib.describe(model)} {_digest(runs.model_spec_or_reason(model))}",
         "data": f"{ds.name} {list(train.images.shape)} "
         + data_lib.fingerprint(train, ds.validation, ds.test),
         "lstm_jax": _version.__version__,

@@ -11,11 +11,9 @@ import os
 import sys
 import time
 
-import flax.linen as nn
 import jax
 
 from lstm_jax import _jax_compat
-from lstm_jax import linen as lnn
 from lstm_jax import params as params_lib
 from lstm_jax._process import console
 from lstm_jax.errors import ConfigError
@@ -138,21 +136,6 @@ def epoch_line(h: dict, epochs: int) -> str:
     )
 
 
-def describe_model(model: nn.Module) -> str:
-    """The model in Keras's words, e.g. ``LSTM(50) -> Dense(10)``; other modules by their
-    class name."""
-    if isinstance(model, lnn.Classifier | lnn.Sequential):
-        layers = model.layers() if isinstance(model, lnn.Classifier) else model.layers
-        return " -> ".join(map(describe_model, layers))
-    if isinstance(model, lnn.Bidirectional):
-        return f"Bidirectional({describe_model(model.layer)})"
-    if isinstance(model, lnn.RecurrentBase):
-        return f"{model.cell.layer}({model.units})"
-    if isinstance(model, lnn.Dense | nn.Dense):
-        return f"Dense({model.units if isinstance(model, lnn.Dense) else model.features})"
-    return type(model).__name__
-
-
 def print_setup(config, ds, train, model, input_shape, print_fn, *, examples: int) -> None:
     """The run's devices, data and model; ``examples``: of ``train``, those each epoch trains
     (``steps.examples_per_epoch``)."""
@@ -186,7 +169,7 @@ def metrics(config, model, history, *, mesh, splits, params, test) -> dict:
     test_loss, test_acc = test
     return {
         "config": dataclasses.asdict(config),
-        "model": describe_model(model),
+        "model": params_lib.describe(model),
         "devices": [str(d) for d in mesh.devices.flat],
         "processes": jax.process_count(),
         "backend": jax.default_backend(),
