@@ -15,7 +15,7 @@ import sys
 
 from lstm_jax import data, training  # no JAX backend started
 from lstm_jax._process import console, cpu, distributed, shutdown
-from lstm_jax.training import workdir as workdir_lib
+from lstm_jax.training import rundir
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TFDS's TensorFlow: errors only
 
@@ -249,7 +249,7 @@ def main(argv=None) -> int:
         return 1
     made = []
     if workdir is None:
-        path, made = workdir_lib.make_default()
+        path, made = rundir.make_default()
         workdir = str(path)
     console.hold_writer_errors()  # a failed checkpoint write: one line, not orbax's threads'
     cpu.limit_malloc_arenas()
@@ -277,7 +277,7 @@ def main(argv=None) -> int:
         print(f"error: {message}", file=sys.stderr)
         return 1
     finally:
-        workdir_lib.remove_if_empty(made)
+        rundir.remove_if_empty(made)
     if not args.distributed or args.process_id in (0, None):
         print(f"run files: {workdir}")
     return 0
@@ -358,7 +358,7 @@ def _flag_names(message: str) -> str:
 
 def _kept(workdir: str, num_processes: int | None = None) -> str:
     """What an interrupted run leaves, for the line ``train.py`` ends with."""
-    kept = workdir_lib.describe_kept(os.path.join(workdir, "checkpoints"))
+    kept = rundir.describe_kept(os.path.join(workdir, rundir.CHECKPOINTS))
     if kept.startswith("No "):
         return f"{kept} (no epoch had finished)"
     if num_processes:

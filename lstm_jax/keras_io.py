@@ -264,7 +264,7 @@ def _layer(layer) -> tuple[nn.Module, dict | None]:
         config = layer.get_config()
         dtype = _check_options(layer.name, cls, config, {})
         activation = config["activation"]
-        if not isinstance(activation, str) or activation not in lnn.ACTIVATIONS:
+        if not isinstance(activation, str) or activation not in forward.ACTIVATIONS:
             _refuse(layer.name, cls, f"activation={activation!r}")
         module = lnn.Dense(
             config["units"],

@@ -14,8 +14,7 @@ layer, as Keras does, and ``lstm_jax.from_keras`` builds one from a Keras model.
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -24,6 +23,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from lstm_jax import recurrent
+from lstm_jax.forward import (
+    ACTIVATIONS,
+    bidirectional_call,
+    chain_call,
+    check_activation,
+    check_merge_mode,
+    check_rank,
+    check_rates,
+    classifier_call,
+    dense_call,
+    init_layer_params,
+    masked,
+    recurrent_call,
+    valid_steps,
+)
 
 __all__ = [
     "ACTIVATIONS",
@@ -40,14 +54,6 @@ __all__ = [
 ]
 
 Array = jax.Array
-
-
-def parameters_of(module: nn.Module) -> set[str]:
-    """The names ``module.__call__`` takes."""
-    try:
-        return set(inspect.signature(type(module).__call__).parameters)
-    except (TypeError, ValueError):  # a builtin or C callable: no names to read
-        return set()
 
 
 class RecurrentBase(nn.Module):
@@ -122,66 +128,6 @@ class RecurrentBase(nn.Module):
         return recurrent_call(self, params, inputs, mask=mask, initial_state=initial_state, key=key)
 
 
-def check_rank(layer, inputs: Array) -> None:
-    if jnp.ndim(inputs) != 3:
-        raise ValueError(
-            f"{type(layer).__name__}: inputs must be rank 3, [batch, time, features]; "
-            f"got shape {jnp.shape(inputs)}"
-        )
-
-
-def check_rates(layer) -> None:
-    """``recurrent.check_rates`` for a layer's rates: when it is built, and at every call (an
-    NNX layer's rate may be set later)."""
-    recurrent.check_rates(
-        type(layer).__name__, dropout=layer.dropout, recurrent_dropout=layer.recurrent_dropout
-    )
-
-
-def init_layer_params(layer, key: Array, input_dim: int) -> dict[str, Array]:
-    """The parameters of a recurrent ``layer`` (this module's, or ``lstm_jax.nnx``'s: its
-    ``cell``, ``units``, ``param_dtype`` and, for the LSTM, ``unit_forget_bias``)."""
-    if layer.cell.name == "lstm":
-        return recurrent.init_lstm(
-            key,
-            input_dim,
-            layer.units,
-            unit_forget_bias=layer.unit_forget_bias,
-            dtype=layer.param_dtype,
-        )
-    return layer.cell.init(key, input_dim, layer.units, dtype=layer.param_dtype)
-
-
-def recurrent_call(layer, params, inputs: Array, *, mask=None, initial_state=None, key=None):
-    """The forward pass of a recurrent ``layer`` (this module's, or ``lstm_jax.nnx``'s, which
-    have the same options) with its ``params``: Keras's layer over ``recurrent.run_cell``;
-    ``key`` draws dropout's masks (training), ``None`` drops nothing."""
-    check_rates(layer)
-    if layer.dtype is not None:
-        inputs = inputs.astype(layer.dtype)
-        params = {k: v.astype(layer.dtype) for k, v in params.items()}
-    options = dict(
-        return_sequences=layer.return_sequences,
-        return_state=layer.return_state,
-        initial_state=initial_state,
-        go_backwards=layer.go_backwards,
-        mask=mask,
-        unroll=layer.unroll,
-    )
-    if key is not None:
-        options.update(dropout=layer.dropout, recurrent_dropout=layer.recurrent_dropout, key=key)
-    if layer.cell.name == "lstm":
-        out = recurrent.lstm(params, inputs, use_cudnn=layer.use_cudnn, **options)
-    else:
-        out = recurrent.run_cell(layer.cell, params, inputs, **options)
-    if not (layer.zero_output_for_mask and layer.return_sequences and mask is not None):
-        return out
-    steps = jnp.flip(mask, axis=1) if layer.go_backwards else mask  # the outputs' order
-    if layer.return_state:
-        return (jnp.where(steps[..., None], out[0], 0), *out[1:])
-    return jnp.where(steps[..., None], out, 0)
-
-
 class LSTM(RecurrentBase):
     """Keras-style LSTM layer: ``LSTM(units, return_sequences=..., return_state=...,
     go_backwards=..., unroll=..., zero_output_for_mask=False, unit_forget_bias=True,
@@ -218,14 +164,6 @@ class SimpleRNN(RecurrentBase):
     ``RecurrentBase``'s."""
 
     cell = recurrent.CELLS["simple_rnn"]
-
-
-_MERGES = {
-    "concat": lambda a, b: jnp.concatenate([a, b], axis=-1),
-    "sum": lambda a, b: a + b,
-    "mul": lambda a, b: a * b,
-    "ave": lambda a, b: (a + b) / 2,
-}
 
 
 class Bidirectional(nn.Module):
@@ -268,30 +206,6 @@ class Bidirectional(nn.Module):
         self, inputs: Array, *, mask: Array | None = None, deterministic: bool | None = None
     ):
         return bidirectional_call(self, inputs, mask=mask, deterministic=deterministic)
-
-
-def check_merge_mode(merge_mode) -> None:
-    if merge_mode is not None and merge_mode not in _MERGES:
-        raise ValueError(f"merge_mode must be one of {sorted(_MERGES)} or None; got {merge_mode!r}")
-
-
-def bidirectional_call(wrapper, inputs: Array, *, mask: Array | None = None, deterministic=None):
-    """The forward pass of a ``Bidirectional`` ``wrapper`` (this module's or
-    ``lstm_jax.nnx``'s): its ``forward`` and ``backward`` halves, merged as Keras merges them;
-    each half draws its own dropout masks."""
-    fwd = wrapper.forward(inputs, mask=mask, deterministic=deterministic)
-    bwd = wrapper.backward(inputs, mask=mask, deterministic=deterministic)
-    states_f, states_b = (), ()
-    if wrapper.layer.return_state:
-        fwd, *states_f = fwd
-        bwd, *states_b = bwd
-    if wrapper.layer.return_sequences:
-        bwd = jnp.flip(bwd, axis=1)
-    merge_mode = wrapper.merge_mode
-    out = (fwd, bwd) if merge_mode is None else _MERGES[merge_mode](fwd, bwd)
-    if wrapper.layer.return_state:
-        return (out, *states_f, *states_b)
-    return out
 
 
 # The layer of each registered cell (``recurrent.CELLS``), by its name.
@@ -384,31 +298,6 @@ class Classifier(nn.Module):
         return classifier_call(self, x, mask=mask, deterministic=deterministic)
 
 
-def classifier_call(model, x: Array, *, mask=None, deterministic=None) -> Array:
-    """A ``Classifier``'s (this module's or ``lstm_jax.nnx``'s) layers over ``x``; float32
-    logits whatever the compute dtype."""
-    if model.dtype is not None:
-        x = x.astype(model.dtype)
-    x = chain_call(model.layers(), x, mask=mask, deterministic=deterministic)
-    return x.astype(jnp.float32)
-
-
-# Keras's activations by name, for ``Dense``.
-ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
-    "linear": lambda x: x,
-    "relu": jax.nn.relu,
-    "sigmoid": jax.nn.sigmoid,
-    "tanh": jnp.tanh,
-    "softmax": jax.nn.softmax,
-    "log_softmax": jax.nn.log_softmax,
-    "softplus": jax.nn.softplus,
-    "elu": jax.nn.elu,
-    "selu": jax.nn.selu,
-    "silu": jax.nn.silu,
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # Keras's default
-}
-
-
 class Dense(nn.Module):
     """Keras's ``Dense(units, activation=None, use_bias=True)``: ``y = activation(x W + b)``
     on the last axis, ``kernel [features, units]`` initialised glorot-uniform as Keras does,
@@ -438,23 +327,6 @@ class Dense(nn.Module):
         return dense_call(self, x, kernel, bias)
 
 
-def check_activation(activation) -> None:
-    if activation is not None and activation not in ACTIVATIONS:
-        raise ValueError(
-            f"Dense: activation must be one of {sorted(ACTIVATIONS)} or None; got {activation!r}"
-        )
-
-
-def dense_call(layer, x: Array, kernel: Array, bias: Array | None) -> Array:
-    """``activation(x W + b)`` for a ``Dense`` ``layer`` (this module's or ``lstm_jax.nnx``'s)."""
-    if layer.dtype is not None:
-        x, kernel = x.astype(layer.dtype), kernel.astype(layer.dtype)
-    y = x @ kernel
-    if bias is not None:
-        y = y + jnp.broadcast_to(bias.astype(y.dtype), y.shape)
-    return ACTIVATIONS[layer.activation or "linear"](y)
-
-
 class Masking(nn.Module):
     """Keras's ``Masking(mask_value=0.0)``: a step whose features all equal ``mask_value``
     is masked for the recurrent layers that follow in a ``Sequential``; its features are
@@ -472,17 +344,6 @@ class Masking(nn.Module):
 
     def __call__(self, x: Array) -> Array:
         return masked(x, self.mask_value)
-
-
-def valid_steps(x: Array, mask_value: float) -> Array:
-    """Keras's ``Masking``: a step is valid unless all its features equal ``mask_value``;
-    bool ``[batch, time]``."""
-    return jnp.any(x != mask_value, axis=-1)
-
-
-def masked(x: Array, mask_value: float) -> Array:
-    """``x`` with the steps ``valid_steps`` masks zeroed, as Keras's ``Masking`` outputs."""
-    return x * valid_steps(x, mask_value)[..., None].astype(x.dtype)
 
 
 class Sequential(nn.Module):
@@ -516,30 +377,3 @@ class Sequential(nn.Module):
         """``deterministic=False`` trains (dropout on); ``None`` or ``True`` infers."""
         deterministic = True if deterministic is None else deterministic
         return chain_call(self.layers, x, mask=mask, deterministic=deterministic)
-
-
-def _recurrent_in(layer):
-    """The recurrent layer that ``layer`` is or wraps (``Bidirectional``), or ``None``."""
-    inner = getattr(layer, "layer", layer)
-    return inner if isinstance(getattr(inner, "cell", None), recurrent.Cell) else None
-
-
-def chain_call(layers, x: Array, *, mask: Array | None = None, deterministic=None) -> Array:
-    """``layers`` applied in turn as Keras's ``Sequential`` applies them, the mask carried
-    to each recurrent layer (this module's layers, or ``lstm_jax.nnx``'s), and
-    ``deterministic``, unless None, to each layer whose call takes it (the recurrent
-    layers, ``nn.Dropout``, a module of your own)."""
-    for layer in layers:
-        switch = {}
-        if deterministic is not None and "deterministic" in parameters_of(layer):
-            switch = {"deterministic": deterministic}
-        if hasattr(layer, "compute_mask"):  # Masking
-            mask = layer.compute_mask(x)
-            x = layer(x)
-        elif _recurrent_in(layer) is not None:
-            x = layer(x, mask=mask, **switch)
-            if not _recurrent_in(layer).return_sequences:
-                mask = None
-        else:
-            x = layer(x, **switch)
-    return x

@@ -3,11 +3,11 @@
 
 Each is the linen layer of ``lstm_jax.linen`` as an NNX module: built eagerly from its input
 size and ``rngs=nnx.Rngs(...)``, holding its parameters (``kernel``, ``recurrent_kernel``,
-``bias``, Keras's layout and initialisers) as ``nnx.Param``, and computed by the same
-functions as the linen layer (``linen.recurrent_call``, ``linen.bidirectional_call``,
-``linen.dense_call``, ``linen.chain_call``), so no equation is written twice. Parameters are named
-and nested as the linen model's (``Sequential``'s ``layers_0``, ``Classifier``'s ``LSTM_0``,
-``Bidirectional``'s ``forward``), so weights move between the two by name:
+``bias``, Keras's layout and initialisers) as ``nnx.Param``, and computed by the same functions
+as the linen layer (``forward.recurrent_call``, ``forward.bidirectional_call``,
+``forward.dense_call``, ``forward.chain_call``), so no equation is written twice. Parameters are
+named and nested as the linen model's (``Sequential``'s ``layers_0``, ``Classifier``'s
+``LSTM_0``, ``Bidirectional``'s ``forward``), so weights move between the two by name:
 ``to_linen_variables(model)`` gives ``{"params": ...}`` as the linen model's ``init`` does, and
 ``load_linen_variables(model, variables)`` takes them.
 
@@ -28,20 +28,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lstm_jax import forward, recurrent
 from lstm_jax import linen as lnn
-from lstm_jax import recurrent
 
-__all__ = [
-    "LAYERS",
-    "GRU",
-    "LSTM",
-    "Bidirectional",
-    "Classifier",
-    "Dense",
-    "Masking",
-    "RecurrentBase",
-    "Sequential",
-    "SimpleRNN",
+# The layers of ``lstm_jax.linen``, by the same names, and the moves between the two.
+__all__ = [n for n in lnn.__all__ if n != "ACTIVATIONS"] + [
     "from_linen",
     "load_linen_variables",
     "to_linen",
@@ -93,14 +84,14 @@ class RecurrentBase(nnx.Module):
             param_dtype,
         )
         self.dropout, self.recurrent_dropout = dropout, recurrent_dropout
-        lnn.check_rates(self)
+        forward.check_rates(self)
         # As nnx.Dropout: its rngs draw the masks (kept whatever the rates, which may be set
         # later); model.train() / .eval() set deterministic.
         self.rngs = rngs
         self.deterministic = False
         for name, value in cell_options.items():  # the LSTM's unit_forget_bias, use_cudnn
             setattr(self, name, value)
-        params = lnn.init_layer_params(self, rngs.params(), in_features)
+        params = forward.init_layer_params(self, rngs.params(), in_features)
         for name in _PARAMS:
             setattr(self, name, nnx.Param(params[name]))
 
@@ -115,26 +106,18 @@ class RecurrentBase(nnx.Module):
         names += ("zero_output_for_mask", "dtype", "param_dtype", "dropout", "recurrent_dropout")
         return names + (("unit_forget_bias", "use_cudnn") if cell == "lstm" else ())
 
-    def __call__(
-        self,
-        inputs: Array,
-        *,
-        mask: Array | None = None,
-        initial_state=None,
-        deterministic: bool | None = None,
-        rngs: nnx.Rngs | None = None,
-    ):
+    def __call__(self, inputs, *, mask=None, initial_state=None, deterministic=None, rngs=None):
         """``inputs: [batch, time, features]``; ``mask: [batch, time]`` bool (optional).
         With a dropout rate, training (``deterministic`` False, the attribute's value when
         ``None``, as ``nnx.Dropout``) draws masks from ``rngs`` (or those given when built)."""
-        lnn.check_rank(self, inputs)
+        forward.check_rank(self, inputs)
         params = {name: getattr(self, name)[...] for name in _PARAMS}
         deterministic = self.deterministic if deterministic is None else deterministic
         key = None
         if not deterministic and (self.dropout or self.recurrent_dropout):
             rngs = rngs if rngs is not None else self.rngs
             key = rngs.dropout()
-        return lnn.recurrent_call(
+        return forward.recurrent_call(
             self, params, inputs, mask=mask, initial_state=initial_state, key=key
         )
 
@@ -174,7 +157,7 @@ class Bidirectional(nnx.Module):
     ``backward``."""
 
     def __init__(self, layer: RecurrentBase, merge_mode: str | None = "concat", *, rngs: nnx.Rngs):
-        lnn.check_merge_mode(merge_mode)
+        forward.check_merge_mode(merge_mode)
         self.merge_mode = merge_mode
         zero = layer.return_sequences  # as Keras's Bidirectional sets it
         layer.zero_output_for_mask = zero
@@ -187,7 +170,7 @@ class Bidirectional(nnx.Module):
         return self.forward
 
     def __call__(self, inputs: Array, *, mask: Array | None = None, deterministic=None):
-        return lnn.bidirectional_call(self, inputs, mask=mask, deterministic=deterministic)
+        return forward.bidirectional_call(self, inputs, mask=mask, deterministic=deterministic)
 
 
 class Dense(nnx.Module):
@@ -204,7 +187,7 @@ class Dense(nnx.Module):
         *,
         rngs: nnx.Rngs,
     ):
-        lnn.check_activation(activation)
+        forward.check_activation(activation)
         self.in_features, self.units = in_features, units
         self.activation, self.use_bias, self.dtype = activation, use_bias, dtype
         kernel = jax.nn.initializers.glorot_uniform()(rngs.params(), (in_features, units))
@@ -213,7 +196,7 @@ class Dense(nnx.Module):
 
     def __call__(self, x: Array) -> Array:
         bias = None if self.bias is None else self.bias[...]
-        return lnn.dense_call(self, x, self.kernel[...], bias)
+        return forward.dense_call(self, x, self.kernel[...], bias)
 
 
 class Masking(nnx.Module):
@@ -223,10 +206,10 @@ class Masking(nnx.Module):
         self.mask_value = mask_value
 
     def compute_mask(self, x: Array) -> Array:
-        return lnn.valid_steps(x, self.mask_value)
+        return forward.valid_steps(x, self.mask_value)
 
     def __call__(self, x: Array) -> Array:
-        return lnn.masked(x, self.mask_value)
+        return forward.masked(x, self.mask_value)
 
 
 class Sequential(nnx.Module):
@@ -243,7 +226,7 @@ class Sequential(nnx.Module):
         return tuple(getattr(self, f"layers_{n}") for n in range(self.size))
 
     def __call__(self, x: Array, *, mask: Array | None = None, deterministic=None) -> Array:
-        return lnn.chain_call(self.layers, x, mask=mask, deterministic=deterministic)
+        return forward.chain_call(self.layers, x, mask=mask, deterministic=deterministic)
 
 
 class Classifier(nnx.Module):
@@ -289,7 +272,7 @@ class Classifier(nnx.Module):
 
     def __call__(self, x: Array, *, mask: Array | None = None, deterministic=None) -> Array:
         """``x: [batch, time, features]`` -> logits ``[batch, num_classes]``."""
-        return lnn.classifier_call(self, x, mask=mask, deterministic=deterministic)
+        return forward.classifier_call(self, x, mask=mask, deterministic=deterministic)
 
 
 def to_linen_variables(model: nnx.Module) -> dict:

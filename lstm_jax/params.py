@@ -96,6 +96,60 @@ def _shape_str(out: Any, batch_is_none: bool) -> str:
     return texts[0] if len(texts) == 1 else "[" + ", ".join(texts) + "]"
 
 
+def _layer_rows(model: nn.Module, x: jax.ShapeDtypeStruct, batch_is_none: bool):
+    """``(rows, variables)``: one ``(name (type), output shape, parameters)`` row for each
+    layer ``model`` calls directly, and its variables' shapes, traced without allocating."""
+    calls: list[tuple[tuple[str, ...], str, Any]] = []
+
+    def record(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if context.method_name == "__call__" and len(context.module.path) <= 1:
+            calls.append((context.module.path, type(context.module).__name__, out))
+        return out
+
+    def init(key, x):
+        with nn.intercept_methods(record):
+            return model.init(key, x)
+
+    variables = jax.eval_shape(init, jax.random.key(0), x)
+    layers = [c for c in calls if len(c[0]) == 1] or [c for c in calls if not c[0]]
+    rows = []
+    for path, type_name, out in layers:
+        name = path[0] if path else type_name
+        sub_vars = [v.get(path[0], {}) for v in variables.values()] if path else variables
+        rows.append(
+            (f"{name} ({type_name})", _shape_str(out, batch_is_none), count_params(sub_vars))
+        )
+    return rows, variables
+
+
+def _table(title: str, rows, variables) -> list[str]:
+    """Keras's summary table of ``rows``, with the totals of ``variables``."""
+    trainable = variables.get("params", {})
+    others = {k: v for k, v in variables.items() if k != "params"}
+    headers = ("Layer (type)", "Output Shape", "Param #")
+    body = [(a, b, f"{c:,}") for a, b, c in rows]
+    widths = [max(len(r[k]) for r in [headers, *body]) + 2 for k in range(3)]
+    widths[0] = max(widths[0], 30)
+    widths[1] = max(widths[1], 24)
+    widths[2] = max(widths[2], 12)
+    line = " " + "─" * (sum(widths) - 1)
+
+    def fmt(r):
+        return " " + r[0].ljust(widths[0]) + r[1].ljust(widths[1]) + r[2].rjust(widths[2] - 2)
+
+    total = count_params(variables)
+    n_train = count_params(trainable)
+    lines = [f'Model: "{title}"', line, fmt(headers), line.replace("─", "═")]
+    lines += [fmt(r) for r in body]
+    return lines + [
+        line.replace("─", "═"),
+        f" Total params: {total:,} ({_human_bytes(_nbytes(variables))})",
+        f" Trainable params: {n_train:,} ({_human_bytes(_nbytes(trainable))})",
+        f" Non-trainable params: {total - n_train:,} ({_human_bytes(_nbytes(others))})",
+    ]
+
+
 def _traced_shape(input_shape) -> tuple[bool, tuple[int, ...]]:
     """Whether ``input_shape``'s batch is ``None``, and the shape traced (batch 1 for it)."""
     input_shape = tuple(input_shape)
@@ -167,53 +221,8 @@ def summary(
 
         model = lnnx.to_linen(model)
     batch_is_none, concrete = _traced_shape(input_shape)
-
-    calls: list[tuple[tuple[str, ...], str, Any]] = []
-
-    def record(next_fun, args, kwargs, context):
-        out = next_fun(*args, **kwargs)
-        if context.method_name == "__call__" and len(context.module.path) <= 1:
-            calls.append((context.module.path, type(context.module).__name__, out))
-        return out
-
-    def init(key, x):
-        with nn.intercept_methods(record):
-            return model.init(key, x)
-
-    variables = jax.eval_shape(init, jax.random.key(0), jax.ShapeDtypeStruct(concrete, dtype))
-    trainable = variables.get("params", {})
-    others = {k: v for k, v in variables.items() if k != "params"}
-
-    layers = [c for c in calls if len(c[0]) == 1] or [c for c in calls if not c[0]]
-    rows = []
-    for path, type_name, out in layers:
-        name = path[0] if path else type_name
-        sub_vars = [v.get(path[0], {}) for v in variables.values()] if path else variables
-        rows.append(
-            (f"{name} ({type_name})", _shape_str(out, batch_is_none), count_params(sub_vars))
-        )
-
-    headers = ("Layer (type)", "Output Shape", "Param #")
-    body = [(a, b, f"{c:,}") for a, b, c in rows]
-    widths = [max(len(r[k]) for r in [headers, *body]) + 2 for k in range(3)]
-    widths[0] = max(widths[0], 30)
-    widths[1] = max(widths[1], 24)
-    widths[2] = max(widths[2], 12)
-    line = " " + "─" * (sum(widths) - 1)
-
-    def fmt(r):
-        return " " + r[0].ljust(widths[0]) + r[1].ljust(widths[1]) + r[2].rjust(widths[2] - 2)
-
-    total = count_params(variables)
-    n_train = count_params(trainable)
-    lines = [f'Model: "{type(model).__name__}"', line, fmt(headers), line.replace("─", "═")]
-    lines += [fmt(r) for r in body]
-    lines += [
-        line.replace("─", "═"),
-        f" Total params: {total:,} ({_human_bytes(_nbytes(variables))})",
-        f" Trainable params: {n_train:,} ({_human_bytes(_nbytes(trainable))})",
-        f" Non-trainable params: {total - n_train:,} ({_human_bytes(_nbytes(others))})",
-    ]
+    rows, variables = _layer_rows(model, jax.ShapeDtypeStruct(concrete, dtype), batch_is_none)
+    lines = _table(type(model).__name__, rows, variables)
     for text in lines:
         print_fn(text)
-    return total
+    return count_params(variables)

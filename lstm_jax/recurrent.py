@@ -15,7 +15,6 @@ from typing import Any, TypedDict, Unpack
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from lstm_jax import lstm_cudnn
 from lstm_jax.cells import (
@@ -28,6 +27,7 @@ from lstm_jax.cells import (
     lstm_cell,
     simple_rnn_cell,
 )
+from lstm_jax.dropout import apply_dropout, check_rates, dropout_masks
 from lstm_jax.lstm_scan import lstm_unmasked_scan, varying_like
 
 __all__ = [
@@ -227,73 +227,6 @@ class SequenceOptions(TypedDict, total=False):
     key: Array | None
 
 
-def dropout_masks(
-    cell: Cell,
-    key: Array,
-    shape: tuple[int, int, int],
-    dropout: float,
-    recurrent_dropout: float,
-    dtype: Any = jnp.float32,
-) -> tuple[Array | None, Array | None]:
-    """``(m_x, m_h)``: dropout's masks for ``cell`` over sequences of ``shape`` ``(B, D,
-    U)``, as Keras 3 draws them, once per sequence (the same at every step): each kept unit
-    is ``1 / (1 - rate)``, each dropped one 0; ``None`` for a rate of 0. With recurrent
-    dropout, the LSTM and GRU draw one mask per gate, ``[gates, B, D]`` and ``[gates, B,
-    U]`` (Keras's ``implementation=1``); otherwise one for all gates, ``[B, D]``, ``[B, U]``.
-
-    >>> import jax
-    >>> m_x, m_h = dropout_masks(CELLS["lstm"], jax.random.key(0), (2, 3, 5), 0.5, 0.0)
-    >>> m_x.shape, m_h, sorted(set(m_x.ravel().tolist())) == [0.0, 2.0]
-    ((2, 3), None, True)
-    """
-    batch, input_dim, units = shape
-    per_gate = recurrent_dropout > 0 and cell.gates > 1
-
-    def draw(key, rate, size):
-        if rate == 0:
-            return None
-        keep = jax.random.bernoulli(
-            key, 1 - rate, (cell.gates, batch, size) if per_gate else (batch, size)
-        )
-        return jnp.where(keep, 1 / (1 - rate), 0).astype(dtype)
-
-    k_x, k_h = jax.random.split(key)
-    return draw(k_x, dropout, input_dim), draw(k_h, recurrent_dropout, units)
-
-
-def check_rates(owner: str, **rates) -> None:
-    """Refuses a dropout rate (``dropout=``, ``recurrent_dropout=``) that is not a number
-    from 0 to below 1, Keras's range; the message names ``owner`` and the rate.
-
-    Raises:
-      ValueError: says which rate, and what it is.
-    """
-    for name, rate in rates.items():
-        if isinstance(rate, bool) or not isinstance(rate, int | float | np.integer | np.floating):
-            raise ValueError(f"{owner}: {name} must be a number; got {rate!r}")
-        if not 0 <= rate < 1:
-            raise ValueError(
-                f"{owner}: {name} must be at least 0 and below 1 (the fraction of units "
-                f"dropped in training); got {rate!r}"
-            )
-
-
-def _dropout(cell: Cell, params: Params, inputs: Array, dropout, recurrent_dropout, key):
-    """``(inputs, masks)`` for the options ``dropout``, ``recurrent_dropout`` and ``key``: a
-    mask shared by every gate and step multiplies ``inputs`` here, once; ``masks`` are what
-    the cell must apply at each step (``(m_x, m_h)``), or None when it has none to apply."""
-    rates = dropout, recurrent_dropout
-    check_rates(cell.name, dropout=dropout, recurrent_dropout=recurrent_dropout)
-    if key is None or not any(rates):
-        return inputs, None
-    batch, _, input_dim = jnp.shape(inputs)
-    shape = (batch, input_dim, jnp.shape(params["recurrent_kernel"])[0])
-    m_x, m_h = dropout_masks(cell, key, shape, *rates, jnp.result_type(inputs))
-    if m_x is not None and m_x.ndim == 2:
-        inputs, m_x = inputs * m_x[:, None, :], None
-    return inputs, None if m_x is None and m_h is None else (m_x, m_h)
-
-
 def run_cell(
     cell: Cell,
     params: Params,
@@ -326,47 +259,52 @@ def run_cell(
     """
     units = _check_params(cell, params)
     _check_inputs(cell.name, params, inputs, mask)
-    inputs, masks = _dropout(cell, params, inputs, dropout, recurrent_dropout, key)
+    inputs, masks = apply_dropout(cell, params, inputs, dropout, recurrent_dropout, key)
     batch = jnp.shape(inputs)[0]
     dtype = jnp.result_type(inputs, params["kernel"])
     carry = _initial_carry(cell, initial_state, batch, units, dtype)
-    if len(cell.state) > 1:  # the step's own carry: (h, c) for the LSTM, h for the others
-        wrap, unwrap = (lambda carry: carry), (lambda carry: carry)
-    else:
-        wrap, unwrap = (lambda carry: carry[0]), (lambda h: (h,))
-
     xs = jnp.swapaxes(inputs, 0, 1)  # [T, B, D]: scan runs over the leading axis
     if go_backwards:
         xs = xs[::-1]
     carry = varying_like(carry, xs)  # inside shard_map, the scan's carry varies as xs does
-
-    if mask is None and masks is None and cell.unmasked_scan is not None:
-        hs, carry = cell.unmasked_scan(params, xs, carry, unroll)
-    elif mask is None:
-
-        def body(carry, x_t):
-            carry, h = _step(cell, params, wrap(carry), x_t, masks)
-            return unwrap(carry), h
-
-        carry, hs = jax.lax.scan(body, carry, xs, unroll=unroll)  # hs: [T, B, U]
-    else:
-        m = jnp.swapaxes(jnp.asarray(mask, bool), 0, 1)[:, :, None]  # [T, B, 1]
-        if go_backwards:
-            m = m[::-1]
-
-        def body(carry, step):
-            x_t, m_t = step
-            new = unwrap(_step(cell, params, wrap(carry), x_t, masks)[0])
-            # A masked step keeps the previous state; its output repeats h_{t-1}.
-            carry = tuple(jnp.where(m_t, n, o) for n, o in zip(new, carry, strict=True))
-            return carry, carry[0]
-
-        carry, hs = jax.lax.scan(body, carry, (xs, m), unroll=unroll)
+    hs, carry = _scan(cell, params, xs, carry, mask, masks, go_backwards, unroll)
 
     outputs = jnp.swapaxes(hs, 0, 1) if return_sequences else carry[0]
     if return_state:
         return (outputs, *carry)
     return outputs
+
+
+def _scan(cell: Cell, params: Params, xs, carry: tuple, mask, masks, go_backwards, unroll):
+    """``(hs [T, B, U], final carry)``: ``cell`` over ``xs`` (time first, already in the
+    order read), a masked step keeping the previous state and repeating its output."""
+    if len(cell.state) > 1:  # the step's own carry: (h, c) for the LSTM, h for the others
+        wrap, unwrap = (lambda carry: carry), (lambda carry: carry)
+    else:
+        wrap, unwrap = (lambda carry: carry[0]), (lambda h: (h,))
+    if mask is None and masks is None and cell.unmasked_scan is not None:
+        return cell.unmasked_scan(params, xs, carry, unroll)
+    if mask is None:
+
+        def body(carry, x_t):
+            carry, h = _step(cell, params, wrap(carry), x_t, masks)
+            return unwrap(carry), h
+
+        carry, hs = jax.lax.scan(body, carry, xs, unroll=unroll)
+        return hs, carry
+    m = jnp.swapaxes(jnp.asarray(mask, bool), 0, 1)[:, :, None]  # [T, B, 1]
+    if go_backwards:
+        m = m[::-1]
+
+    def masked_body(carry, step):
+        x_t, m_t = step
+        new = unwrap(_step(cell, params, wrap(carry), x_t, masks)[0])
+        # A masked step keeps the previous state; its output repeats h_{t-1}.
+        carry = tuple(jnp.where(m_t, n, o) for n, o in zip(new, carry, strict=True))
+        return carry, carry[0]
+
+    carry, hs = jax.lax.scan(masked_body, carry, (xs, m), unroll=unroll)
+    return hs, carry
 
 
 def _step(cell: Cell, params: Params, carry, x_t: Array, masks):
@@ -420,7 +358,7 @@ def lstm(
                 "dropout (in training); use_cudnn='auto' scans it"
             )
         return run_cell(cell, params, inputs, **dropout, **options)
-    inputs, _ = _dropout(cell, params, inputs, *dropout.values())  # masks the inputs, once
+    inputs, _ = apply_dropout(cell, params, inputs, *dropout.values())  # masks the inputs, once
     unroll = options.get("unroll", 1)
     why = None if use_cudnn is False else lstm_cudnn.why_not(params, inputs, unroll=unroll)
     if use_cudnn is True and why is not None:

@@ -22,7 +22,7 @@ def _train_py():
 def test_every_field_says_its_kind_and_whether_a_resume_or_the_processes_care():
     for f in dataclasses.fields(training.Config):
         assert f.metadata["kind"] in training.KINDS, f.name
-        assert set(f.metadata) == {"kind", "resumable", "agreed", "evaluate"}, f.name
+        assert set(f.metadata) == {"kind", "rule", "resumable", "agreed", "evaluate"}, f.name
     kinds = [training.settings(kind=k) for k in training.KINDS]
     assert sum(kinds, ()) == tuple(
         sorted(training.settings(), key=lambda n: [i for i, k in enumerate(kinds) if n in k])

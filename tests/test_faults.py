@@ -20,7 +20,7 @@ import pytest
 import lstm_jax
 from lstm_jax import data, training
 from lstm_jax import linen as lnn
-from lstm_jax.training import reporting, workdir
+from lstm_jax.training import reporting, rundir
 from tests.fakes import run_fake
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -132,8 +132,8 @@ def test_1_a_second_run_on_a_busy_workdir_is_refused_and_a_crashed_one_leaves_no
 
 def test_1_default_workdirs_started_in_the_same_second_differ(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(workdir.time, "strftime", lambda _: "20261204-120000")  # one second
-    names = [str(workdir.make_default()[0]) for _ in range(3)]
+    monkeypatch.setattr(rundir.time, "strftime", lambda _: "20261204-120000")  # one second
+    names = [str(rundir.make_default()[0]) for _ in range(3)]
     assert len(set(names)) == 3 and all(pathlib.Path(n).is_dir() for n in names)
     assert names[1] == names[0] + "-2"
 
@@ -330,20 +330,20 @@ def test_5_run_files_are_written_whole_or_not_at_all(tmp_path):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     with pytest.raises(training.RunFileError, match=r"cannot write .*metrics.json: No space left"):
-        workdir.write_atomically(path, half_then_full)
+        rundir.write_atomically(path, half_then_full)
     assert path.read_text() == '{"old": true}'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]  # no temporary left
 
     history = [
         {"epoch": 1, "train_loss": 1.0, "val_loss": 1.1, "train_accuracy": 0.5, "val_accuracy": 0.4}
     ]
-    workdir.write_atomically(tmp_path / "curves.png", lambda p: reporting.plot_curves(history, p))
+    rundir.write_atomically(tmp_path / "curves.png", lambda p: reporting.plot_curves(history, p))
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_5_a_disk_too_small_for_the_checkpoints_is_found_before_training(tmp_path, monkeypatch):
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(workdir.shutil, "disk_usage", lambda p: usage._replace(free=10_000))
+    monkeypatch.setattr(rundir.shutil, "disk_usage", lambda p: usage._replace(free=10_000))
     with pytest.raises(training.RunFileError, match=r"has 0.0 MiB free; the run needs about"):
         run_fake(tmp_path)
     assert not (tmp_path / "run").exists()  # a refused run leaves nothing

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import lstm_jax
-from lstm_jax import data
+from lstm_jax import data, forward
 from lstm_jax import linen as lnn
 from lstm_jax.keras_io import UnsupportedError
 
@@ -100,7 +100,7 @@ def test_bidirectional_round_trips_with_a_mask(cell, merge_mode, return_sequence
 
 
 def test_dense_round_trips_with_every_activation_on_sequences_and_last_outputs(record_largest):
-    activations = sorted(lnn.ACTIVATIONS)
+    activations = sorted(forward.ACTIVATIONS)
     dense = [
         keras.layers.Dense(7, activation=a, use_bias=n % 2 == 0) for n, a in enumerate(activations)
     ]

@@ -20,7 +20,7 @@ import tensorflow_datasets as tfds
 import lstm_jax
 from lstm_jax import data, training
 from lstm_jax import linen as lnn
-from lstm_jax.training import runs
+from lstm_jax.training import rundir
 from lstm_jax.training.checkpoints import CheckpointError
 from tests.fakes import FAKE, params_of, run_fake
 
@@ -133,8 +133,8 @@ def test_no_run_half_written_run_and_other_format_are_clear_errors(fake_run, tmp
     shutil.copytree(fake_run[0], other)
     meta_file = other / "checkpoints" / "1" / "meta" / "metadata"
     meta = json.loads(meta_file.read_text())
-    meta_file.write_text(json.dumps({**meta, "format": runs.FORMAT + 1}))
-    with pytest.raises(CheckpointError, match=f"checkpoint format {runs.FORMAT + 1}; this "):
+    meta_file.write_text(json.dumps({**meta, "format": rundir.FORMAT + 1}))
+    with pytest.raises(CheckpointError, match=f"checkpoint format {rundir.FORMAT + 1}; this "):
         lstm_jax.load_run(other)
     del meta["format"]  # as written before the format was versioned
     meta_file.write_text(json.dumps(meta))
@@ -351,7 +351,7 @@ def test_load_run_takes_the_newest_checkpoint_left_when_the_one_read_is_removed(
     """A run that is still training removes its older checkpoints (it keeps three), maybe
     while ``load_run`` reads one: as the listing is taken, or as orbax restores."""
     run_fake(tmp_path, units=(8,), epochs=3)
-    restore, listed = ocp.CheckpointManager.restore, runs.finished_epochs
+    restore, listed = ocp.CheckpointManager.restore, rundir.finished_epochs
 
     def removed_once_restored(self, step, *args, **kwargs):
         shutil.rmtree(self.directory / str(step))
@@ -361,7 +361,7 @@ def test_load_run_takes_the_newest_checkpoint_left_when_the_one_read_is_removed(
     def removed_once_listed(directory):
         epochs = listed(directory)
         shutil.rmtree(pathlib.Path(directory) / str(epochs[-1]))
-        monkeypatch.setattr(runs, "finished_epochs", listed)
+        monkeypatch.setattr(rundir, "finished_epochs", listed)
         return epochs
 
     def replaced_by_a_newer_one(self, step, *args, **kwargs):
@@ -370,7 +370,7 @@ def test_load_run_takes_the_newest_checkpoint_left_when_the_one_read_is_removed(
 
     for name, patch in [
         ("restored", (ocp.CheckpointManager, "restore", removed_once_restored)),
-        ("listed", (runs, "finished_epochs", removed_once_listed)),
+        ("listed", (rundir, "finished_epochs", removed_once_listed)),
         ("always", (ocp.CheckpointManager, "restore", replaced_by_a_newer_one)),
     ]:
         shutil.copytree(tmp_path / "run", tmp_path / name)

@@ -39,6 +39,19 @@ def from_arrays(
     """
     train = _arrays_split("train", x_train, y_train, lengths_train)
     test = _arrays_split("test", x_test, y_test, lengths_test)
+    _check_pair(train, test)
+    if not 0 < validation_split < 1:
+        raise DataError(
+            f"validation_split must be strictly between 0 and 1; got {validation_split}"
+        )
+    largest = int(max(train.labels.max(initial=0), test.labels.max(initial=0)))
+    _check_classes(train, largest, num_classes)
+    ds = held_out(name, train, test, validation_split, int(num_classes or largest + 1))
+    return dataclasses.replace(ds, from_arrays=True)
+
+
+def _check_pair(train: Split, test: Split) -> None:
+    """The training and test splits are the same kind of data, with lengths or without."""
     if (train.lengths is None) != (test.lengths is None):
         raise DataError(
             "lengths_train and lengths_test go together: give both (the model is trained "
@@ -54,11 +67,10 @@ def from_arrays(
             f"x_train {list(train.images.shape)} and x_test {list(test.images.shape)} must be "
             "the same kind of data with the same features (the last axis)"
         )
-    if not 0 < validation_split < 1:
-        raise DataError(
-            f"validation_split must be strictly between 0 and 1; got {validation_split}"
-        )
-    largest = int(max(train.labels.max(initial=0), test.labels.max(initial=0)))
+
+
+def _check_classes(train: Split, largest: int, num_classes) -> None:
+    """``num_classes`` (if given) holds every label, and the training labels two classes."""
     if num_classes is not None and (
         isinstance(num_classes, bool)
         or not isinstance(num_classes, int | np.integer)
@@ -73,8 +85,6 @@ def from_arrays(
             "classifier learns nothing from it (loss 0, accuracy 100% from the start); give "
             "examples of at least two classes"
         )
-    ds = held_out(name, train, test, validation_split, int(num_classes or largest + 1))
-    return dataclasses.replace(ds, from_arrays=True)
 
 
 def _arrays_split(part: str, x, y, lengths) -> Split:

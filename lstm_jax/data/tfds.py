@@ -177,10 +177,23 @@ def load(
         train, test = load_npz(name)
         return held_out(str(name), train, test, validation_split)
     _check_name(name)
+    builder = _builder(name, data_dir)
+    features = builder.info.features
+    if "image" not in features or "label" not in features or len(features["image"].shape) != 3:
+        raise DataError(
+            f"{name!r} is not an image classification data set with 'image' [H, W, C] and "
+            f"'label' features; its features are {list(features)}"
+        )
+    train, test = _splits(name, data_dir, download)
+    return held_out(name, train, test, validation_split, int(features["label"].num_classes))
+
+
+def _builder(name: str, data_dir: str | None):
+    """TFDS's builder of ``name`` in ``data_dir``; each way it can fail, one ``DataError``."""
     tfds = _tfds()
     try:
         with _absl_warnings_held():
-            builder = tfds.builder(name, data_dir=data_dir)
+            return tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError as e:
         known = tfds.list_builders()
         close = difflib.get_close_matches(name, known, n=5)
@@ -199,14 +212,12 @@ def load(
             f"{reason} "
             f"({type(e).__name__}). {_rebuild(name, version_dir)}"
         ) from e
-    features = builder.info.features
-    if "image" not in features or "label" not in features or len(features["image"].shape) != 3:
-        raise DataError(
-            f"{name!r} is not an image classification data set with 'image' [H, W, C] and "
-            f"'label' features; its features are {list(features)}"
-        )
+
+
+def _splits(name: str, data_dir: str | None, download: bool) -> tuple[Split, Split]:
+    """``(train, test)``, prepared where missing if ``download`` and the network allow."""
     try:
-        train, test = (_load_split(name, s, data_dir, download=False) for s in ("train", "test"))
+        return tuple(_load_split(name, s, data_dir, download=False) for s in ("train", "test"))
     except AssertionError as e:
         if "could not find data" not in str(e):  # only TFDS's "not prepared here"
             raise
@@ -223,6 +234,4 @@ def load(
                 "there), copy that tensorflow_datasets directory here, and point at it with "
                 "data_dir=DIR (train.py --data-dir DIR) or TFDS_DATA_DIR=DIR."
             ) from e
-        train, test = (_load_split(name, s, data_dir, download=True) for s in ("train", "test"))
-
-    return held_out(name, train, test, validation_split, int(features["label"].num_classes))
+    return tuple(_load_split(name, s, data_dir, download=True) for s in ("train", "test"))

@@ -14,8 +14,8 @@ Where each part lives:
 * ``sharding``: the device mesh, and each epoch's batches placed on it;
 * ``early_stopping``, ``reporting`` (progress, setup and epoch lines, metrics, curves,
   TensorBoard), ``model_checks`` (a user's model checked before training);
-* ``checkpoints`` (orbax), ``workdir`` (the directory, its lock, its files written
-  atomically), ``runs`` (what a run holds, resuming it, ``load_run``);
+* ``checkpoints`` (orbax), ``rundir`` (the run directory: what it holds, in one format,
+  its lock, its files written atomically), ``runs`` (resuming a run, ``load_run``);
 * ``loop``: ``train_and_evaluate``.
 
 Several processes (``Config.distributed``) train the same model as one process with as many

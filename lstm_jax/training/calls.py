@@ -27,7 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lstm_jax.linen import parameters_of
+from lstm_jax.forward import parameters_of
 
 SWITCHES = ("deterministic", "train", "training")  # how a __call__ may name the switch
 NOT_KEPT = ("params", "intermediates")

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -25,10 +27,60 @@ LR_SCHEDULES = ("constant", "cosine", "warmup_cosine", "reduce_on_plateau")
 KINDS = ("model", "optimizer", "data", "run")
 
 
-def _setting(default, kind: str, *, resumable=False, agreed=True, evaluate=False):
+def _is_int(value) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    """A number that is not a bool; NaN fails every range check that follows."""
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """What a setting's value must be: ``ok(value)``, and ``allowed``, saying so."""
+
+    ok: Callable[[Any], bool]
+    allowed: str
+
+
+def _one_of(options) -> Rule:
+    return Rule(lambda v: isinstance(v, str) and v in options, "one of " + ", ".join(options))
+
+
+def _count(what: str = "a positive int", *, optional: bool = False) -> Rule:
+    return Rule(lambda v: (optional and v is None) or (_is_int(v) and v > 0), what)
+
+
+_FLAG = Rule(lambda v: isinstance(v, bool), "True or False")
+_RATE = Rule(lambda v: _is_real(v) and 0 <= v < 1, "at least 0 and below 1 (Keras's rates)")
+_UNITS = Rule(
+    lambda v: isinstance(v, tuple) and len(v) > 0 and all(_is_int(u) and u > 0 for u in v),
+    "positive ints (e.g. 50 or 128,64)",
+)
+_LEARNING_RATE = Rule(
+    lambda v: _is_real(v) and 0 < v <= np.finfo(np.float32).max,
+    "positive and finite in float32 (at most 3.4e38)",
+)
+_SEED = Rule(lambda v: _is_int(v) and 0 <= v < 2**32, "an int from 0 to 2**32 - 1")
+_CLIPNORM = Rule(
+    lambda v: v is None or (_is_real(v) and 0 < v < np.inf), "a positive, finite number or None"
+)
+_DATASET = Rule(lambda v: isinstance(v, str) and v != "", "a name or a path")
+_SPLIT = Rule(lambda v: _is_real(v) and 0 < v < 1, "strictly between 0 and 1")
+_PATH = Rule(lambda v: v is None or isinstance(v, str), "a path or None")
+
+
+def _setting(default, kind: str, rule: Rule, *, resumable=False, agreed=True, evaluate=False):
     """A ``Config`` field and what it is (see ``Config``)."""
     assert kind in KINDS, kind
-    meta = {"kind": kind, "resumable": resumable, "agreed": agreed, "evaluate": evaluate}
+    meta = {
+        "kind": kind,
+        "rule": rule,
+        "resumable": resumable,
+        "agreed": agreed,
+        "evaluate": evaluate,
+    }
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -37,40 +89,46 @@ class Config:
     """Everything a run depends on; the defaults are the lesson's recipe.
 
     Each field's metadata says what it is (``kind``: ``model``, ``data``, ``optimizer`` or
-    ``run``), whether a resumed run may change it (``resumable``), whether the processes of
-    a run must agree on it (``agreed``: what the run computes, not how or where it runs),
-    and whether ``--evaluate`` takes it (``evaluate``). ``settings(...)`` selects by them;
-    ``resume_config``, the processes' comparison, ``--evaluate`` and ``train.py --help``
-    read them there.
+    ``run``), what its value must be (``rule``, which ``validate`` applies), whether a resumed
+    run may change it (``resumable``), whether the processes of a run must agree on it
+    (``agreed``: what the run computes, not how or where it runs), and whether ``--evaluate``
+    takes it (``evaluate``). ``settings(...)`` selects by them; ``resume_config``, the
+    processes' comparison, ``--evaluate`` and ``train.py --help`` read them there.
     """
 
-    cell: str = _setting("lstm", "model")
-    units: tuple[int, ...] = _setting((50,), "model")
-    bidirectional: bool = _setting(False, "model")
+    cell: str = _setting("lstm", "model", _one_of(CELLS))
+    units: tuple[int, ...] = _setting((50,), "model", _UNITS)
+    bidirectional: bool = _setting(False, "model", _FLAG)
     # Keras's LSTM(dropout=..., recurrent_dropout=...) for each recurrent layer.
-    dropout: float = _setting(0.0, "model")
-    recurrent_dropout: float = _setting(0.0, "model")
-    precision: str = _setting("float32", "model")
-    epochs: int = _setting(3, "optimizer", resumable=True)
-    batch_size: int = _setting(128, "optimizer")
-    learning_rate: float = _setting(1e-3, "optimizer", resumable=True)
-    optimizer: str = _setting("adam", "optimizer")
-    seed: int = _setting(0, "optimizer")
-    clipnorm: float | None = _setting(None, "optimizer")  # clip the gradients' global norm
-    lr_schedule: str = _setting("constant", "optimizer")  # one of LR_SCHEDULES (optim)
+    dropout: float = _setting(0.0, "model", _RATE)
+    recurrent_dropout: float = _setting(0.0, "model", _RATE)
+    precision: str = _setting("float32", "model", _one_of(PRECISIONS))
+    epochs: int = _setting(3, "optimizer", _count(), resumable=True)
+    batch_size: int = _setting(128, "optimizer", _count())
+    learning_rate: float = _setting(1e-3, "optimizer", _LEARNING_RATE, resumable=True)
+    optimizer: str = _setting("adam", "optimizer", _one_of(OPTIMIZERS))
+    seed: int = _setting(0, "optimizer", _SEED)
+    clipnorm: float | None = _setting(None, "optimizer", _CLIPNORM)  # the gradients' norm
+    lr_schedule: str = _setting("constant", "optimizer", _one_of(LR_SCHEDULES))  # (optim)
     # Stop after this many epochs without a lower val_loss, keeping the best epoch's weights.
-    early_stopping: int | None = _setting(None, "optimizer")
-    dataset: str = _setting("mnist", "data")
-    sequence: str = _setting("rows", "data")
-    validation_split: float = _setting(0.2, "data")
+    early_stopping: int | None = _setting(
+        None, "optimizer", _count("a positive int (the patience, in epochs) or None", optional=True)
+    )
+    dataset: str = _setting("mnist", "data", _DATASET)
+    sequence: str = _setting("rows", "data", _one_of(data_lib.SEQUENCES))
+    validation_split: float = _setting(0.2, "data", _SPLIT)
     # Cap on training examples; None uses them all. For quick runs (notebooks, smoke tests).
-    max_train_examples: int | None = _setting(None, "data")
-    data_dir: str | None = _setting(None, "data", resumable=True, agreed=False, evaluate=True)
-    download: bool = _setting(True, "data", resumable=True, agreed=False, evaluate=True)
-    progress: bool = _setting(True, "run", resumable=True, agreed=False, evaluate=True)
-    tensorboard: bool = _setting(False, "run", resumable=True, agreed=False)  # its scalars
-    distributed: bool = _setting(False, "run", resumable=True, agreed=False)
-    resume: bool = _setting(False, "run", resumable=True)  # the switch itself: not a change
+    max_train_examples: int | None = _setting(
+        None, "data", _count("a positive int or None", optional=True)
+    )
+    data_dir: str | None = _setting(
+        None, "data", _PATH, resumable=True, agreed=False, evaluate=True
+    )
+    download: bool = _setting(True, "data", _FLAG, resumable=True, agreed=False, evaluate=True)
+    progress: bool = _setting(True, "run", _FLAG, resumable=True, agreed=False, evaluate=True)
+    tensorboard: bool = _setting(False, "run", _FLAG, resumable=True, agreed=False)
+    distributed: bool = _setting(False, "run", _FLAG, resumable=True, agreed=False)
+    resume: bool = _setting(False, "run", _FLAG, resumable=True)  # the switch: not a change
 
     def __post_init__(self):
         # NumPy scalars as Python's (a run's settings are written as JSON), a path as text.
@@ -88,89 +146,17 @@ class Config:
         object.__setattr__(self, "units", units)
 
     def validate(self) -> None:
-        """Refuses a setting of the wrong type or out of range, before anything runs.
+        """Refuses a setting of the wrong type or out of range, before anything runs: each
+        field's ``rule``.
 
         Raises:
           ConfigError: names the first such setting, what it must be, and what it is.
         """
-
-        def need(ok: bool, setting: str, allowed: str):
-            if not ok:
-                value = getattr(self, setting)
-                value = list(value) if isinstance(value, tuple) else value
-                raise ConfigError(setting, f"{setting} must be {allowed}; got {value!r}")
-
-        def one_of(setting: str, options) -> None:
-            value = getattr(self, setting)
-            need(isinstance(value, str) and value in options, setting, _one_of(options))
-
-        def count(setting: str, *, optional: bool = False, what: str = "a positive int"):
-            value = getattr(self, setting)
-            need((optional and value is None) or (_is_int(value) and value > 0), setting, what)
-
-        one_of("cell", CELLS)
-        need(
-            isinstance(self.units, tuple)
-            and len(self.units) > 0
-            and all(_is_int(u) and u > 0 for u in self.units),
-            "units",
-            "positive ints (e.g. 50 or 128,64)",
-        )
-        for flag in (
-            "bidirectional",
-            "download",
-            "resume",
-            "distributed",
-            "progress",
-            "tensorboard",
-        ):
-            need(isinstance(getattr(self, flag), bool), flag, "True or False")
-        count("epochs")
-        count("batch_size")
-        need(
-            _is_real(self.learning_rate) and 0 < self.learning_rate <= np.finfo(np.float32).max,
-            "learning_rate",
-            "positive and finite in float32 (at most 3.4e38)",
-        )
-        one_of("optimizer", OPTIMIZERS)
-        need(isinstance(self.dataset, str) and self.dataset != "", "dataset", "a name or a path")
-        need(_is_int(self.seed) and 0 <= self.seed < 2**32, "seed", "an int from 0 to 2**32 - 1")
-        one_of("sequence", data_lib.SEQUENCES)
-        need(
-            _is_real(self.validation_split) and 0 < self.validation_split < 1,
-            "validation_split",
-            "strictly between 0 and 1",
-        )
-        need(self.data_dir is None or isinstance(self.data_dir, str), "data_dir", "a path or None")
-        one_of("precision", PRECISIONS)
-        count("max_train_examples", optional=True, what="a positive int or None")
-        for rate in ("dropout", "recurrent_dropout"):
-            value = getattr(self, rate)
-            need(_is_real(value) and 0 <= value < 1, rate, "at least 0 and below 1 (Keras's rates)")
-        need(
-            self.clipnorm is None or (_is_real(self.clipnorm) and 0 < self.clipnorm < np.inf),
-            "clipnorm",
-            "a positive, finite number or None",
-        )
-        one_of("lr_schedule", LR_SCHEDULES)
-        count(
-            "early_stopping",
-            optional=True,
-            what="a positive int (the patience, in epochs) or None",
-        )
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-
-def _is_real(value) -> bool:
-    """A number that is not a bool; NaN fails every range check that follows."""
-    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
-
-
-def _one_of(options) -> str:
-    return "one of " + ", ".join(options)
+        for f in dataclasses.fields(self):
+            value, rule = getattr(self, f.name), f.metadata["rule"]
+            if not rule.ok(value):
+                shown = list(value) if isinstance(value, tuple) else value
+                raise ConfigError(f.name, f"{f.name} must be {rule.allowed}; got {shown!r}")
 
 
 def settings(**metadata) -> tuple[str, ...]:

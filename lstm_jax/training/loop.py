@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -32,11 +33,11 @@ from lstm_jax.training import (
     model_checks,
     optim,
     reporting,
+    rundir,
     runs,
     sharding,
     steps,
 )
-from lstm_jax.training import workdir as workdir_lib
 from lstm_jax.training.checkpoints import Checkpointer
 from lstm_jax.training.config import MODEL_SETTINGS, Config, check_model_settings, settings
 
@@ -76,16 +77,45 @@ def train_and_evaluate(
       RunFileError: problems a user can act on, each with a message that says what to do
       (``USER_ERRORS``).
     """
+    run = _prepare(config, workdir, model, data, variables, print_fn)
+    state, metrics = _train(run, variables)
+    run.print_fn(f"test accuracy: {metrics['test_accuracy']:.2%}")
+    return _result(metrics, state, run.nnx_model)
+
+
+@dataclasses.dataclass(kw_only=True)
+class _Run:
+    """A run checked and set up, before its directory is touched (``_prepare``)."""
+
+    config: Config
+    path: pathlib.Path
+    saved: dict | None  # the meta of the run resumed, or None for a new run
+    mesh: Mesh
+    writer: bool  # process 0: reports and writes the run's files
+    print_fn: Callable[[str], None]
+    ds: data_lib.Dataset
+    train: data_lib.Split  # ds.train, cut to max_train_examples
+    input_shape: tuple[int, int]
+    model: nn.Module
+    nnx_model: Any
+    unused: tuple[str, ...]  # settings the model does not use, recorded as null
+    calls: Any  # steps.model_calls'
+    examples: int  # of ``train``, trained each epoch
+
+
+def _prepare(config, workdir, model, data, variables, print_fn) -> _Run:
+    """Everything checked that can be before the run's directory is made: the settings,
+    the run to resume, the data, the model and how it is called; the setup printed."""
     if data is not None:
         config = dataclasses.replace(config, dataset=data.name)
     config.validate()
     if config.distributed:
         distributed.initialize()  # on a cluster JAX detects, unless already joined
-    path = workdir_lib.check(workdir)
+    path = rundir.check(workdir)
     saved = _check_run_in(path, config)
     _check_data_and_variables(path, saved, data, variables)
     mesh = sharding.data_mesh(config.batch_size)  # JAX's backends start here (DeviceError)
-    writer = jax.process_index() == 0  # process 0 reports and writes the run's files
+    writer = jax.process_index() == 0
     print_fn = print_fn if writer else reporting.silent
     ds, train = steps.load_data(config, data)
     input_shape = data_lib.sequence_shape(train.images.shape[1:], config.sequence)
@@ -103,46 +133,53 @@ def train_and_evaluate(
     if distributed.is_multiprocess():  # all alike, or all stop
         distributed.agree(_statement(config, model, ds, train))
     reporting.print_setup(config, ds, train, model, input_shape, print_fn, examples=examples)
-    meta = runs.new_meta(model, ds, train.images.shape[1:], input_shape, config)
-    new_paths = workdir_lib.missing(path)
-    workdir_lib.make(path)
+    return _Run(
+        config=config,
+        path=path,
+        saved=saved,
+        mesh=mesh,
+        writer=writer,
+        print_fn=print_fn,
+        ds=ds,
+        train=train,
+        input_shape=input_shape,
+        model=model,
+        nnx_model=nnx_model,
+        unused=unused,
+        calls=calls,
+        examples=examples,
+    )
+
+
+def _train(run: _Run, variables) -> tuple[Any, dict]:
+    """The run in its directory, locked for it: trained, checkpointed each epoch, tested;
+    ``(final state, metrics)``. What a run that fails before its first checkpoint made in
+    the directory is removed again."""
+    config, path = run.config, run.path
+    meta = rundir.new_meta(run.model, run.ds, run.train.images.shape[1:], run.input_shape, config)
+    new_paths = rundir.missing(path)
+    rundir.make(path)
     with contextlib.ExitStack() as stack:
-        if writer:
-            stack.enter_context(workdir_lib.WorkdirLock(path))
+        if run.writer:
+            stack.enter_context(rundir.WorkdirLock(path))
         else:  # the lock file is process 0's
-            new_paths = [p for p in new_paths if p.name != ".lock"]
-        stack.push(lambda failed, *_: failed and workdir_lib.remove_unless_saved(path, new_paths))
+            new_paths = [p for p in new_paths if p.name != rundir.LOCK]
+        stack.push(lambda failed, *_: failed and rundir.remove_unless_saved(path, new_paths))
         distributed.check_one_workdir(path)
         _check_run_in(path, config)  # again, now that the run is ours
-        checkpointer = Checkpointer(path / "checkpoints")
+        checkpointer = Checkpointer(path / rundir.CHECKPOINTS)
         stack.callback(checkpointer.close)
-        epochs = _Epochs.build(
-            config,
-            model,
-            mesh,
-            ds,
-            train,
-            checkpointer=checkpointer,
-            meta=meta,
-            print_fn=print_fn,
-            writer=writer,
-            calls=calls,
-            examples=examples,
-        )
-        state = _initial_state(
-            config, model, input_shape, nnx_model, variables, epochs.steps_per_epoch
-        )
-        if saved is None:
+        epochs = _Epochs.build(run, checkpointer=checkpointer, meta=meta)
+        state = _initial_state(run, variables, epochs.steps_per_epoch)
+        if run.saved is None:
             initial = {"params": state.params, **getattr(state, "model_state", {})}
-            model_checks.check_outputs(model, calls, initial, train, config.sequence)
-        workdir_lib.check_free_space(path, state, checkpointer.max_to_keep)
-        state, history = _restore(config, checkpointer, mesh, state, print_fn)
-        if writer and config.tensorboard:
-            epochs.scalars = stack.enter_context(reporting.Scalars(path / "tensorboard"))
+            model_checks.check_outputs(run.model, run.calls, initial, run.train, config.sequence)
+        rundir.check_free_space(path, state, checkpointer.max_to_keep)
+        state, history = _restore(config, checkpointer, run.mesh, state, run.print_fn)
+        if run.writer and config.tensorboard:
+            epochs.scalars = stack.enter_context(reporting.Scalars(path / rundir.TENSORBOARD))
         state, test = epochs.run(state, history)
-        metrics = _finish(path, epochs, model, ds, history, state=state, test=test, unused=unused)
-    print_fn(f"test accuracy: {test[1]:.2%}")
-    return _result(metrics, state, nnx_model)
+        return state, _finish(run, epochs, history, state=state, test=test)
 
 
 def _result(metrics: dict, state, nnx_model) -> dict:
@@ -158,27 +195,28 @@ def _result(metrics: dict, state, nnx_model) -> dict:
     return {**metrics, "state": state, "nnx_model": nnx_model}
 
 
-def _finish(path, epochs: _Epochs, model, ds, history, *, state, test, unused) -> dict:
-    """The run's metrics (``test``: the test set's loss and accuracy; the settings in
-    ``unused``, which the model does not use, as null; the examples trained each epoch, if
-    not all), written with its curves by process 0."""
-    config, train = epochs.config, epochs.train
+def _finish(run: _Run, epochs: _Epochs, history, *, state, test) -> dict:
+    """The run's metrics (``test``: the test set's loss and accuracy; the settings the model
+    does not use as null; the examples trained each epoch, if not all), written with its
+    curves by process 0."""
+    config, train, ds, model = run.config, run.train, run.ds, run.model
     metrics = reporting.metrics(
         config,
         model,
         history,
-        mesh=epochs.mesh,
+        mesh=run.mesh,
         splits={"train": train, "validation": ds.validation, "test": ds.test},
         params=state.params,
         test=test,
     )
-    metrics["config"].update(dict.fromkeys(unused))
+    metrics["config"].update(dict.fromkeys(run.unused))
     if epochs.examples < len(train):
         metrics["train_examples_per_epoch"] = epochs.examples
     metrics.update(early_stopping.summary(config, history))
-    if jax.process_index() == 0:
+    if run.writer:
         title = f"{params_lib.describe(model)} on {ds.name}: test accuracy {test[1]:.2%}"
-        _write_run_files(path, metrics, title)
+        plot = functools.partial(reporting.plot_curves, metrics["history"], title=title)
+        rundir.write_run_files(run.path, metrics, plot)
     return metrics
 
 
@@ -195,15 +233,15 @@ def _linen(model) -> tuple[nn.Module | None, Any]:
         raise ConfigError("model", f"model: {e}") from e
 
 
-def _initial_state(config: Config, model: nn.Module, input_shape, nnx_model, variables, per_epoch):
+def _initial_state(run: _Run, variables, per_epoch: int):
     """The train state before the first epoch: variables from ``config.seed``, or the
     ``variables`` given, or those the NNX model holds; ``per_epoch``: steps (schedules)."""
-    if nnx_model is not None:
+    if run.nnx_model is not None:
         from lstm_jax import nnx as lnnx
 
-        variables = lnnx.to_linen_variables(nnx_model)
+        variables = lnnx.to_linen_variables(run.nnx_model)
     return steps.create_train_state(
-        config, model, input_shape, variables=variables, steps_per_epoch=per_epoch
+        run.config, run.model, run.input_shape, variables=variables, steps_per_epoch=per_epoch
     )
 
 
@@ -231,7 +269,7 @@ def _check_run_in(path: pathlib.Path, config: Config) -> dict | None:
     None, and ``path`` must hold no run's checkpoints."""
     if config.resume:
         return runs.check_against_run(config, path)
-    workdir_lib.refuse_finished_run(path)
+    rundir.refuse_finished_run(path)
     return None
 
 
@@ -240,7 +278,7 @@ def _statement(config: Config, model: nn.Module, ds, train: data_lib.Split) -> d
     settings, the model, the data's shapes and fingerprint, and the versions."""
     return {
         **{k: getattr(config, k) for k in settings(agreed=True)},
-        "model": f"{params_lib.describe(model)} {_digest(runs.model_spec_or_reason(model))}",
+        "model": f"{params_lib.describe(model)} {_digest(rundir.model_spec_or_reason(model))}",
         "data": f"{ds.name} {list(train.images.shape)} "
         + data_lib.fingerprint(train, ds.validation, ds.test),
         "lstm_jax": _version.__version__,
@@ -250,14 +288,6 @@ def _statement(config: Config, model: nn.Module, ds, train: data_lib.Split) -> d
 
 def _digest(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def _write_run_files(path: pathlib.Path, metrics: dict, title: str) -> None:
-    text = json.dumps(metrics, indent=2) + "\n"
-    workdir_lib.write_atomically(path / "metrics.json", lambda p: p.write_text(text))
-    workdir_lib.write_atomically(
-        path / "curves.png", lambda p: reporting.plot_curves(metrics["history"], p, title)
-    )
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -281,39 +311,24 @@ class _Epochs:
     scalars: reporting.Scalars | None = None  # --tensorboard's writer, on process 0
 
     @classmethod
-    def build(
-        cls,
-        config,
-        model,
-        mesh,
-        ds,
-        train,
-        *,
-        checkpointer,
-        meta,
-        print_fn,
-        writer,
-        calls,
-        examples,
-    ) -> _Epochs:
-        """The epochs of ``model`` on ``ds`` (its training split cut to ``train``, of which
-        each epoch trains ``examples``); the ``writer`` process (0) alone shows a progress
-        bar."""
-        progress = reporting.Progress(config.progress and writer)
+    def build(cls, run: _Run, *, checkpointer, meta) -> _Epochs:
+        """The epochs of ``run``; the ``writer`` process (0) alone shows a progress bar."""
+        config, mesh, examples, calls = run.config, run.mesh, run.examples, run.calls
+        progress = reporting.Progress(config.progress and run.writer)
         on_step = progress.update if progress.enabled else None
         return cls(
             config=config,
-            train_epoch=steps.make_train_epoch(config, model, mesh, examples, on_step, calls),
-            evaluator=steps.Evaluator(config, model, mesh, calls),
+            train_epoch=steps.make_train_epoch(config, run.model, mesh, examples, on_step, calls),
+            evaluator=steps.Evaluator(config, run.model, mesh, calls),
             steps_per_epoch=-(-examples // config.batch_size),
-            train=train,
+            train=run.train,
             examples=examples,
-            held_out={"validation": ds.validation, "test": ds.test},
+            held_out={"validation": run.ds.validation, "test": run.ds.test},
             mesh=mesh,
             checkpointer=checkpointer,
             progress=progress,
             meta=meta,
-            print_fn=print_fn,
+            print_fn=run.print_fn,
         )
 
     def run(self, state, history: list[dict]):
@@ -398,7 +413,7 @@ class _Epochs:
         return self.evaluator.sums(split, self.held_out[split], state.params, model_state)
 
     def kept(self) -> str:
-        return workdir_lib.describe_kept(self.checkpointer.directory)
+        return rundir.describe_kept(self.checkpointer.directory)
 
 
 def _restore(config, checkpointer, mesh, state, print_fn):
@@ -432,10 +447,10 @@ def _the_model(config: Config, model: nn.Module | None, saved: dict | None, num_
     ``Classifier`` of ``config``."""
     if model is None and saved is not None:
         try:
-            model = runs.module_from_spec(saved["model"])
+            model = rundir.module_from_spec(saved["model"])
         except ValueError as e:
             raise ConfigError("model", f"model: {e}") from e
-    elif saved is not None and runs.model_spec_or_reason(model) != saved["model"]:
+    elif saved is not None and rundir.model_spec_or_reason(model) != saved["model"]:
         raise ConfigError(
             "model", "model: this is not the model the run was started with; resume that one"
         )

@@ -1,16 +1,5 @@
-"""A run's directory and what it holds, written (``new_meta``) and read (``read_meta``) here
-alone; resuming a run (``resume_config``), and loading one for use (``load_run``).
-
-A run's directory holds ``checkpoints/<epoch>/`` (orbax: the training state, and ``meta``,
-JSON), ``metrics.json`` and ``curves.png``. Each checkpoint's ``meta`` holds all that is
-needed to use it without the code that trained it:
-
-* ``format``: ``FORMAT``, the version of this layout;
-* ``model``: the Flax module as data (``module_spec``), rebuilt by ``module_from_spec``;
-* ``config``: the run's ``Config``, ``history``: one record per epoch;
-* ``num_classes``, ``image_shape`` (``[H, W, C]``, or ``[T, F]`` for sequences) and
-  ``input_shape`` (``[T, F]``);
-* ``data``: the data's name and shapes, whether it was your own arrays and had lengths.
+"""Using a run: resuming it (``resume_config``) and loading it to predict (``load_run``).
+What its directory holds is ``rundir``'s to say.
 
 Arrays are restored onto the loading process's own devices, whatever the run trained on::
 
@@ -21,8 +10,6 @@ Arrays are restored onto the loading process's own devices, whatever the run tra
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import json
 import os
 import pathlib
 from typing import Any
@@ -40,171 +27,9 @@ from lstm_jax.training.checkpoints import (
     Checkpointer,
     CheckpointError,
     CheckpointGone,
-    finished_epochs,
 )
 from lstm_jax.training.config import Config, check_resume
-
-FORMAT = 1  # the version of what a checkpoint's meta holds; bumped when that changes
-
-
-# --------------------------------------------------------------------------------------
-# A Flax module as data
-# --------------------------------------------------------------------------------------
-
-
-def module_spec(module: nn.Module) -> dict:
-    """``module`` as JSON data: its class's import path and its fields, recursively.
-
-    Fields may be JSON scalars, dtypes, tuples or lists, and other modules.
-
-    >>> from lstm_jax.linen import LSTM, Bidirectional
-    >>> spec = module_spec(Bidirectional(LSTM(8, return_sequences=True)))
-    >>> spec["class"], spec["fields"]["layer"]["module"]["fields"]["units"]
-    ('lstm_jax.linen.Bidirectional', 8)
-    >>> module_from_spec(spec) == Bidirectional(LSTM(8, return_sequences=True))
-    True
-
-    Raises:
-      ValueError: a field holds something else (a function, an array); names it.
-    """
-    cls = type(module)
-    fields = {}
-    for f in dataclasses.fields(module):
-        if f.name in ("parent", "name") or not f.init:
-            continue
-        fields[f.name] = _to_data(getattr(module, f.name), f"{cls.__name__}.{f.name}")
-    return {"class": f"{cls.__module__}.{cls.__qualname__}", "fields": fields}
-
-
-def _to_data(value: Any, where: str) -> Any:
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, np.integer | np.floating):
-        return value.item()
-    if isinstance(value, nn.Module):
-        return {"module": module_spec(value)}
-    if isinstance(value, tuple | list):
-        return [_to_data(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    try:
-        return {"dtype": jnp.dtype(value).name}
-    except TypeError:
-        pass
-    raise ValueError(
-        f"{where} = {value!r} cannot be saved with the run (fields must be numbers, strings, "
-        "dtypes, tuples or modules)"
-    )
-
-
-def module_from_spec(spec: dict) -> nn.Module:
-    """The module ``module_spec`` described.
-
-    Raises:
-      ValueError: the class cannot be imported here (e.g. it was defined in a notebook).
-    """
-    path = spec["class"]
-    if "fields" not in spec:
-        raise ValueError(
-            f"the run's model, a {path}, was not saved with it ({spec.get('unsaved')}); pass "
-            "the model itself: load_run(workdir, model=...)"
-        )
-    module_name, _, qualname = path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), qualname)
-    except (ImportError, AttributeError):
-        cls = None
-    if module_name == "__main__" or not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise ValueError(
-            f"the run's model is a {path}, which cannot be imported here; pass the model "
-            "itself: load_run(workdir, model=...)"
-        )
-    return cls(**{k: _from_data(v) for k, v in spec["fields"].items()})
-
-
-def _from_data(value: Any) -> Any:
-    if isinstance(value, list):
-        return tuple(_from_data(v) for v in value)
-    if isinstance(value, dict) and "module" in value:
-        return module_from_spec(value["module"])
-    if isinstance(value, dict) and "dtype" in value:
-        return jnp.dtype(value["dtype"])
-    return value
-
-
-def model_spec_or_reason(model: nn.Module) -> dict:
-    """``module_spec(model)``, or the reason it cannot be saved (``load_run`` then
-    needs the model passed in)."""
-    try:
-        return module_spec(model)
-    except ValueError as e:
-        cls = type(model)
-        return {"class": f"{cls.__module__}.{cls.__qualname__}", "unsaved": str(e)}
-
-
-# --------------------------------------------------------------------------------------
-# A run's meta, and resuming it
-# --------------------------------------------------------------------------------------
-
-
-def new_meta(model: nn.Module, ds: data_lib.Dataset, image_shape, input_shape, config) -> dict:
-    """What every checkpoint of a new run saves besides its history (``history`` is added
-    at each save): the module docstring's list."""
-    return {
-        "format": FORMAT,
-        "model": model_spec_or_reason(model),
-        "num_classes": ds.num_classes,
-        "image_shape": list(image_shape),
-        "input_shape": list(input_shape),
-        "config": dataclasses.asdict(config),
-        "data": {
-            "name": ds.name,
-            "from_arrays": ds.from_arrays,
-            "train": [len(ds.train), *image_shape],
-            "lengths": ds.train.lengths is not None,
-        },
-    }
-
-
-def read_meta(workdir: str | os.PathLike) -> tuple[pathlib.Path, int, dict]:
-    """``(checkpoints directory, newest epoch, its meta)`` of the run in ``workdir``.
-
-    Reads files only (no orbax, no JAX backend started), so that ``train.py --resume`` can
-    read the run's settings before it sets up the devices.
-
-    Raises:
-      CheckpointError: no run there, none finished an epoch, or another checkpoint format.
-    """
-    workdir = pathlib.Path(workdir).expanduser().resolve()
-    directory = workdir / "checkpoints"
-    if not workdir.is_dir():
-        raise CheckpointError(f"no run in {workdir}: there is no such directory")
-    if not directory.is_dir():
-        raise CheckpointError(f"no run in {workdir}: it holds no checkpoints directory")
-    epochs = finished_epochs(directory)
-    if not epochs:
-        unfinished = sorted(p.name for p in directory.iterdir() if "tmp" in p.name)
-        raise CheckpointError(
-            f"the run in {workdir} has no finished checkpoint"
-            + (f" (only the unfinished {', '.join(unfinished)})" if unfinished else "")
-            + ": it stopped before its first epoch ended; start it again"
-        )
-    epoch = epochs[-1]
-    path = directory / str(epoch) / "meta" / "metadata"
-    try:
-        meta = json.loads(path.read_text())
-        version = meta.get("format", 0) if isinstance(meta, dict) else None
-    except (OSError, ValueError) as e:
-        if not path.parent.parent.exists():
-            raise CheckpointGone(epoch, directory) from e
-        raise CheckpointError(
-            f"the checkpoint of epoch {epoch} in {directory / str(epoch)} is half-written or "
-            f"corrupt: {path.name} cannot be read ({type(e).__name__}: {e})"
-        ) from e
-    if version != FORMAT:
-        raise CheckpointError(
-            f"the run in {workdir} was saved in checkpoint format {version}; this lstm_jax "
-            f"reads format {FORMAT}. Load it with the lstm_jax that trained it, or train again."
-        )
-    return directory, epoch, meta
+from lstm_jax.training.rundir import module_from_spec, read_meta
 
 
 def check_against_run(config: Config, workdir: pathlib.Path) -> dict:

@@ -32,20 +32,14 @@ from lstm_jax import linen as lnn
 from lstm_jax.errors import ConfigError
 from lstm_jax.training import calls as calls_lib
 from lstm_jax.training import optim, sharding
-from lstm_jax.training.config import Config
+from lstm_jax.training.config import MODEL_SETTINGS, Config
 
 
 def make_model(config: Config, num_classes: int) -> nn.Module:
+    """The ``Classifier`` that ``config``'s model settings (``MODEL_SETTINGS``) describe."""
     dtype = jnp.bfloat16 if config.precision == "bfloat16" else None
-    return lnn.Classifier(
-        cell=config.cell,
-        units=config.units,
-        num_classes=num_classes,
-        bidirectional=config.bidirectional,
-        dtype=dtype,
-        dropout=config.dropout,
-        recurrent_dropout=config.recurrent_dropout,
-    )
+    layers = {k: getattr(config, k) for k in MODEL_SETTINGS if k != "precision"}
+    return lnn.Classifier(**layers, num_classes=num_classes, dtype=dtype)
 
 
 class TrainState(train_state.TrainState):
@@ -182,28 +176,9 @@ def train_step(
     program compiled for lstm_jax's own models is the same either way.
     """
 
-    def grads_and_sums(params, model_state, batch, step):
-        x = data_lib.to_sequences(batch["image"], sequence)  # [B, T, F]
-        mask = calls_lib.lengths_mask(batch["length"], x.shape[1]) if "length" in batch else None
-        rngs = calls_lib.step_rngs(seed, step, jax.lax.axis_index("data"))
-        # Each device's own gradient (shard_map would otherwise sum each parameter's
-        # gradient across devices itself, one all-reduce operand per array).
-        params = jax.tree.map(lambda p: _jax_compat.pvary(p, ("data",)), params)
-
-        def loss_sum(params):
-            variables = {"params": params, **model_state}
-            logits, updated = calls_lib.apply(
-                state.apply_fn, calls, variables, x, train=True, rngs=rngs, mask=mask
-            )  # logits: [B, classes]
-            sums = loss_and_metrics(logits, batch["label"], batch["weight"])
-            return sums[0], (sums, updated)
-
-        grads, (sums, updated) = jax.grad(loss_sum, has_aux=True)(params)
-        # Gradients and sums summed across devices as one flat vector: XLA:CPU's
-        # all-reduce meets the other devices once per operand, and each meeting waits.
-        flat, unflatten = jax.flatten_util.ravel_pytree((grads, sums, updated))
-        return unflatten(jax.lax.psum(flat, "data"))
-
+    grads_and_sums = functools.partial(
+        _device_gradients, apply_fn=state.apply_fn, calls=calls, sequence=sequence, seed=seed
+    )
     model_state = getattr(state, "model_state", {})
     grads, sums, updated = jax.shard_map(
         grads_and_sums,
@@ -222,6 +197,31 @@ def train_step(
     if calls.collections:
         state = state.replace(model_state=jax.tree.map(lambda v: v / mesh.size, updated))
     return state, sums, loss
+
+
+def _device_gradients(params, model_state, batch, step, *, apply_fn, calls, sequence, seed):
+    """One device's slice of ``train_step``, inside ``jax.shard_map``: the gradient of its
+    examples' loss sum, their sums and the updated collections, each summed across devices."""
+    x = data_lib.to_sequences(batch["image"], sequence)  # [B, T, F]
+    mask = calls_lib.lengths_mask(batch["length"], x.shape[1]) if "length" in batch else None
+    rngs = calls_lib.step_rngs(seed, step, jax.lax.axis_index("data"))
+    # Each device's own gradient (shard_map would otherwise sum each parameter's
+    # gradient across devices itself, one all-reduce operand per array).
+    params = jax.tree.map(lambda p: _jax_compat.pvary(p, ("data",)), params)
+
+    def loss_sum(params):
+        variables = {"params": params, **model_state}
+        logits, updated = calls_lib.apply(
+            apply_fn, calls, variables, x, train=True, rngs=rngs, mask=mask
+        )  # logits: [B, classes]
+        sums = loss_and_metrics(logits, batch["label"], batch["weight"])
+        return sums[0], (sums, updated)
+
+    grads, (sums, updated) = jax.grad(loss_sum, has_aux=True)(params)
+    # Gradients and sums summed across devices as one flat vector: XLA:CPU's
+    # all-reduce meets the other devices once per operand, and each meeting waits.
+    flat, unflatten = jax.flatten_util.ravel_pytree((grads, sums, updated))
+    return unflatten(jax.lax.psum(flat, "data"))
 
 
 def make_epoch_fns(
