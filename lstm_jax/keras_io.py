@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lstm_jax import linen as lnn
+from lstm_jax.forward import ACTIVATIONS
 from lstm_jax.params import is_nnx_module
 
 __all__ = [
@@ -264,7 +265,7 @@ def _layer(layer) -> tuple[nn.Module, dict | None]:
         config = layer.get_config()
         dtype = _check_options(layer.name, cls, config, {})
         activation = config["activation"]
-        if not isinstance(activation, str) or activation not in forward.ACTIVATIONS:
+        if not isinstance(activation, str) or activation not in ACTIVATIONS:
             _refuse(layer.name, cls, f"activation={activation!r}")
         module = lnn.Dense(
             config["units"],

@@ -15,6 +15,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 JAX_SYSTEMS = ("lstm_jax", "keras_jax", "flax_linen", "plain_scan")
 
 
+@pytest.mark.slow
 def test_benchmark_trains_each_jax_system_and_writes_its_table(tmp_path):
     # As a user runs it: Keras's backend left for the benchmark to choose.
     env = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "XLA_FLAGS")}
@@ -41,6 +42,7 @@ def test_benchmark_trains_each_jax_system_and_writes_its_table(tmp_path):
     assert "of which JAX compiling (s)" in table
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "systems, message",
     [("torch", "must include lstm_jax"), ("lstm_jax,tensorflow", "unknown tensorflow")],
@@ -51,6 +53,7 @@ def test_systems_that_cannot_be_compared_are_refused(systems, message):
     assert out.returncode == 2 and message in out.stderr, out.stderr
 
 
+@pytest.mark.slow
 def test_the_gpu_script_runs_every_step_at_tiny_sizes(tmp_path):
     """``benchmarks/gpu.sh`` as on the GPU machine, from an npz of random images, with
     ``GPU_SMOKE=1`` (tiny sizes, lstm_jax alone): every step ends well and writes its file."""

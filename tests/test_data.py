@@ -48,6 +48,7 @@ def test_an_npz_loads_as_the_same_data_as_tfds(mnist_npz):
         assert data.fingerprint(a) == data.fingerprint(b)
 
 
+@pytest.mark.slow
 def test_train_py_trains_from_an_npz_without_tensorflow_as_from_tfds(tmp_path, mnist_npz):
     """The same run from the npz, on a Python where TensorFlow and TFDS cannot be imported,
     and from TFDS: the same test accuracy, the same weights."""

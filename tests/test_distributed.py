@@ -89,6 +89,7 @@ def one_process_two_devices(tmp_path_factory):
     return tmp / "run"
 
 
+@pytest.mark.slow
 def test_two_processes_train_what_one_process_with_two_devices_does(
     tmp_path, one_process_two_devices, record_largest
 ):
@@ -114,6 +115,7 @@ def test_two_processes_train_what_one_process_with_two_devices_does(
     assert metrics["test_accuracy"] == pytest.approx(reference_metrics["test_accuracy"])
 
 
+@pytest.mark.slow
 def test_a_two_process_run_resumes_on_two_processes(tmp_path, one_process_two_devices):
     run = tmp_path / "run"
     _two_processes(tmp_path, *SMALL, "--epochs", 1, "--workdir", run)
@@ -128,6 +130,7 @@ def test_a_two_process_run_resumes_on_two_processes(tmp_path, one_process_two_de
     reference.assert_trees_close(_params(run), _params(one_process_two_devices), atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("killed", [1, 0])
 def test_a_killed_process_stops_the_other_with_one_line(tmp_path, killed, report):
     """Process ``killed`` is killed (SIGKILL) as epoch 2 starts, the other being in epoch 2's
@@ -161,6 +164,7 @@ def test_a_killed_process_stops_the_other_with_one_line(tmp_path, killed, report
     report(f"process {killed} of 2 killed: the other ended in {seconds:.1f} s: {lines[0]}")
 
 
+@pytest.mark.slow
 def test_a_missing_coordinator_or_a_wrong_process_id_is_one_line(tmp_path):
     port = _free_port()
     alone = _start(
@@ -236,6 +240,7 @@ def _both_stop_with_one_line(tmp_path, report, case: str, *args) -> list[str]:
     return _all_stop_with_one_line(tmp_path, report, case, *enumerate(args))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "flag, values, said",
     [
@@ -261,6 +266,7 @@ def test_processes_started_differently_all_stop_naming_what_differs(
     assert not run.exists()  # nothing written
 
 
+@pytest.mark.slow
 def test_workdirs_that_are_not_one_directory_stop_every_process(tmp_path, report):
     lines = _both_stop_with_one_line(
         tmp_path,
@@ -273,6 +279,7 @@ def test_workdirs_that_are_not_one_directory_stop_every_process(tmp_path, report
     assert not (tmp_path / "wd0").exists() and not (tmp_path / "wd1").exists()
 
 
+@pytest.mark.slow
 def test_two_processes_with_one_process_id_both_stop(tmp_path, report):
     run = tmp_path / "run"
     lines = _all_stop_with_one_line(
@@ -289,6 +296,7 @@ def test_two_processes_with_one_process_id_both_stop(tmp_path, report):
     assert not run.exists()
 
 
+@pytest.mark.slow
 def test_a_taken_process_id_while_the_others_join_stops_every_process(tmp_path, report):
     run = tmp_path / "run"
     lines = _all_stop_with_one_line(
@@ -305,6 +313,7 @@ def test_a_taken_process_id_while_the_others_join_stops_every_process(tmp_path, 
     assert not run.exists()
 
 
+@pytest.mark.slow
 def test_a_coordinator_port_in_use_stops_every_process(tmp_path, report):
     run = tmp_path / "run"
     with socket.socket() as other_program:  # holds the port; never answers
@@ -334,6 +343,7 @@ def test_a_coordinator_port_in_use_stops_every_process(tmp_path, report):
     report(f"coordinator port in use: both processes exited 1 within {seconds:.1f} s: {lines}")
 
 
+@pytest.mark.slow
 def test_sigterm_ends_a_run_waiting_for_its_processes(tmp_path):
     port, run = _free_port(), tmp_path / "run"
     alone = _start(tmp_path, *SMALL, "--cpu-devices", 1, "--workdir", run, process_id=0, port=port)
@@ -360,6 +370,7 @@ def _wait_for_listener(process, port) -> None:
             time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_sigterm_ends_every_process_of_a_run_mid_epoch(tmp_path, report):
     """SIGTERM to both processes while process 0 runs epoch 2 and process 1 waits in its
     collectives: both end at once, as one process does, keeping epoch 1's checkpoint."""

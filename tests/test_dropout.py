@@ -180,6 +180,7 @@ def test_a_keras_model_with_dropout_gives_keras_s_outputs_in_inference(cls, reco
     assert np.abs(np.asarray(training_out) - expected).max() > 1e-3  # dropout in training
 
 
+@pytest.mark.slow
 def test_the_trainer_draws_fresh_masks_each_step_and_evaluates_without(tmp_path):
     result = run_fake(tmp_path, dropout=0.3, recurrent_dropout=0.3, epochs=1)
     model = lnn.Classifier(units=(16,), dropout=0.3, recurrent_dropout=0.3)
@@ -196,6 +197,7 @@ def test_the_trainer_draws_fresh_masks_each_step_and_evaluates_without(tmp_path)
     assert result["test_accuracy"] > 0  # trained and tested
 
 
+@pytest.mark.slow
 def test_a_model_with_flax_dropout_trains(tmp_path):
     model = lnn.Sequential(
         [lnn.LSTM(16, return_sequences=True), lnn.nn.Dropout(0.5), lnn.GRU(8), lnn.Dense(10)]

@@ -1,4 +1,5 @@
-"""Faults lose nothing: each numbered case of the faults issue, reproduced on small fake data
+"""Faults lose nothing: a busy or crashed workdir, a changed resume, divergence, signals, a full
+disk, damaged data or checkpoints, each reproduced on small fake data
 (TFDS's mock_data, 512 examples) with what a user then sees and what is left on disk."""
 
 import errno
@@ -104,7 +105,8 @@ def _digests(directory):
 # ------------------------------------------------------------- 1. one run per workdir
 
 
-def test_1_a_second_run_on_a_busy_workdir_is_refused_and_a_crashed_one_leaves_no_lock(tmp_path):
+@pytest.mark.slow
+def test_a_second_run_on_a_busy_workdir_is_refused_and_a_crashed_one_leaves_no_lock(tmp_path):
     run = tmp_path / "run"
     first = _start_held(tmp_path, "epoch:1", *SMALL, "--epochs", "4", "--workdir", run)
     _wait_for(first, "held: epoch:1")  # holds its workdir while the second one starts
@@ -130,7 +132,7 @@ def test_1_a_second_run_on_a_busy_workdir_is_refused_and_a_crashed_one_leaves_no
     assert "resumed from the checkpoint of epoch" in resumed.stdout
 
 
-def test_1_default_workdirs_started_in_the_same_second_differ(tmp_path, monkeypatch):
+def test_default_workdirs_started_in_the_same_second_differ(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(rundir.time, "strftime", lambda _: "20261204-120000")  # one second
     names = [str(rundir.make_default()[0]) for _ in range(3)]
@@ -141,7 +143,8 @@ def test_1_default_workdirs_started_in_the_same_second_differ(tmp_path, monkeypa
 # ----------------------------------------------------------- 2. resume only what was run
 
 
-def test_2_resume_checks_the_settings_and_the_workdir(tmp_path):
+@pytest.mark.slow
+def test_resume_checks_the_settings_and_the_workdir(tmp_path):
     run = tmp_path / "run"
     out = _train_py(tmp_path, *SMALL, "--epochs", "3", "--workdir", run)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -150,8 +153,8 @@ def test_2_resume_checks_the_settings_and_the_workdir(tmp_path):
     cases = {
         ("--epochs", "2"): "error: --epochs 2 is fewer than the 3 the run has finished",
         ("--optimizer", "adamw", "--dataset", "fashion_mnist", "--seed", "5"): (
-            "error: --optimizer adamw (the run's: adam); --dataset fashion_mnist (the run's: "
-            "mnist); --seed 5 (the run's: 0): a resumed run keeps the settings"
+            "error: --optimizer adamw (the run's: adam); --seed 5 (the run's: 0); --dataset "
+            "fashion_mnist (the run's: mnist): a resumed run keeps the settings"
         ),
         ("--validation-split", "0.1", "--batch-size", "32"): (
             "error: --batch-size 32 (the run's: 64); --validation-split 0.1 (the run's: 0.2)"
@@ -177,6 +180,7 @@ def test_2_resume_checks_the_settings_and_the_workdir(tmp_path):
 # ------------------------------------------------- 3. no checkpoint of a diverged epoch
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "flags, message",
     [
@@ -190,7 +194,7 @@ def test_2_resume_checks_the_settings_and_the_workdir(tmp_path):
     ],
     ids=["validation pass"],
 )
-def test_3_a_diverged_epoch_is_never_saved(tmp_path, flags, message):
+def test_a_diverged_epoch_is_never_saved(tmp_path, flags, message):
     run = tmp_path / "run"
     out = _train_py(tmp_path, "--units", "8", "--no-progress", "--workdir", run, *flags)
     assert out.returncode == 1
@@ -198,7 +202,8 @@ def test_3_a_diverged_epoch_is_never_saved(tmp_path, flags, message):
     assert _epochs_on_disk(run) == []
 
 
-def test_3_after_a_good_epoch_the_message_names_what_is_kept_and_resume_works(tmp_path):
+@pytest.mark.slow
+def test_after_a_good_epoch_the_message_names_what_is_kept_and_resume_works(tmp_path):
     run_fake(tmp_path, epochs=1, optimizer="sgd", learning_rate=0.01)
     with pytest.raises(training.TrainingDiverged, match="The checkpoint of epoch 1 is kept"):
         run_fake(tmp_path, epochs=2, resume=True, optimizer="sgd", learning_rate=1e38)
@@ -212,8 +217,9 @@ def test_3_after_a_good_epoch_the_message_names_what_is_kept_and_resume_works(tm
 # ------------------------------------------------------- 4. SIGINT and SIGTERM, any time
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", ["compiling", "epoch:1"])
-def test_4_sigint_while_compiling_or_in_epoch_1_ends_cleanly_with_nothing_saved(tmp_path, point):
+def test_sigint_while_compiling_or_in_epoch_1_ends_cleanly_with_nothing_saved(tmp_path, point):
     p = _start_held(tmp_path, point, *SMALL, "--workdir", tmp_path / "run")
     _wait_for(p, f"held: {point}")  # the main thread is in JAX: tracing, or running the epoch
     p.send_signal(signal.SIGINT)
@@ -226,7 +232,8 @@ def test_4_sigint_while_compiling_or_in_epoch_1_ends_cleanly_with_nothing_saved(
     assert _epochs_on_disk(tmp_path / "run") == []
 
 
-def test_4_sigterm_mid_epoch_keeps_the_finished_epochs_and_resumes(tmp_path):
+@pytest.mark.slow
+def test_sigterm_mid_epoch_keeps_the_finished_epochs_and_resumes(tmp_path):
     run = tmp_path / "run"
     p = _start_held(tmp_path, "epoch:2", *SMALL, "--epochs", "3", "--workdir", run)
     _wait_for(p, "held: epoch:2")  # epoch 1 is saved, epoch 2 is running in XLA
@@ -240,7 +247,8 @@ def test_4_sigterm_mid_epoch_keeps_the_finished_epochs_and_resumes(tmp_path):
     assert out.returncode == 0 and "resumed from the checkpoint of epoch 1" in out.stdout
 
 
-def test_4_a_workdir_given_with_a_tilde_is_one_path_in_every_message(tmp_path):
+@pytest.mark.slow
+def test_a_workdir_given_with_a_tilde_is_one_path_in_every_message(tmp_path):
     home = {"HOME": str(tmp_path)}  # "~/runs/x" quoted, so the shell does not expand it
     p = _start_held(tmp_path, "epoch:3", *SMALL, "--epochs", "3", "--workdir", "~/runs/x", env=home)
     _wait_for(p, "held: epoch:3")
@@ -258,7 +266,8 @@ def test_4_a_workdir_given_with_a_tilde_is_one_path_in_every_message(tmp_path):
     assert _epochs_on_disk(run) == [1, 2, 3] and not (ROOT / "~").exists()
 
 
-def test_4_sigint_during_a_save_finishes_that_checkpoint_first(tmp_path):
+@pytest.mark.slow
+def test_sigint_during_a_save_finishes_that_checkpoint_first(tmp_path):
     run = tmp_path / "run"
     p = _start_held(tmp_path, "saving:1", *SMALL, "--epochs", "3", "--workdir", run)
     _wait_for(p, "held: saving:1")  # in the save, which goes on once it hears the signal
@@ -271,7 +280,8 @@ def test_4_sigint_during_a_save_finishes_that_checkpoint_first(tmp_path):
     assert lstm_jax.load_run(run).epoch == 1  # whole and loadable
 
 
-def test_4_sigterm_during_a_save_that_hangs_ends_after_the_grace(tmp_path):
+@pytest.mark.slow
+def test_sigterm_during_a_save_that_hangs_ends_after_the_grace(tmp_path):
     run = tmp_path / "run"
     p = _start_held(tmp_path, "hung:2", *SMALL, "--epochs", "3", "--workdir", run)
     _wait_for(p, "held: hung:2")  # in a save that never ends
@@ -291,7 +301,8 @@ def test_4_sigterm_during_a_save_that_hangs_ends_after_the_grace(tmp_path):
 # ------------------------------------------------------- 5. files, full disks, paths
 
 
-def test_5_a_file_named_checkpoints_is_refused_before_training(tmp_path):
+@pytest.mark.slow
+def test_a_file_named_checkpoints_is_refused_before_training(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "checkpoints").write_text("my notes")
@@ -301,7 +312,8 @@ def test_5_a_file_named_checkpoints_is_refused_before_training(tmp_path):
     assert (run / "checkpoints").read_text() == "my notes"
 
 
-def test_5_a_checkpoint_that_cannot_be_written_is_one_line(tmp_path):
+@pytest.mark.slow
+def test_a_checkpoint_that_cannot_be_written_is_one_line(tmp_path):
     run = tmp_path / "run"
     # No file may grow past 4 KiB: as a full disk does, it fails the checkpoint's writes.
     out = _train_py(
@@ -321,7 +333,7 @@ def test_5_a_checkpoint_that_cannot_be_written_is_one_line(tmp_path):
     assert _epochs_on_disk(run) == [] and not (run / "metrics.json").exists()
 
 
-def test_5_run_files_are_written_whole_or_not_at_all(tmp_path):
+def test_run_files_are_written_whole_or_not_at_all(tmp_path):
     path = tmp_path / "metrics.json"
     path.write_text('{"old": true}')
 
@@ -341,7 +353,8 @@ def test_5_run_files_are_written_whole_or_not_at_all(tmp_path):
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_5_a_disk_too_small_for_the_checkpoints_is_found_before_training(tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_a_disk_too_small_for_the_checkpoints_is_found_before_training(tmp_path, monkeypatch):
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(rundir.shutil, "disk_usage", lambda p: usage._replace(free=10_000))
     with pytest.raises(training.RunFileError, match=r"has 0.0 MiB free; the run needs about"):
@@ -349,7 +362,8 @@ def test_5_a_disk_too_small_for_the_checkpoints_is_found_before_training(tmp_pat
     assert not (tmp_path / "run").exists()  # a refused run leaves nothing
 
 
-def test_5_a_run_refused_before_training_leaves_nothing(tmp_path):
+@pytest.mark.slow
+def test_a_run_refused_before_training_leaves_nothing(tmp_path):
     where = tmp_path / "empty"
     where.mkdir()
     out = _train_py(tmp_path, *SMALL, "--dataset", "fashion-mnist", cwd=where)
@@ -364,6 +378,7 @@ def test_5_a_run_refused_before_training_leaves_nothing(tmp_path):
 # --------------------------------------------------- 6. one line, not a traceback
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "flags, env, code, message",
     [
@@ -376,7 +391,7 @@ def test_5_a_run_refused_before_training_leaves_nothing(tmp_path):
     ],
     ids=["seed -1", "seed 2**63", "cpu-devices -1", "JAX_PLATFORMS=gpu", "JAX_PLATFORMS=cuda"],
 )
-def test_6_bad_settings_are_one_line(tmp_path, flags, env, code, message):
+def test_bad_settings_are_one_line(tmp_path, flags, env, code, message):
     out = _train_py(tmp_path, *flags, "--no-progress", "--workdir", tmp_path / "run", env=env)
     assert out.returncode == code
     line = _one_error_line(out.stderr)
@@ -407,7 +422,7 @@ def prepared_mnist():
 
 
 @pytest.mark.parametrize("case", list(CORRUPTIONS))
-def test_6_damaged_tfds_files_are_one_line_naming_the_file(tmp_path, prepared_mnist, case):
+def test_damaged_tfds_files_are_one_line_naming_the_file(tmp_path, prepared_mnist, case):
     name, damage = CORRUPTIONS[case]
     copy = tmp_path / "tfds" / "mnist" / prepared_mnist.name
     shutil.copytree(prepared_mnist, copy)
@@ -420,7 +435,8 @@ def test_6_damaged_tfds_files_are_one_line_naming_the_file(tmp_path, prepared_mn
     assert "\n" not in message
 
 
-def test_6_damaged_tfds_files_through_train_py(tmp_path, prepared_mnist):
+@pytest.mark.slow
+def test_damaged_tfds_files_through_train_py(tmp_path, prepared_mnist):
     copy = tmp_path / "tfds" / "mnist" / prepared_mnist.name
     shutil.copytree(prepared_mnist, copy)
     shard = copy / "mnist-test.tfrecord-00000-of-00001"
@@ -441,7 +457,7 @@ def test_6_damaged_tfds_files_through_train_py(tmp_path, prepared_mnist):
 # -------------------------------------------------------------------- 7. API edges
 
 
-def test_7_api_edges():
+def test_api_edges():
     x = jnp.ones((2, 5, 3))
     key = jax.random.key(0)
     assert lnn.Classifier(units=50).units == (50,)  # as Keras's LSTM(50)

@@ -276,6 +276,7 @@ def test_to_keras_refuses_other_modules():
         lstm_jax.to_keras(nn.Dense(3), {"params": {"kernel": np.zeros((2, 3))}})
 
 
+@pytest.mark.slow
 def test_importing_lstm_jax_does_not_import_keras():
     code = (
         "import sys, lstm_jax; "
@@ -285,6 +286,7 @@ def test_importing_lstm_jax_does_not_import_keras():
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
 
 
+@pytest.mark.slow
 def test_the_lessons_keras_file_gives_the_same_test_accuracy_in_jax(tmp_path, report):
     """The lesson's Keras script (one epoch here) saves a .keras file; from_keras on the
     loaded model classifies MNIST's test set as Keras does."""

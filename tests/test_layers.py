@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from tests import import_graph
 
 
@@ -27,6 +29,7 @@ def test_the_checks_find_an_upward_import_and_a_cycle():
     ]
 
 
+@pytest.mark.slow
 def test_import_lstm_jax_loads_the_model_layer_only():
     code = (
         "import sys, lstm_jax\n"

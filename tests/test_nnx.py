@@ -199,6 +199,7 @@ def test_summary_and_keras_take_nnx_models(capsys):
     reference.assert_trees_close(back(x), model(x), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_the_trainer_trains_an_nnx_model_as_its_linen_twin(tmp_path):
     """From the same initial weights, the NNX Classifier's run is the linen Classifier's, to
     the bit; the NNX model then holds the trained weights, and ``load_run`` gives it back."""
@@ -228,6 +229,7 @@ def test_the_trainer_trains_an_nnx_model_as_its_linen_twin(tmp_path):
     reference.assert_trees_close(lx.to_linen_variables(again)["params"], params_of(resumed), atol=0)
 
 
+@pytest.mark.slow
 def test_the_lesson_trained_from_an_nnx_classifier_as_from_the_linen_one(tmp_path, report):
     """The lesson's recipe on the real MNIST, seed 0: the NNX Classifier (given the weights
     the trainer draws for seed 0) reaches the linen Classifier's test accuracy."""
@@ -248,6 +250,7 @@ def test_the_lesson_trained_from_an_nnx_classifier_as_from_the_linen_one(tmp_pat
     assert result["test_accuracy"] == linen["test_accuracy"]
 
 
+@pytest.mark.slow
 def test_nnx_models_handed_back_predict_without_dropout(tmp_path, record_largest):
     """Every NNX model lstm_jax hands back is in evaluation mode: ``load_run(...).nnx_model``,
     ``train_and_evaluate(...)["nnx_model"]`` and ``from_keras(..., api="nnx")`` give the

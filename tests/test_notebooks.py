@@ -124,6 +124,7 @@ def cells_missing_a_plot(nb: nbformat.NotebookNode) -> list[int]:
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_executes_and_shows_every_plot(path, tmp_path, report, monkeypatch):
     if not os.environ.get("TFDS_DATA_DIR") and os.environ.get("CI"):

@@ -41,6 +41,7 @@ def sign_run(tmp_path_factory):
     return ds, workdir, result
 
 
+@pytest.mark.slow
 def test_variable_length_sequences_train_well_above_chance(sign_run, report):
     ds, _, result = sign_run
     report(f"sign of the sum of the first L values (chance 50%): {result['test_accuracy']:.2%}")
@@ -48,6 +49,7 @@ def test_variable_length_sequences_train_well_above_chance(sign_run, report):
     assert result["data"] == {"train": 4800, "validation": 1200, "test": 1000}
 
 
+@pytest.mark.slow
 def test_padding_further_does_not_change_a_prediction(sign_run):
     ds, workdir, _ = sign_run
     run = lstm_jax.load_run(workdir)
@@ -66,6 +68,7 @@ def test_padding_further_does_not_change_a_prediction(sign_run):
         run.predict(longer)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bad", [np.nan, np.inf, 1e39])
 def test_predict_refuses_inputs_that_are_not_finite(sign_run, bad):
     ds, workdir, _ = sign_run
@@ -76,6 +79,7 @@ def test_predict_refuses_inputs_that_are_not_finite(sign_run, bad):
         run.predict(x, lengths=ds.test.lengths[:4])
 
 
+@pytest.mark.slow
 def test_a_run_records_the_datas_shape_not_the_data(sign_run):
     ds, workdir, result = sign_run
     meta_file = sorted((workdir / "checkpoints").glob("*/meta/metadata"))[-1]
@@ -95,6 +99,7 @@ def test_a_run_records_the_datas_shape_not_the_data(sign_run):
     assert test["accuracy"] == pytest.approx(result["test_accuracy"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_resuming_a_run_of_arrays_needs_them_and_continues_with_them(sign_run, tmp_path):
     ds, workdir, _ = sign_run
     copy = tmp_path / "run"
@@ -106,6 +111,7 @@ def test_resuming_a_run_of_arrays_needs_them_and_continues_with_them(sign_run, t
     assert [h["epoch"] for h in result["history"]] == list(range(1, 8))
 
 
+@pytest.mark.slow
 def test_a_model_that_takes_no_mask_is_refused_before_anything_is_written(tmp_path):
     x, y, lengths = sign_task(256, seed=0)
     ds = data.from_arrays(x, y, x_test=x, y_test=y, lengths_train=lengths, lengths_test=lengths)
@@ -121,6 +127,7 @@ def test_a_model_that_takes_no_mask_is_refused_before_anything_is_written(tmp_pa
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_images_and_sequences_without_lengths_train(tmp_path):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(300, 8, 8), dtype=np.uint8)
@@ -170,6 +177,7 @@ def test_from_arrays_says_what_it_expected(change, message):
         data.from_arrays(arrays.pop("x_train"), arrays.pop("y_train"), **arrays)
 
 
+@pytest.mark.slow
 def test_data_without_a_validation_or_test_example_is_refused(tmp_path):
     import dataclasses
 
@@ -183,6 +191,7 @@ def test_data_without_a_validation_or_test_example_is_refused(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_a_model_whose_weights_depend_on_the_length_is_refused_for_longer_tests(tmp_path):
     """Test sequences of another length than the training set's (which ``from_arrays``
     takes) need a model that reads any length: one that does not is refused before any

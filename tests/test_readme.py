@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import jax
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -24,6 +25,7 @@ def test_readme_is_a_short_front_door():
     assert headings[:4] == ["Set up", "What you will see", "Notebooks", "Use a trained model"]
 
 
+@pytest.mark.slow
 def test_readme_python_snippets_run_in_order(tmp_path, monkeypatch):
     """Each ```python block, in one namespace, as a reader would paste them: with JAX's
     default rank promotion, which Keras's initialisers need (the suite otherwise raises)."""
@@ -34,6 +36,7 @@ def test_readme_python_snippets_run_in_order(tmp_path, monkeypatch):
             exec(compile(block, "README.md", "exec"), namespace)
 
 
+@pytest.mark.slow
 def test_readme_shell_snippets_run():
     commands = re.findall(r"^(python -c .+)$", README, re.M)
     assert commands

@@ -244,6 +244,7 @@ def test_lstm_custom_gradient_matches_autodiff():
         reference.assert_trees_close(custom, autodiff, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_gradients_per_device_under_shard_map_match_the_whole_batch(on_two_cpu_devices):
     """Inside ``jax.shard_map`` (its default ``check_vma``), as ``lstm_jax.training`` runs
     them: on two devices, each sequence function's gradient, per device and summed by

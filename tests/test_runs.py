@@ -47,6 +47,7 @@ def _fake_images(n=512):
 # ------------------------------------------------------------------------- load_run
 
 
+@pytest.mark.slow
 def test_run_trained_on_two_devices_loads_on_one(tmp_path):
     workdir, tfds_dir = tmp_path / "run", tmp_path / "tfds"
     out = _train_py(
@@ -79,6 +80,7 @@ def fake_run(tmp_path_factory):
     return tmp / "run", result
 
 
+@pytest.mark.slow
 def test_predict_takes_images_as_tfds_gives_them_or_sequences(fake_run):
     workdir, result = fake_run
     run = lstm_jax.load_run(workdir)
@@ -97,6 +99,7 @@ def test_predict_takes_images_as_tfds_gives_them_or_sequences(fake_run):
     assert run.predict(images[:0]).shape == (0,)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "inputs",
     [
@@ -114,6 +117,7 @@ def test_predict_refuses_other_inputs_saying_what_it_expects(fake_run, inputs):
         run.predict(inputs)
 
 
+@pytest.mark.slow
 def test_no_run_half_written_run_and_other_format_are_clear_errors(fake_run, tmp_path):
     with pytest.raises(CheckpointError, match="no run in .*: there is no such directory"):
         lstm_jax.load_run(tmp_path / "typo")
@@ -165,6 +169,7 @@ class TwoLayers(nn.Module):
         return nn.Dense(10)(jnp.mean(h, axis=1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make", [_stacked, TwoLayers], ids=["Sequential", "own module"])
 def test_trainer_takes_any_flax_module_and_the_run_loads_and_resumes(tmp_path, make):
     result = run_fake(tmp_path, model=make(), epochs=1)
@@ -185,6 +190,7 @@ def test_trainer_takes_any_flax_module_and_the_run_loads_and_resumes(tmp_path, m
     assert (tmp_path / "run" / "curves.png").exists()
 
 
+@pytest.mark.slow
 def test_a_model_whose_class_cannot_be_imported_is_passed_to_load_run(tmp_path):
     run_fake(tmp_path, model=TwoLayers(), epochs=1)
     meta_file = tmp_path / "run" / "checkpoints" / "1" / "meta" / "metadata"
@@ -213,6 +219,7 @@ class _Votes(nn.Module):
         return (nn.Dense(10)(lnn.LSTM(8)(x)) > 0).astype(jnp.int32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "model, message",
     [
@@ -238,6 +245,7 @@ def test_trainer_refuses_a_model_that_does_not_give_logits(tmp_path, model, mess
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
+@pytest.mark.slow
 def test_a_given_model_is_not_described_by_settings_it_does_not_use(tmp_path):
     """With ``model=``, the settings that build the default ``Classifier`` are refused
     unless left at their defaults, and metrics.json records them as not used (null); the
@@ -264,6 +272,7 @@ def test_a_given_model_is_not_described_by_settings_it_does_not_use(tmp_path):
 # ------------------------------------------------------------ resume and evaluate
 
 
+@pytest.mark.slow
 def test_resume_reads_the_settings_from_the_run(tmp_path):
     common = ("--no-progress", "--cpu-devices", "1", "--data-dir", tmp_path / "tfds")
     out = _train_py(
@@ -296,12 +305,14 @@ def test_resume_reads_the_settings_from_the_run(tmp_path):
     assert out.returncode == 2 and "drop --cell" in out.stderr
 
 
+@pytest.mark.slow
 def test_resume_in_a_workdir_without_a_run_trains_nothing(tmp_path):
     with pytest.raises(CheckpointError, match="no run in"):
         run_fake(tmp_path, resume=True)
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_resume_config_allows_only_resumable_changes(fake_run):
     workdir, _ = fake_run
     config = training.resume_config(workdir, epochs=5, learning_rate=1e-4, progress=True)
@@ -313,8 +324,9 @@ def test_resume_config_allows_only_resumable_changes(fake_run):
         training.resume_config(workdir, epochs=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("error", [RuntimeError("Unable to initialize backend"), AssertionError()])
-def test_6_any_failure_to_start_the_devices_is_a_device_error(monkeypatch, fake_run, error):
+def test_any_failure_to_start_the_devices_is_a_device_error(monkeypatch, fake_run, error):
     def fail():
         raise error
 
@@ -325,6 +337,7 @@ def test_6_any_failure_to_start_the_devices_is_a_device_error(monkeypatch, fake_
             start()
 
 
+@pytest.mark.slow
 def test_predict_refuses_slips_saying_what_to_do(fake_run):
     run = lstm_jax.load_run(fake_run[0])
     images = _fake_images().images[:8, ..., 0]  # uint8 [8, 28, 28]
@@ -345,6 +358,7 @@ def test_predict_refuses_slips_saying_what_to_do(fake_run):
             run.predict(images, batch_size=batch_size)
 
 
+@pytest.mark.slow
 def test_load_run_takes_the_newest_checkpoint_left_when_the_one_read_is_removed(
     tmp_path, monkeypatch
 ):
@@ -396,6 +410,7 @@ def _read_only(path: pathlib.Path) -> list[str]:
     return ["unshare", "--mount", "sh", "-c", script, str(path)]
 
 
+@pytest.mark.slow
 def test_evaluate_reads_a_run_it_cannot_write(fake_run, tmp_path):
     workdir = tmp_path / "read-only"
     shutil.copytree(fake_run[0], workdir)

@@ -24,6 +24,7 @@ LESSON_TARGET = 0.95  # the lesson reports 95.50% after 3 epochs; we require 95.
 # ---------------------------------------------------------------- end to end, fake data
 
 
+@pytest.mark.slow
 def test_end_to_end_on_fake_data(tmp_path):
     result = run_fake(tmp_path)
     run = tmp_path / "run"
@@ -46,6 +47,7 @@ def test_end_to_end_on_fake_data(tmp_path):
     assert result["test_accuracy"] == metrics["test_accuracy"]
 
 
+@pytest.mark.slow
 def test_second_epoch_compiles_nothing(tmp_path):
     result = run_fake(tmp_path, epochs=3)
     compilations = [h["compilations"] for h in result["history"]]
@@ -64,6 +66,7 @@ def test_compile_counter_counts_overlapping_spans_once():
     assert (counter.count, counter.seconds) == (1, 4)
 
 
+@pytest.mark.slow
 def test_same_seed_same_result_and_resume_matches_uninterrupted(tmp_path):
     straight = run_fake(tmp_path / "a", epochs=3)
     again = run_fake(tmp_path / "b", epochs=3)
@@ -76,6 +79,7 @@ def test_same_seed_same_result_and_resume_matches_uninterrupted(tmp_path):
     assert resumed["test_accuracy"] == straight["test_accuracy"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "cell, bidirectional, sequence, precision",
     [
@@ -101,6 +105,7 @@ def test_other_cells_sequences_and_precision(tmp_path, cell, bidirectional, sequ
     assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(result["state"].params))
 
 
+@pytest.mark.slow
 def test_several_devices_match_one(tmp_path, run_script):
     """Four CPU devices with train.py's CPU tuning (``cpu.use_host_cores``) give the result
     of one device at XLA's defaults, within float noise."""
@@ -115,6 +120,7 @@ def test_several_devices_match_one(tmp_path, run_script):
     assert abs(metrics["history"][-1]["train_loss"] - one["history"][-1]["train_loss"]) < 1e-4
 
 
+@pytest.mark.slow
 def test_each_device_holds_only_its_slice_of_each_batch(on_two_cpu_devices):
     """An epoch's batches on two devices: each device holds half of every batch (the last
     one padded, weight 0), the examples of its own slice in the epoch's order."""
@@ -126,6 +132,7 @@ def test_each_device_holds_only_its_slice_of_each_batch(on_two_cpu_devices):
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_data_parallel_epoch_never_gathers_the_batch(bidirectional, on_two_cpu_devices):
     """On a mesh, each device keeps its part of the batch: the compiled epoch has one
@@ -140,6 +147,7 @@ def test_data_parallel_epoch_never_gathers_the_batch(bidirectional, on_two_cpu_d
 # ---------------------------------------------------------------- the lesson, real MNIST
 
 
+@pytest.mark.slow
 def test_lesson_recipe_on_real_mnist_reaches_95_percent(tmp_path, report):
     """LSTM(50) + Dense(10), Adam 1e-3, batch 128, 3 epochs, validation_split 0.2; seeds 0-2."""
     data_dir = real_data_dir()
@@ -163,6 +171,7 @@ def test_lesson_recipe_on_real_mnist_reaches_95_percent(tmp_path, report):
 # ---------------------------------------------------------------- bad input
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides, message",
     [
@@ -179,11 +188,13 @@ def test_bad_config_is_refused(tmp_path, overrides, message):
         run_fake(tmp_path, **overrides)
 
 
+@pytest.mark.slow
 def test_unknown_dataset(tmp_path):
     with pytest.raises(data.DataError, match="does not know a data set called 'mnistt'.*mnist"):
         training.train_and_evaluate(training.Config(dataset="mnistt"), tmp_path)
 
 
+@pytest.mark.slow
 def test_no_data_and_no_network_says_where_it_looked(tmp_path, monkeypatch):
     monkeypatch.setattr(data.tfds, "_network_reachable", lambda timeout=3.0: False)
     empty = tmp_path / "empty"
@@ -210,6 +221,7 @@ def test_tensorflow_is_kept_off_the_gpus_unless_the_caller_imported_it(imported_
     assert calls == ([] if imported_first else [([], "GPU")])
 
 
+@pytest.mark.slow
 def test_loading_tensorflow_prints_nothing():
     """TensorFlow's native start-up log (CUDA probing and the like) stays out of the
     output, also with no ``TF_CPP_MIN_LOG_LEVEL`` set, as in a user's notebook."""
@@ -220,6 +232,7 @@ def test_loading_tensorflow_prints_nothing():
     assert (out.returncode, out.stdout, out.stderr) == (0, "loaded\n", "")
 
 
+@pytest.mark.slow
 def test_unwritable_workdir(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
@@ -227,6 +240,7 @@ def test_unwritable_workdir(tmp_path):
         training.train_and_evaluate(training.Config(), blocker / "run")
 
 
+@pytest.mark.slow
 def test_existing_run_needs_resume(tmp_path):
     run_fake(tmp_path, epochs=1)
     with pytest.raises(training.ConfigError, match="already holds checkpoints.*resume that run"):
@@ -255,6 +269,7 @@ def _resume_cli_on_fake_data(tmp_path, *flags):
     )
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_is_reported_and_earlier_ones_stay(tmp_path):
     run_fake(tmp_path, epochs=2)
     ckpts = tmp_path / "run" / "checkpoints"
@@ -280,6 +295,7 @@ def _cli(*args, env=None):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, code, message",
     [
@@ -296,6 +312,7 @@ def test_cli_flag_errors(args, code, message):
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_cli_runtime_errors_are_one_line(tmp_path):
     out = _cli("--dataset", "no_such_set", "--workdir", str(tmp_path / "a"))
     assert out.returncode == 1 and "error: TFDS does not know" in out.stderr
@@ -336,6 +353,7 @@ def _tree(root: pathlib.Path) -> dict[str, bytes]:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
 def test_cli_bad_input_is_one_error_line_and_leaves_nothing(args, tmp_path):
     (tmp_path / "a_file").write_text("not a directory")
@@ -350,6 +368,7 @@ def test_cli_bad_input_is_one_error_line_and_leaves_nothing(args, tmp_path):
     assert _tree(tmp_path) == before  # no workdir, no checkpoints/ left behind
 
 
+@pytest.mark.slow
 def test_cli_first_line_is_the_projects_own(tmp_path):
     """No TensorFlow or absl start-up noise: the first line is train.py's own."""
     data_dir = real_data_dir()
@@ -392,6 +411,7 @@ def test_cpu_device_count_divides_the_batch_and_stays_at_what_was_measured():
     assert cpu.use_host_cores(2) is False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "user_flags, expected",
     [
@@ -412,6 +432,7 @@ def test_cpu_flags_set_before_jax_starts(user_flags, expected, run_script):
     assert run_script("cpu_flags.py", xla_flags=user_flags).splitlines() == ["True", expected]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc arenas")
 @pytest.mark.parametrize("limited", [True, False])
 def test_cpu_setup_caps_malloc_arenas(limited, run_script, monkeypatch):
