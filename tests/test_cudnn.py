@@ -71,6 +71,7 @@ def _both(fn, params, x, state):
     return jax.value_and_grad(fn, argnums=(0, 1, 2))(params, x, state)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("go_backwards", [False, True], ids=["forwards", "go_backwards"])
 @pytest.mark.parametrize("mask", [None, RIGHT_PADDED], ids=["no_mask", "right_padded"])
 @pytest.mark.parametrize("initial", [False, True], ids=["zero_state", "initial_state"])
@@ -124,6 +125,7 @@ def _layers_both_ways(module_fn, x, mask=None):
     return run(True), run(False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "build",
     [
@@ -190,6 +192,7 @@ def test_why_not_names_each_reason(monkeypatch):
     assert lstm_cudnn.why_not(params, x, unroll=1) is None
 
 
+@pytest.mark.slow
 def test_the_classifier_carries_use_cudnn_to_its_lstms(as_on_a_gpu):
     for use_cudnn in lstm_cudnn.USE_CUDNN:
         model = lnn.Classifier(units=(8, 4), bidirectional=True, use_cudnn=use_cudnn)

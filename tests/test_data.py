@@ -35,6 +35,7 @@ def mnist_npz(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_an_npz_loads_as_the_same_data_as_tfds(mnist_npz):
     from_tfds, from_npz = data.load("mnist", data_dir=real_data_dir()), data.load(mnist_npz)
     assert (len(from_npz.train), len(from_npz.validation), len(from_npz.test)) == (

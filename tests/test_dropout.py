@@ -128,6 +128,7 @@ def _reference(cell: str, params, x, masks):
     return h
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("rates", [(0.3, 0.0), (0.0, 0.3), (0.2, 0.4)])
 def test_dropout_equals_the_float64_reference_given_the_same_masks(cell, rates, record_largest):
@@ -152,6 +153,7 @@ def test_dropout_equals_the_float64_reference_given_the_same_masks(cell, rates, 
     np.testing.assert_array_equal(no_key, recurrent.run_cell(info, params, x))  # inference
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cls", ["LSTM", "GRU", "SimpleRNN"])
 def test_a_keras_model_with_dropout_gives_keras_s_outputs_in_inference(cls, record_largest):
     layer = getattr(keras.layers, cls)
@@ -217,6 +219,7 @@ def test_dropout_rates_are_checked():
         recurrent.lstm(params, jnp.ones((2, T, D)), recurrent_dropout=-0.1, key=jax.random.key(0))
 
 
+@pytest.mark.slow
 def test_nnx_layers_drop_out_in_training_and_not_after_eval():
     from flax import nnx
 

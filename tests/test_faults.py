@@ -421,6 +421,7 @@ def prepared_mnist():
     return version_dirs[-1].parent
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CORRUPTIONS))
 def test_damaged_tfds_files_are_one_line_naming_the_file(tmp_path, prepared_mnist, case):
     name, damage = CORRUPTIONS[case]
@@ -457,6 +458,7 @@ def test_damaged_tfds_files_through_train_py(tmp_path, prepared_mnist):
 # -------------------------------------------------------------------- 7. API edges
 
 
+@pytest.mark.slow
 def test_api_edges():
     x = jnp.ones((2, 5, 3))
     key = jax.random.key(0)

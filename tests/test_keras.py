@@ -98,6 +98,7 @@ def test_initial_state_matches_keras(name):
     assert float(np.max(np.abs(np.asarray(got) - np.asarray(expected)))) < MAX_ABS_DIFF
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("merge_mode", ["concat", "sum", "mul", "ave"])
 @pytest.mark.parametrize("return_sequences", [False, True], ids=["last", "sequences"])
 def test_bidirectional_matches_keras(merge_mode, return_sequences, record_largest):
@@ -117,6 +118,7 @@ def test_bidirectional_matches_keras(merge_mode, return_sequences, record_larges
     assert diff < MAX_ABS_DIFF
 
 
+@pytest.mark.slow
 def test_lesson_model_matches_keras_and_counts_the_same():
     """LSTM(50) then Dense(10): same logits given the same weights, same parameter count."""
     x = np.random.default_rng(3).random((8, 28, 28)).astype(np.float32)

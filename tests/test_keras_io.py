@@ -99,6 +99,7 @@ def test_bidirectional_round_trips_with_a_mask(cell, merge_mode, return_sequence
     _check_round_trip(model, record_largest)
 
 
+@pytest.mark.slow
 def test_dense_round_trips_with_every_activation_on_sequences_and_last_outputs(record_largest):
     activations = sorted(forward.ACTIVATIONS)
     dense = [
@@ -117,6 +118,7 @@ def test_dense_round_trips_with_every_activation_on_sequences_and_last_outputs(r
     ]
 
 
+@pytest.mark.slow
 def test_functional_chain_and_the_mask_argument(record_largest):
     inputs = keras.Input((None, D))
     h = keras.layers.Bidirectional(keras.layers.LSTM(U, return_sequences=True))(inputs)
@@ -160,6 +162,7 @@ def test_operations_between_functional_layers_are_refused_naming_them():
         lstm_jax.from_keras(model)
 
 
+@pytest.mark.slow
 def test_the_lessons_classifier_goes_to_keras():
     model = lnn.Classifier(cell="gru", units=(8, 6), bidirectional=True)
     x = jnp.asarray(_inputs())
@@ -237,6 +240,7 @@ def test_models_without_weights_are_refused_saying_why():
         lstm_jax.from_keras(keras.Sequential())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["LSTM", "Bidirectional"])
 def test_bfloat16_models_go_to_keras_as_mixed_bfloat16_and_back(bidirectional):
     """A ``dtype=bfloat16`` model (float32 parameters, bfloat16 compute: ``train.py

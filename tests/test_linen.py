@@ -46,6 +46,7 @@ def test_bidirectional_rejects_unknown_merge_mode():
         lnn.Bidirectional(lnn.LSTM(5), merge_mode="max").init(jax.random.key(0), X)
 
 
+@pytest.mark.slow
 def test_classifier_stacks_and_computes_in_bfloat16():
     model = lnn.Classifier(cell="gru", units=(8, 6), bidirectional=True, dtype=jnp.bfloat16)
     variables = model.init(jax.random.key(0), X)

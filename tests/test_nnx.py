@@ -54,6 +54,7 @@ OPTIONS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(KINDS))
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(o) or "default")
 @pytest.mark.parametrize("masked", [False, True], ids=["no_mask", "mask"])
@@ -77,6 +78,7 @@ def test_initial_state_and_bfloat16_as_linen(kind):
     reference.assert_trees_close(got, want, atol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("merge_mode", ["concat", "sum", "mul", "ave", None])
 def test_bidirectional_equals_linen(merge_mode):
     _same(
@@ -88,6 +90,7 @@ def test_bidirectional_equals_linen(merge_mode):
     )
 
 
+@pytest.mark.slow
 def test_sequential_with_masking_equals_linen():
     x = X.at[1, 3:].set(0.0)  # padded steps, for Masking
     model = lx.Sequential(
@@ -111,6 +114,7 @@ def test_sequential_with_masking_equals_linen():
     _same(model, linen, x=x)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_the_classifier_equals_linen_and_weights_move_both_ways(cell, bidirectional):
@@ -126,6 +130,7 @@ def test_the_classifier_equals_linen_and_weights_move_both_ways(cell, bidirectio
     reference.assert_trees_close(model(x), linen.apply(theirs, x), atol=0)
 
 
+@pytest.mark.slow
 def test_weights_of_another_model_are_refused():
     model = lx.Classifier(28, units=(8,), rngs=nnx.Rngs(0))
     other = lnn.Classifier(units=(16,)).init(jax.random.key(0), jnp.ones((1, 28, 28)))
@@ -164,6 +169,7 @@ def test_nnx_optimizer_trains_these_layers():
     assert losses[-1] < 0.5 * losses[0], losses
 
 
+@pytest.mark.slow
 def test_to_linen_and_from_linen_are_the_same_model():
     x = jnp.ones((2, 28, 28)) * 0.3
     model = lx.Sequential(
@@ -185,6 +191,7 @@ def test_to_linen_and_from_linen_are_the_same_model():
         lx.to_linen(nnx.Linear(2, 2, rngs=nnx.Rngs(0)))
 
 
+@pytest.mark.slow
 def test_summary_and_keras_take_nnx_models(capsys):
     keras = pytest.importorskip("keras")
     model = lx.Classifier(28, units=(50,), rngs=nnx.Rngs(0))

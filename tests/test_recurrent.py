@@ -208,6 +208,7 @@ def test_vmap_over_examples_matches_batch(name):
     np.testing.assert_allclose(per_example, fn(params, x, return_sequences=True), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_lstm_custom_gradient_matches_autodiff():
     """The unmasked LSTM uses a hand-written VJP; an all-true mask takes the autodiff path."""
     params, x, states = make_params("lstm"), make_inputs(), make_state("lstm")
@@ -252,6 +253,7 @@ def test_gradients_per_device_under_shard_map_match_the_whole_batch(on_two_cpu_d
     assert on_two_cpu_devices("shard_map_gradients.py") == ["True"] * 9
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "x_dtype, p_dtype",
     [(jnp.bfloat16, jnp.float32), (jnp.float32, jnp.bfloat16), (jnp.bfloat16, jnp.bfloat16)],
@@ -284,6 +286,7 @@ def test_lstm_mixed_dtypes_match_autodiff_path(x_dtype, p_dtype):
         )
 
 
+@pytest.mark.slow
 @cells
 def test_gradients_match_finite_differences(name):
     """Checks the whole gradient (custom or autodiff) against float64 finite differences."""

@@ -50,6 +50,7 @@ def test_batch_statistics_train_on_whole_batches_only():
     assert steps.examples_per_epoch(1000, 128, calls_lib.Calls(collections=("stats",))) == 896
 
 
+@pytest.mark.slow
 def test_the_evaluation_is_the_mean_loss_and_accuracy_of_the_model_s_logits():
     config = training.Config(units=(6,), batch_size=32)
     model = steps.make_model(config, 3)
