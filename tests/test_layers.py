@@ -39,6 +39,14 @@ def test_import_lstm_jax_loads_the_model_layer_only():
         "lstm_jax.load_run\n"
         "print('lstm_jax.training.runs' in sys.modules, 'optax' in sys.modules)\n"
     )
+    steps_only = (
+        "import sys\nfrom lstm_jax.training import steps\n"
+        "print('orbax' in sys.modules, 'lstm_jax.training.loop' in sys.modules)\n"
+    )
+    out_steps = subprocess.run(
+        [sys.executable, "-c", steps_only], capture_output=True, text=True, check=True
+    ).stdout
+    assert out_steps == "False False\n"  # the loop and orbax load when first used
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.split("\n")

@@ -22,6 +22,8 @@ Several processes (``Config.distributed``) train the same model as one process w
 devices: process 0 writes the run's files and prints; all write the checkpoints together.
 """
 
+import importlib
+
 from lstm_jax.errors import (
     USER_ERRORS,
     CheckpointError,
@@ -44,10 +46,6 @@ from lstm_jax.training.config import (
     check_resume,
     settings,
 )
-from lstm_jax.training.loop import train_and_evaluate
-from lstm_jax.training.runs import Run, load_run, resume_config
-from lstm_jax.training.sharding import devices
-from lstm_jax.training.steps import evaluate_params, make_epoch_fns, make_model, train_step
 
 __all__ = [
     "CELLS",
@@ -78,3 +76,28 @@ __all__ = [
     "train_and_evaluate",
     "train_step",
 ]
+
+# The heavier parts (the loop, orbax's checkpoints, the jitted steps) load when first used,
+# so that importing one of this package's modules (``steps``, ``config``) loads only it.
+_LAZY = {
+    "train_and_evaluate": ("lstm_jax.training.loop", "train_and_evaluate"),
+    "Run": ("lstm_jax.training.runs", "Run"),
+    "load_run": ("lstm_jax.training.runs", "load_run"),
+    "resume_config": ("lstm_jax.training.runs", "resume_config"),
+    "devices": ("lstm_jax.training.sharding", "devices"),
+    "evaluate_params": ("lstm_jax.training.steps", "evaluate_params"),
+    "make_epoch_fns": ("lstm_jax.training.steps", "make_epoch_fns"),
+    "make_model": ("lstm_jax.training.steps", "make_model"),
+    "train_step": ("lstm_jax.training.steps", "train_step"),
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        module, attribute = _LAZY[name]
+        return getattr(importlib.import_module(module), attribute)
+    raise AttributeError(f"module 'lstm_jax.training' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
