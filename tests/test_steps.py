@@ -66,5 +66,6 @@ def test_the_evaluation_is_the_mean_loss_and_accuracy_of_the_model_s_logits():
     assert result["loss"] == pytest.approx(want, rel=1e-5)
     assert result["accuracy"] == pytest.approx((logits.argmax(-1) == split.labels).mean())
     calls = steps.model_calls(model, (5, 2))
-    first = steps.eval_logits(model, calls, variables, split.images[:4], seed=0)
+    rngs = calls_lib.eval_rngs(0)
+    first = steps.eval_logits(model, calls, variables, split.images[:4], rngs=rngs)
     np.testing.assert_allclose(first, logits[:4], rtol=1e-5, atol=1e-6)

@@ -92,9 +92,8 @@ class Run:
         self._calls = calls
 
         def logits(variables, x, mask):
-            return steps.eval_logits(
-                self.model, calls, variables, x, seed=self.config.seed, mask=mask
-            )
+            rngs = calls_lib.eval_rngs(self.config.seed)
+            return steps.eval_logits(self.model, calls, variables, x, rngs=rngs, mask=mask)
 
         self._logits = jax.jit(logits)
 

@@ -302,13 +302,14 @@ def make_evaluate(config: Config, model: nn.Module, mesh: Mesh, calls: calls_lib
 
     def evaluate(params, batches, model_state=None):
         variables = {"params": params, **(model_state or {})}
+        rngs = calls_lib.eval_rngs(config.seed)  # once, outside the scan
 
         def body(sums, batch):
             x = data_lib.to_sequences(batch["image"], config.sequence)
             mask = None
             if "length" in batch:
                 mask = calls_lib.lengths_mask(batch["length"], x.shape[1])
-            logits = eval_logits(model, calls, variables, x, seed=config.seed, mask=mask)
+            logits = eval_logits(model, calls, variables, x, rngs=rngs, mask=mask)
             return sums + loss_and_metrics(logits, batch["label"], batch["weight"]), None
 
         sums, _ = jax.lax.scan(body, jnp.zeros(3, jnp.float32), batches)
@@ -317,10 +318,10 @@ def make_evaluate(config: Config, model: nn.Module, mesh: Mesh, calls: calls_lib
     return jax.jit(evaluate, out_shardings=sharding.replicated(mesh))
 
 
-def eval_logits(model, calls: calls_lib.Calls, variables, x, *, seed: int, mask=None):
-    """``model``'s logits in evaluation mode (``calls``' switch off, fixed keys from
-    ``seed`` for any stream it draws): as evaluation and ``Run.logits`` compute them."""
-    rngs = calls_lib.eval_rngs(seed)
+def eval_logits(model, calls: calls_lib.Calls, variables, x, *, rngs, mask=None):
+    """``model``'s logits in evaluation mode (``calls``' switch off; ``rngs``, the fixed keys
+    of ``calls.eval_rngs``, for any stream it draws): as evaluation and ``Run.logits``
+    compute them."""
     return calls_lib.apply(model.apply, calls, variables, x, train=False, rngs=rngs, mask=mask)[0]
 
 
