@@ -125,6 +125,44 @@ def classifier_call(model, x: Array, *, mask=None, deterministic=None) -> Array:
     return x.astype(jnp.float32)
 
 
+def init_embeddings(key: Array, input_dim: int, output_dim: int, dtype=jnp.float32) -> Array:
+    """An ``Embedding``'s table ``[input_dim, output_dim]``, as Keras initialises it:
+    uniform in ``[-0.05, 0.05]``."""
+    return jax.random.uniform(key, (input_dim, output_dim), dtype, -0.05, 0.05)
+
+
+def embedding_call(layer, ids: Array, embeddings: Array) -> Array:
+    """The rows of ``embeddings`` that ``ids`` name (an ``Embedding`` ``layer``'s, this
+    module's or ``lstm_jax.nnx``'s)."""
+    if not jnp.issubdtype(jnp.asarray(ids).dtype, jnp.integer):
+        raise ValueError(
+            f"{type(layer).__name__}: ids must be integers (token ids); got "
+            f"{jnp.asarray(ids).dtype}"
+        )
+    out = jnp.take(embeddings, ids, axis=0)
+    return out if layer.dtype is None else out.astype(layer.dtype)
+
+
+def language_model_call(model, ids: Array, *, initial_state=None, mask=None, deterministic=None):
+    """A ``LanguageModel``'s layers over token ``ids [batch, time]``: ``(float32 logits
+    [batch, time, vocab], state)``, ``state`` a tuple of each recurrent layer's ``(h, c)`` or
+    ``(h,)`` after the last step, starting from ``initial_state`` (None: zeros)."""
+    embedding, *rnns, head = model.layers()
+    if initial_state is not None and len(initial_state) != len(rnns):
+        raise ValueError(
+            f"{type(model).__name__}: initial_state must hold one state per recurrent layer "
+            f"({len(rnns)}); got {len(initial_state)}"
+        )
+    x = embedding(ids)
+    states = []
+    for n, layer in enumerate(rnns):
+        switch = {} if deterministic is None else {"deterministic": deterministic}
+        start = None if initial_state is None else tuple(initial_state[n])
+        x, *state = layer(x, mask=mask, initial_state=start, **switch)
+        states.append(tuple(state))
+    return head(x).astype(jnp.float32), tuple(states)
+
+
 # Keras's activations by name, for ``Dense``.
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "linear": lambda x: x,

@@ -33,7 +33,10 @@ from lstm_jax.forward import (
     check_rates,
     classifier_call,
     dense_call,
+    embedding_call,
+    init_embeddings,
     init_layer_params,
+    language_model_call,
     masked,
     recurrent_call,
     valid_steps,
@@ -47,6 +50,8 @@ __all__ = [
     "Bidirectional",
     "Classifier",
     "Dense",
+    "Embedding",
+    "LanguageModel",
     "Masking",
     "RecurrentBase",
     "Sequential",
@@ -225,9 +230,10 @@ def classifier_chain(model) -> list[tuple[str, int, dict]]:
     if isinstance(classes, bool) or not isinstance(classes, int | np.integer) or classes < 1:
         raise ValueError(f"num_classes must be a positive int; got {classes!r}")
     chain = []
+    every_step = getattr(model, "return_sequences", False)
     for n, units in enumerate(model.units):
         options = {
-            "return_sequences": n < len(model.units) - 1,
+            "return_sequences": every_step or n < len(model.units) - 1,
             "dtype": model.dtype,
             "unroll": model.unroll,
             "dropout": model.dropout,
@@ -249,11 +255,15 @@ class Classifier(nn.Module):
     compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32. ``use_cudnn``,
     ``dropout`` and ``recurrent_dropout`` are each recurrent layer's (``recurrent.lstm``).
     ``mask`` (bool ``[batch, time]``) marks each sequence's valid steps, as ``Sequential``'s.
+    With ``return_sequences``, the last layer returns every step too and the head gives
+    logits at every step, ``[batch, time, num_classes]`` (Keras's ``Dense`` after
+    ``LSTM(return_sequences=True)``): a label per step, or values (``num_classes=1``).
 
     Attributes:
       cell: ``"lstm"``, ``"gru"`` or ``"simple_rnn"`` (``recurrent.CELLS``).
       units: each recurrent layer's units; an int is one layer.
       num_classes: the logits' size.
+      return_sequences: logits at every step, not only after the last.
       bidirectional: each recurrent layer wrapped in ``Bidirectional``.
       dtype: the compute dtype; the logits are float32 whatever it is.
       unroll, use_cudnn, dropout, recurrent_dropout: each recurrent layer's.
@@ -268,6 +278,7 @@ class Classifier(nn.Module):
     use_cudnn: str | bool = "auto"
     dropout: float = 0.0
     recurrent_dropout: float = 0.0
+    return_sequences: bool = False
 
     def __post_init__(self):
         # ``units=50`` as in Keras's ``LSTM(50)``; a tuple either way (hashable, for jit).
@@ -292,8 +303,9 @@ class Classifier(nn.Module):
     def __call__(
         self, x: Array, *, mask: Array | None = None, deterministic: bool | None = None
     ) -> Array:
-        """``x: [batch, time, features]`` -> logits ``[batch, num_classes]``; dropout in
-        training (``deterministic=False``) only."""
+        """``x: [batch, time, features]`` -> logits ``[batch, num_classes]`` (``[batch, time,
+        num_classes]`` with ``return_sequences``); dropout in training
+        (``deterministic=False``) only."""
         deterministic = True if deterministic is None else deterministic
         return classifier_call(self, x, mask=mask, deterministic=deterministic)
 
@@ -377,3 +389,97 @@ class Sequential(nn.Module):
         """``deterministic=False`` trains (dropout on); ``None`` or ``True`` infers."""
         deterministic = True if deterministic is None else deterministic
         return chain_call(self.layers, x, mask=mask, deterministic=deterministic)
+
+
+class Embedding(nn.Module):
+    """Keras's ``Embedding(input_dim, output_dim)``: token ids ``[...]`` -> vectors ``[...,
+    output_dim]``, rows of ``embeddings [input_dim, output_dim]``, initialised uniformly in
+    ``[-0.05, 0.05]`` as Keras does. An id outside ``[0, input_dim)`` reads the nearest row
+    (``jnp.take``'s clip), where Keras would fail.
+
+    Attributes:
+      input_dim: how many ids (the vocabulary's size).
+      output_dim: each vector's size.
+      dtype: the compute dtype; None: the parameters'.
+    """
+
+    input_dim: int
+    output_dim: int
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, ids: Array) -> Array:
+        embeddings = self.param(
+            "embeddings",
+            lambda key: init_embeddings(key, self.input_dim, self.output_dim),
+        )
+        return embedding_call(self, ids, embeddings)
+
+
+class LanguageModel(nn.Module):
+    """``Embedding`` -> recurrent layers -> ``Dense(vocab_size)`` at every step: a language
+    model (char-rnn's; Keras's ``Embedding``, ``LSTM(return_sequences=True)``, ``Dense``).
+
+    ``model.apply(variables, ids)`` maps token ids ``[batch, time]`` to the next token's
+    logits at every step, ``[batch, time, vocab_size]``. Its state can be carried from one
+    call to the next (reading a long text in windows, or generating one token at a time):
+    ``initial_state`` is a tuple with each layer's state (``(h, c)`` for an LSTM, ``(h,)``
+    otherwise, each ``[batch, units]``; None: zeros), and ``return_state=True`` returns
+    ``(logits, state)`` with the state after the last step, in the same form.
+
+    Attributes:
+      vocab_size: how many token ids, in and out.
+      embed: the embedding's size.
+      cell, units, dtype, unroll, use_cudnn, dropout, recurrent_dropout: as ``Classifier``'s.
+    """
+
+    vocab_size: int
+    embed: int = 64
+    cell: str = "lstm"
+    units: int | Sequence[int] = (256,)
+    dtype: Any = None
+    unroll: int = 1
+    use_cudnn: str | bool = "auto"
+    dropout: float = 0.0
+    recurrent_dropout: float = 0.0
+
+    def __post_init__(self):
+        units = (self.units,) if isinstance(self.units, int | np.integer) else self.units
+        object.__setattr__(self, "units", tuple(units))
+        super().__post_init__()
+
+    @nn.nowrap
+    def layers(self) -> tuple[nn.Module, ...]:
+        """``Embedding_0``, the recurrent layers (``LSTM_0``, ...), ``Dense_0``."""
+        if self.cell not in LAYERS:
+            raise ValueError(f"cell must be one of {sorted(LAYERS)}; got {self.cell!r}")
+        options = {"return_sequences": True, "return_state": True, "dtype": self.dtype}
+        options.update(
+            unroll=self.unroll, dropout=self.dropout, recurrent_dropout=self.recurrent_dropout
+        )
+        if self.cell == "lstm":
+            options["use_cudnn"] = self.use_cudnn
+        layer = LAYERS[self.cell]
+        return (
+            Embedding(self.vocab_size, self.embed, dtype=self.dtype, name="Embedding_0"),
+            *(layer(u, **options, name=f"{layer.__name__}_{n}") for n, u in enumerate(self.units)),
+            Dense(self.vocab_size, dtype=self.dtype, name="Dense_0"),
+        )
+
+    @nn.compact
+    def __call__(
+        self,
+        ids: Array,
+        *,
+        initial_state=None,
+        return_state: bool = False,
+        mask: Array | None = None,
+        deterministic: bool | None = None,
+    ):
+        """``ids: [batch, time]`` ints -> logits ``[batch, time, vocab_size]`` (float32),
+        and with ``return_state`` the state after the last step."""
+        deterministic = True if deterministic is None else deterministic
+        logits, state = language_model_call(
+            self, ids, initial_state=initial_state, mask=mask, deterministic=deterministic
+        )
+        return (logits, state) if return_state else logits

@@ -31,6 +31,7 @@ LAYERS = (
                 "nnx",
                 "params",
                 "keras_io",
+                "sampling",
             )
         ),
     ),
