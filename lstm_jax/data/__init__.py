@@ -1,6 +1,8 @@
-"""Classification data: images from TensorFlow Datasets or from a ``.npz`` file in Keras's
-``mnist.npz`` layout (no TensorFlow needed), read as sequences; or your own arrays
-(``from_arrays``): float sequences ``[N, T, F]``, with each one's length if they differ.
+"""The data a run learns from: images from TensorFlow Datasets or from a ``.npz`` file in
+Keras's ``mnist.npz`` layout (no TensorFlow needed), read as sequences; text (TFDS's
+``tiny_shakespeare``, a ``.txt`` file, or a string: ``from_text``) as windows of character
+ids; or your own arrays (``from_arrays``): float sequences ``[N, T, F]`` or token ids
+``[N, T]``, with each one's length if they differ, and the targets of any task (``TASKS``).
 
 Each image ``[H, W, C]`` becomes a sequence in one of three ways (``sequence=``):
 
@@ -20,8 +22,10 @@ from lstm_jax.data.npz import load_npz, save_npz
 from lstm_jax.data.splits import (
     PERMUTATION_SEED,
     SEQUENCES,
+    TASKS,
     Dataset,
     Split,
+    example_input,
     fingerprint,
     float32,
     gather,
@@ -29,18 +33,22 @@ from lstm_jax.data.splits import (
     sequence_shape,
     to_sequences,
 )
+from lstm_jax.data.text import from_text
 from lstm_jax.data.tfds import load
 from lstm_jax.errors import DataError
 
 __all__ = [
     "PERMUTATION_SEED",
     "SEQUENCES",
+    "TASKS",
     "DataError",
     "Dataset",
     "Split",
+    "example_input",
     "fingerprint",
     "float32",
     "from_arrays",
+    "from_text",
     "gather",
     "held_out",
     "load",

@@ -15,14 +15,18 @@ import numpy as np
 from lstm_jax.errors import DataError
 
 SEQUENCES = ("rows", "pixels", "permuted")
+# What a run learns from the targets (``lstm_jax.training.tasks``): a class per sequence, a
+# class per step, the next token of a text, or float values.
+TASKS = ("classify", "per_step", "next_token", "regress")
 PERMUTATION_SEED = 0  # fixed: every run of ``permuted`` reads pixels in the same order
 
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-    """``images``: uint8 images ``[N, H, W, C]``, or float32 sequences ``[N, T, F]``
-    (``from_arrays``); ``labels: [N]`` int32; ``lengths``: ``[N]`` int32, each sequence's
-    valid steps (the rest is padding), or None. On the host."""
+    """``images``: uint8 images ``[N, H, W, C]``, float32 sequences ``[N, T, F]``
+    (``from_arrays``) or int32 token ids ``[N, T]`` (text); ``labels``: the targets, int32
+    classes ``[N]`` or ``[N, T]``, or float32 values ``[N, ...]`` (the task's); ``lengths``:
+    ``[N]`` int32, each sequence's valid steps (the rest is padding), or None. On the host."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -45,7 +49,10 @@ class Split:
 @dataclasses.dataclass(frozen=True)
 class Dataset:
     """Three splits and their classes; ``from_arrays``: your own arrays (not a data set a
-    run can load again by its name)."""
+    run can load again by its name). ``task``: what the targets are for (``TASKS``);
+    ``vocabulary``: for text, the characters whose ids the tokens are (id ``i`` is
+    ``vocabulary[i]``); ``input_vocab``: for token inputs, how many ids there are (an
+    ``Embedding``'s size), else None. ``num_classes`` is 1 for ``regress``."""
 
     name: str
     train: Split
@@ -53,6 +60,9 @@ class Dataset:
     test: Split
     num_classes: int
     from_arrays: bool = False
+    task: str = "classify"
+    vocabulary: str | None = None
+    input_vocab: int | None = None
 
 
 def fingerprint(*splits: Split) -> str:
@@ -74,7 +84,8 @@ def fingerprint(*splits: Split) -> str:
 
 def to_sequences(images: jax.Array, sequence: str = "rows") -> jax.Array:
     """``[B, H, W, C]`` uint8 images -> float32 ``[batch, time, features]`` in ``[0, 1]``;
-    sequences ``[B, T, F]`` (``from_arrays``) are already that, and come back as they are.
+    sequences ``[B, T, F]`` (``from_arrays``) are already that, and come back as they are, as
+    do token ids ``[B, T]`` (an ``Embedding`` reads them).
 
     >>> import numpy as np
     >>> x = np.zeros((2, 28, 28, 1), np.uint8)
@@ -83,6 +94,8 @@ def to_sequences(images: jax.Array, sequence: str = "rows") -> jax.Array:
     """
     if sequence not in SEQUENCES:
         raise ValueError(f"sequence must be one of {SEQUENCES}; got {sequence!r}")
+    if images.ndim == 2:
+        return jnp.asarray(images, jnp.int32)
     if images.ndim == 3:
         return jnp.asarray(images, jnp.float32)
     b, h, w, c = images.shape
@@ -99,9 +112,10 @@ def _permutation(n: int) -> np.ndarray:
     return np.random.default_rng(PERMUTATION_SEED).permutation(n)
 
 
-def sequence_shape(image_shape: tuple[int, ...], sequence: str) -> tuple[int, int]:
-    """``(time, features)`` of one image read as ``sequence``, or of one sequence."""
-    if len(image_shape) == 2:
+def sequence_shape(image_shape: tuple[int, ...], sequence: str) -> tuple[int, ...]:
+    """``(time, features)`` of one image read as ``sequence``, or of one sequence; ``(time,)``
+    of one sequence of token ids."""
+    if len(image_shape) <= 2:
         return tuple(image_shape)
     h, w, c = image_shape
     return (h, w * c) if sequence == "rows" else (h * w, c)
@@ -130,9 +144,17 @@ def gather(array: np.ndarray, index: np.ndarray) -> np.ndarray:
     return np.take(array, index, axis=0, out=out)
 
 
-def held_out(name, train: Split, test: Split, validation_split: float, num_classes=None):
+def example_input(input_shape: tuple[int, ...], batch: int = 1) -> jax.ShapeDtypeStruct:
+    """The model's input for ``batch`` sequences of ``input_shape``: float32 ``[batch, time,
+    features]``, or int32 token ids ``[batch, time]`` for ``(time,)``."""
+    dtype = jnp.int32 if len(input_shape) == 1 else jnp.float32
+    return jax.ShapeDtypeStruct((batch, *input_shape), dtype)
+
+
+def held_out(name, train: Split, test: Split, validation_split: float, num_classes=None, **kw):
     """The ``Dataset`` with the last ``validation_split`` of ``train`` held out (Keras's
-    split point); ``num_classes`` from the labels when not given."""
+    split point); ``num_classes`` from the labels when not given; ``kw``: the ``Dataset``'s
+    other fields."""
     cut = math.floor(len(train) * (1 - validation_split))
     if cut == 0 or (validation_split > 0 and cut == len(train)):
         what = "no example to train on" if cut == 0 else "no example held out for validation"
@@ -147,7 +169,7 @@ def held_out(name, train: Split, test: Split, validation_split: float, num_class
                 array.flags.writeable = False
     if num_classes is None:
         num_classes = int(max(train.labels.max(), test.labels.max())) + 1
-    return Dataset(name, *splits, num_classes=num_classes)
+    return Dataset(name, *splits, num_classes=num_classes, **kw)
 
 
 def float32(x) -> np.ndarray:

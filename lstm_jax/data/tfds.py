@@ -1,5 +1,6 @@
-"""Image classification data sets from TensorFlow Datasets (``load``), or a ``.npz`` file in
-Keras's ``mnist.npz`` layout (``load("FILE.npz")``, read without TensorFlow)."""
+"""Data sets by name (``load``): image classification or text (``tiny_shakespeare``) from
+TensorFlow Datasets, a ``.npz`` file in Keras's ``mnist.npz`` layout (``load("FILE.npz")``,
+read without TensorFlow), or a UTF-8 text file (``load("FILE.txt")``)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import sys
 import numpy as np
 
 from lstm_jax._process import console
+from lstm_jax.data import text as text_lib
 from lstm_jax.data.npz import load_npz
 from lstm_jax.data.splits import Dataset, Split, held_out
 from lstm_jax.errors import DataError
@@ -113,7 +115,10 @@ def _load_split(name: str, split: str, data_dir: str | None, download: bool) -> 
     import tensorflow as tf
 
     with _absl_warnings_held():
-        ds = tfds.load(name, split=split, data_dir=data_dir, as_supervised=True, download=download)
+        ds = tfds.load(name, split=split, data_dir=data_dir, download=download)
+    if "text" in ds.element_spec:
+        return Split(np.zeros((0,), np.int32), np.zeros((0,), np.int32))  # read by _texts
+    ds = ds.map(lambda x: (x["image"], x["label"]))
     images, labels = [], []
     try:
         for x, y in tfds.as_numpy(ds.batch(10_000)):
@@ -128,6 +133,18 @@ def _load_split(name: str, split: str, data_dir: str | None, download: bool) -> 
             f"{reason} ({type(e).__name__}). {_rebuild(name, version_dir)}"
         ) from e
     return Split(np.concatenate(images), np.concatenate(labels).astype(np.int32))
+
+
+def _texts(name: str, data_dir: str | None, download: bool) -> list[str]:
+    """The train, validation and test texts of a TFDS text data set (one ``text`` each)."""
+    tfds = _tfds()
+    _splits(name, data_dir, download)  # prepared, or a DataError that says how
+    texts = []
+    for split in ("train", "validation", "test"):
+        with _absl_warnings_held():
+            ds = tfds.load(name, split=split, data_dir=data_dir, download=False)
+        texts.append("".join(x["text"].decode("utf-8") for x in tfds.as_numpy(ds)))
+    return texts
 
 
 def _parses(path: pathlib.Path) -> bool:
@@ -152,20 +169,23 @@ def load(
     data_dir: str | None = None,
     validation_split: float = 0.2,
     download: bool = True,
+    bptt: int = 100,
 ) -> Dataset:
-    """Loads an image classification data set; holds out the end of ``train``.
+    """Loads an image classification data set, or a text; holds out the end of ``train``.
 
     As Keras's ``validation_split``, the *last* ``validation_split`` of the training set
     (before any shuffling) is the validation set: 48,000 / 12,000 for MNIST at 0.2.
 
     Args:
       name: a TFDS name with ``image`` and ``label`` features, e.g. ``mnist``,
-        ``fashion_mnist``; or the path of a ``.npz`` file (``load_npz``), read without
-        TensorFlow.
+        ``fashion_mnist``, or with one ``text`` per split (``tiny_shakespeare``: its own
+        train, validation and test texts); or the path of a ``.npz`` file (``load_npz``),
+        read without TensorFlow; or of a ``.txt`` file (``text.from_text``).
       data_dir: a TFDS data directory; ``None`` is TFDS's own (``TFDS_DATA_DIR`` or
         ``~/tensorflow_datasets``).
       validation_split: the fraction held out, in ``[0, 1)``.
       download: let TFDS download and prepare the data when it is missing.
+      bptt: for text, the steps of each window (``text.windows``).
 
     Raises:
       DataError: unknown data set, data missing and no way to download it, or TFDS not
@@ -176,9 +196,14 @@ def load(
     if str(name).endswith(".npz"):
         train, test = load_npz(name)
         return held_out(str(name), train, test, validation_split)
+    if str(name).endswith(".txt"):
+        return text_lib.load_text_file(name, bptt=bptt, validation_split=validation_split)
     _check_name(name)
     builder = _builder(name, data_dir)
     features = builder.info.features
+    if "text" in features and "image" not in features:
+        texts = _texts(name, data_dir, download)
+        return text_lib.text_dataset(name, *texts, bptt=bptt)
     if "image" not in features or "label" not in features or len(features["image"].shape) != 3:
         raise DataError(
             f"{name!r} is not an image classification data set with 'image' [H, W, C] and "
