@@ -37,6 +37,8 @@ examples:
   python train.py --dataset fashion_mnist --epochs 10
   python train.py --workdir runs/lesson --resume --epochs 6   continue a run
   python train.py --workdir runs/lesson --evaluate  test a finished run again
+  python train.py --dataset tiny_shakespeare --workdir runs/shakespeare   a language model
+  python train.py --workdir runs/shakespeare --generate "ROMEO:" --length 500 --temperature 0.8
 """
 
 
@@ -65,6 +67,7 @@ def _model_and_recipe() -> dict[str, dict]:
             "recurrent_dropout": dict(
                 type=float, metavar="RATE", help="h's units dropped in training, as Keras's"
             ),
+            "embed": dict(type=int, metavar="N", help="a language model's Embedding size"),
         },
         **{
             "epochs": dict(type=int, help="passes over the training set"),
@@ -99,8 +102,29 @@ def _data_and_run() -> dict[str, dict]:
     return {
         **{
             "dataset": dict(
-                help="a TFDS image classification data set (mnist, fashion_mnist, ...), or a "
-                "FILE.npz in Keras's mnist.npz layout, read without TensorFlow"
+                help="a TFDS image classification data set (mnist, fashion_mnist, ...), a "
+                "FILE.npz in Keras's mnist.npz layout, read without TensorFlow, or text: "
+                "tiny_shakespeare or a UTF-8 FILE.txt (a character language model)"
+            ),
+            "task": dict(
+                choices=data.TASKS,
+                help="what the run learns (default: the data's; text: next_token, whose "
+                "recipe starts from "
+                + ", ".join(
+                    f"--{k.replace('_', '-')} {_shown(v)}"
+                    for k, v in training.TASK_DEFAULTS["next_token"].items()
+                )
+                + ")",
+            ),
+            "bptt": dict(
+                type=int,
+                metavar="STEPS",
+                help="a text's windows: the steps backpropagation reaches back through",
+            ),
+            "windows": dict(
+                choices=training.WINDOWS,
+                help="streams: the text read as contiguous streams, the state carried from "
+                "each window to the next; random: windows in random order, each from zeros",
             ),
             "sequence": dict(
                 choices=data.SEQUENCES,
@@ -130,12 +154,17 @@ def _data_and_run() -> dict[str, dict]:
     }
 
 
+def _shown(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
 def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
     """``train.py``'s flags; with ``defaults=False``, a parser that returns only the flags
     given."""
     p = _Parser(
         description="Trains a recurrent classifier on images read as sequences (sequential\n"
-        "MNIST by default) and reports its test accuracy. The defaults are the Keras\n"
+        "MNIST by default) and reports its test accuracy, or a character language model\n"
+        "of a text, which --generate then writes with. The defaults are the Keras\n"
         "lesson's recipe: LSTM(50) then Dense(10), Adam 1e-3, batch 128, 3 epochs.",
         epilog=EXAMPLES,
         formatter_class=_Formatter,
@@ -154,7 +183,13 @@ def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
     _add_run_flags(groups["run"])
     _add_process_flags(p)
     if defaults:  # of the flags that are not the run's settings (``Config`` has those)
-        p.set_defaults(cpu_devices=0, join_timeout=distributed.JOIN_TIMEOUT_S)
+        p.set_defaults(
+            cpu_devices=0,
+            join_timeout=distributed.JOIN_TIMEOUT_S,
+            length=500,
+            temperature=1.0,
+            generate_seed=0,
+        )
     return p
 
 
@@ -175,6 +210,23 @@ def _add_run_flags(run) -> None:
         action="store_true",
         help="no training: test the newest checkpoint of the run in --workdir",
     )
+    run.add_argument(
+        "--generate",
+        metavar="PROMPT",
+        help="no training: the language model of the run in --workdir writes --length "
+        "characters after PROMPT",
+    )
+    run.add_argument("--length", type=int, help="--generate's characters (default: 500)")
+    run.add_argument(
+        "--temperature",
+        type=float,
+        help="--generate's sampling: below 1 safer, above 1 wilder, 0 the likeliest "
+        "character each time (default: 1.0)",
+    )
+    run.add_argument(
+        "--top-k", type=int, metavar="K", help="--generate draws among the K likeliest only"
+    )
+    run.add_argument("--generate-seed", type=int, metavar="SEED", help="--generate's draws")
     run.add_argument(
         "--cpu-devices",
         type=int,
@@ -238,7 +290,7 @@ def main(argv=None) -> int:
     _check_flags(parser, args)
     # One path for the run, in every message: "~" expanded, made absolute, once.
     workdir = None if args.workdir is None else _absolute(args.workdir)
-    if str(args.dataset).endswith(".npz"):  # a data file: the same one from any directory
+    if str(args.dataset).endswith((".npz", ".txt")):  # a file: the same one from any directory
         args.dataset = _absolute(args.dataset)
         if "dataset" in given:
             given["dataset"] = args.dataset
@@ -261,6 +313,9 @@ def main(argv=None) -> int:
         with shutdown.exit_on_signal(lambda: _kept(workdir, args.num_processes)):
             if args.evaluate:
                 _evaluate(workdir, args)
+                return 0
+            if args.generate is not None:
+                _generate(workdir, args)
                 return 0
             if args.distributed:
                 distributed.initialize(*hosts, timeout=args.join_timeout, restore_signals=True)
@@ -285,11 +340,11 @@ def main(argv=None) -> int:
 
 def _check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuses flags that cannot go together, before anything starts."""
-    for flag in ("resume", "evaluate"):
-        if getattr(args, flag) and args.workdir is None:
+    for flag in ("resume", "evaluate", "generate"):
+        if getattr(args, flag) not in (None, False) and args.workdir is None:
             parser.error(f"--{flag} needs the --workdir of the run")
-    if args.resume and args.evaluate:
-        parser.error("--resume and --evaluate: give one")
+    if sum(map(bool, (args.resume, args.evaluate, args.generate is not None))) > 1:
+        parser.error("--resume, --evaluate and --generate: give one")
     if args.cpu_devices < 0:
         parser.error(f"--cpu-devices must be 0 (one per core) or more; got {args.cpu_devices}")
     hosts = (args.coordinator_address, args.num_processes, args.process_id)
@@ -313,17 +368,23 @@ def _config(parser, args, given: dict, workdir: str | None) -> training.Config:
     """The run's settings: from the flags, or from the run in ``workdir`` (``--resume``,
     with the settings given as changes; ``--evaluate``)."""
     try:
-        if args.evaluate:
+        if args.evaluate or args.generate is not None:
             extra = sorted(set(given) & _SETTINGS - set(training.settings(evaluate=True)))
             if extra:
                 flags = ", ".join("--" + f.replace("_", "-") for f in extra)
-                parser.error(f"--evaluate reads the model and settings from the run; drop {flags}")
+                what = "--evaluate" if args.evaluate else "--generate"
+                parser.error(f"{what} reads the model and settings from the run; drop {flags}")
             return training.resume_config(workdir)
         if args.resume:
             changes = {k: v for k, v in given.items() if k in _SETTINGS}
             changes["distributed"] = args.distributed  # as this start is, not as the run's was
             return training.resume_config(workdir, **changes)
-        config = training.Config(**{k: v for k, v in vars(args).items() if k in _SETTINGS})
+        settings = {k: v for k, v in vars(args).items() if k in _SETTINGS}
+        task = args.task or ("next_token" if training.text_task(args.dataset) else "classify")
+        for name, value in training.TASK_DEFAULTS.get(task, {}).items():
+            if name not in given:  # the task's recipe, where no flag says otherwise
+                settings[name] = value
+        config = training.Config(**settings)
         config.validate()  # the one place settings are checked, for flags and library alike
         return config
     except training.ConfigError as e:
@@ -379,10 +440,29 @@ def _evaluate(workdir: str, args) -> None:
     run = runs.load_run(workdir)
     print(f"run: {training.describe_model(run.model)}, checkpoint of epoch {run.epoch}")
     result = run.evaluate("test", data_dir=args.data_dir, download=args.download)
-    print(
-        f"test accuracy: {result['accuracy']:.2%} (loss {result['loss']:.4f}, "
-        f"{result['examples']:,} examples)"
+    if run.task == "classify":
+        print(
+            f"test accuracy: {result['accuracy']:.2%} (loss {result['loss']:.4f}, "
+            f"{result['examples']:,} examples)"
+        )
+        return
+    numbers = {f"test_{k}": v for k, v in result.items() if k not in ("split", "examples")}
+    line = training.test_line(numbers, training.TASKS[run.task])
+    print(f"{line} ({result['examples']:,} examples)")
+
+
+def _generate(workdir: str, args) -> None:
+    from lstm_jax.training import runs
+
+    run = runs.load_run(workdir)
+    text = run.generate(
+        args.generate,
+        args.length,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        seed=args.generate_seed,
     )
+    print(args.generate + text)
 
 
 if __name__ == "__main__":

@@ -148,7 +148,7 @@ def test_images_and_sequences_without_lengths_train(tmp_path):
         (dict(x_train=np.zeros((4, 3))), "x_train must be float sequences"),
         (dict(x_train=np.full((4, 3, 2), np.nan)), "NaN or infinite"),
         (dict(y_train=np.array([0, 1, -1, 0])), "y_train must be integer labels"),
-        (dict(y_train=np.array([0.5, 1, 1, 0])), "y_train must be integer labels"),
+        (dict(y_train=np.array([0.5, 1, 1, 0]), task="classify"), "float targets are values"),
         (dict(lengths_train=np.array([1, 2, 3, 4])), "lengths_train must be from 1 to 3"),
         (dict(lengths_train=np.array([1, 2, 3])), "one per sequence"),
         (dict(lengths_test=None), "go together"),

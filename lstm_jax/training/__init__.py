@@ -3,11 +3,13 @@ and writes a run directory that ``load_run`` reads back.
 
 By default it runs the lesson: LSTM(50) then Dense(10) on MNIST read row by row, softmax
 cross-entropy, Adam at 1e-3, batch 128, 3 epochs, the last 20% of the training set held out
-for validation, then the test set.
+for validation, then the test set. Other tasks (``tasks``: a label per step, the next token of
+a text, values) train through the same loop.
 
 Where each part lives:
 
 * ``config``: ``Config``, the run's settings, and what each one is (``settings``);
+* ``tasks``: what a run learns: its targets, loss and metric;
 * ``steps``: the jitted train step and whole-epoch programs, and the one evaluation;
 * ``calls``: how a module is called (its ``train``/``deterministic``/``mask`` arguments);
 * ``optim``: the optimizer and learning-rate schedules (optax);
@@ -41,10 +43,13 @@ from lstm_jax.training.config import (
     OPTIMIZERS,
     PRECISIONS,
     RESUMABLE,
+    TASK_DEFAULTS,
+    WINDOWS,
     Config,
     check_model_settings,
     check_resume,
     settings,
+    text_task,
 )
 
 __all__ = [
@@ -55,7 +60,10 @@ __all__ = [
     "OPTIMIZERS",
     "PRECISIONS",
     "RESUMABLE",
+    "TASKS",
+    "TASK_DEFAULTS",
     "USER_ERRORS",
+    "WINDOWS",
     "CheckpointError",
     "Config",
     "ConfigError",
@@ -73,6 +81,8 @@ __all__ = [
     "make_model",
     "resume_config",
     "settings",
+    "test_line",
+    "text_task",
     "train_and_evaluate",
     "train_step",
 ]
@@ -89,6 +99,8 @@ _LAZY = {
     "make_epoch_fns": ("lstm_jax.training.steps", "make_epoch_fns"),
     "make_model": ("lstm_jax.training.steps", "make_model"),
     "train_step": ("lstm_jax.training.steps", "train_step"),
+    "TASKS": ("lstm_jax.training.tasks", "TASKS"),
+    "test_line": ("lstm_jax.training.reporting", "test_line"),
 }
 
 

@@ -15,6 +15,9 @@ training switch, the random streams it draws from, and the mask of padded steps.
   Evaluation gives fixed keys.
 * **The mask.** With sequences of given lengths, ``mask=`` (bool ``[batch, time]``) is passed
   to a module whose ``__call__`` takes it (``lstm_jax.linen``'s models do).
+* **The state carried.** A module whose ``__call__`` takes ``initial_state`` and
+  ``return_state`` (``lstm_jax.linen.LanguageModel``) can read a text as streams: each
+  window starts from the state the previous one ended in.
 """
 
 from __future__ import annotations
@@ -37,11 +40,13 @@ NOT_KEPT = ("params", "intermediates")
 class Calls:
     """How to call one module: ``switch``, the keyword its ``__call__`` takes for training
     (one of ``SWITCHES``, or None); ``collections``, the names of the variable collections it
-    keeps besides ``params``; ``takes_mask``, whether ``__call__`` takes ``mask=``."""
+    keeps besides ``params``; ``takes_mask``, whether ``__call__`` takes ``mask=``;
+    ``carries_state``, whether it takes ``initial_state=`` and ``return_state=``."""
 
     switch: str | None = None
     collections: tuple[str, ...] = ()
     takes_mask: bool = False
+    carries_state: bool = False
 
     def kwargs(self, *, train: bool, mask: jax.Array | None = None) -> dict[str, Any]:
         """The keywords ``__call__`` gets for a training or an evaluation call."""
@@ -61,7 +66,10 @@ def calls_of(module: nn.Module, variables: dict | None = None) -> Calls:
     names = parameters_of(module)
     switch = next((s for s in SWITCHES if s in names), None)
     collections = tuple(sorted(k for k in (variables or {}) if k not in NOT_KEPT))
-    return Calls(switch=switch, collections=collections, takes_mask="mask" in names)
+    carries = {"initial_state", "return_state"} <= names
+    return Calls(
+        switch=switch, collections=collections, takes_mask="mask" in names, carries_state=carries
+    )
 
 
 def step_rngs(seed: int, step: jax.Array, device: jax.Array | int = 0) -> dict[str, jax.Array]:
@@ -88,11 +96,17 @@ def apply(
     train: bool,
     rngs: dict[str, jax.Array],
     mask: jax.Array | None = None,
+    initial_state: Any = None,
+    return_state: bool = False,
 ):
     """``(logits, updated collections)``: the model (its ``apply_fn``, ``module.apply``) on
     ``x`` with ``variables`` (``params`` and the collections ``calls`` names); in training
-    the collections come back updated, in evaluation as they were."""
+    the collections come back updated, in evaluation as they were. With ``return_state``
+    (a model that ``carries_state``), ``(logits, state)`` in place of the logits, starting
+    from ``initial_state``."""
     kwargs = calls.kwargs(train=train, mask=mask)
+    if return_state:
+        kwargs.update(initial_state=initial_state, return_state=True)
     kept = {k: v for k, v in variables.items() if k != "params"}
     if train and calls.collections:
         logits, updates = apply_fn(

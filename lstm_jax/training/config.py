@@ -23,6 +23,10 @@ PRECISIONS = ("float32", "bfloat16")
 
 LR_SCHEDULES = ("constant", "cosine", "warmup_cosine", "reduce_on_plateau")
 
+# How a language model's training reads its text: contiguous streams, the state carried from
+# each window to the next; or windows in random order, each from a zero state.
+WINDOWS = ("streams", "random")
+
 
 KINDS = ("model", "optimizer", "data", "run")
 
@@ -69,6 +73,10 @@ _CLIPNORM = Rule(
 _DATASET = Rule(lambda v: isinstance(v, str) and v != "", "a name or a path")
 _SPLIT = Rule(lambda v: _is_real(v) and 0 < v < 1, "strictly between 0 and 1")
 _PATH = Rule(lambda v: v is None or isinstance(v, str), "a path or None")
+_TASK = Rule(
+    lambda v: v is None or v in data_lib.TASKS,
+    "one of " + ", ".join(data_lib.TASKS) + ", or None (the data's own)",
+)
 
 
 def _setting(default, kind: str, rule: Rule, *, resumable=False, agreed=True, evaluate=False):
@@ -103,6 +111,8 @@ class Config:
     dropout: float = _setting(0.0, "model", _RATE)
     recurrent_dropout: float = _setting(0.0, "model", _RATE)
     precision: str = _setting("float32", "model", _one_of(PRECISIONS))
+    # A language model's Embedding size (``task`` next_token; ``LanguageModel``).
+    embed: int = _setting(64, "model", _count())
     epochs: int = _setting(3, "optimizer", _count(), resumable=True)
     batch_size: int = _setting(128, "optimizer", _count())
     learning_rate: float = _setting(1e-3, "optimizer", _LEARNING_RATE, resumable=True)
@@ -116,6 +126,11 @@ class Config:
     )
     dataset: str = _setting("mnist", "data", _DATASET)
     sequence: str = _setting("rows", "data", _one_of(data_lib.SEQUENCES))
+    # What the run learns (``lstm_jax.training.tasks``); None: the data's (text: next_token).
+    task: str | None = _setting(None, "data", _TASK)
+    # A text's window: the steps of truncated backpropagation through time.
+    bptt: int = _setting(100, "data", _count())
+    windows: str = _setting("streams", "data", _one_of(WINDOWS))
     validation_split: float = _setting(0.2, "data", _SPLIT)
     # Cap on training examples; None uses them all. For quick runs (notebooks, smoke tests).
     max_train_examples: int | None = _setting(
@@ -163,7 +178,7 @@ def settings(**metadata) -> tuple[str, ...]:
     """The names of ``Config``'s fields whose metadata has the values given, in order.
 
     >>> settings(kind="model")
-    ('cell', 'units', 'bidirectional', 'dropout', 'recurrent_dropout', 'precision')
+    ('cell', 'units', 'bidirectional', 'dropout', 'recurrent_dropout', 'precision', 'embed')
     >>> settings(evaluate=True)
     ('data_dir', 'download', 'progress')
     """
@@ -214,6 +229,30 @@ def _pairs(name, config: Config, names, saved: Config | None = None) -> str:
         + ("" if saved is None else f" (the run's: {_show(getattr(saved, n))})")
         for n in names
     )
+
+
+# Where a task's recipe differs from the lesson's: ``train.py`` starts from these for the
+# task (flags given still win). A character language model of tiny Shakespeare: char-rnn's
+# recipe at a size that trains in minutes on two cores.
+TASK_DEFAULTS = {
+    "next_token": {
+        "units": (512,),
+        "batch_size": 32,
+        "learning_rate": 2e-3,
+        "clipnorm": 5.0,
+        "epochs": 3,
+        "validation_split": 0.1,
+    },
+}
+
+
+def text_task(dataset: str) -> bool:
+    """Whether ``dataset`` names a text (``--dataset FILE.txt``, TFDS's ``tiny_shakespeare``),
+    whose task is ``next_token``."""
+    return dataset.endswith(".txt") or dataset.split(":")[0] in TEXT_DATASETS
+
+
+TEXT_DATASETS = ("tiny_shakespeare",)
 
 
 # Schedules planned over the run's epochs: a resumed run keeps its epochs under them.

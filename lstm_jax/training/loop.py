@@ -37,9 +37,16 @@ from lstm_jax.training import (
     runs,
     sharding,
     steps,
+    tasks,
 )
 from lstm_jax.training.checkpoints import Checkpointer
-from lstm_jax.training.config import MODEL_SETTINGS, Config, check_model_settings, settings
+from lstm_jax.training.config import (
+    MODEL_SETTINGS,
+    Config,
+    check_model_settings,
+    settings,
+    text_task,
+)
 
 
 def train_and_evaluate(
@@ -79,7 +86,7 @@ def train_and_evaluate(
     """
     run = _prepare(config, workdir, model, data, variables, print_fn)
     state, metrics = _train(run, variables)
-    run.print_fn(f"test accuracy: {metrics['test_accuracy']:.2%}")
+    run.print_fn(reporting.test_line(metrics, run.task))
     return _result(metrics, state, run.nnx_model)
 
 
@@ -101,13 +108,14 @@ class _Run:
     unused: tuple[str, ...]  # settings the model does not use, recorded as null
     calls: Any  # steps.model_calls'
     examples: int  # of ``train``, trained each epoch
+    task: tasks.Task
+    streams: bool  # a text read as contiguous streams, the model's state carried
 
 
 def _prepare(config, workdir, model, data, variables, print_fn) -> _Run:
     """Everything checked that can be before the run's directory is made: the settings,
     the run to resume, the data, the model and how it is called; the setup printed."""
-    if data is not None:
-        config = dataclasses.replace(config, dataset=data.name)
+    config = _with_task(config, data)
     config.validate()
     if config.distributed:
         distributed.initialize()  # on a cluster JAX detects, unless already joined
@@ -118,17 +126,21 @@ def _prepare(config, workdir, model, data, variables, print_fn) -> _Run:
     writer = jax.process_index() == 0
     print_fn = print_fn if writer else reporting.silent
     ds, train = steps.load_data(config, data)
+    task = tasks.TASKS[config.task]
     input_shape = data_lib.sequence_shape(train.images.shape[1:], config.sequence)
     model, nnx_model = _linen(model)
-    model = _the_model(config, model, saved, ds.num_classes)
-    unused = _unused_settings(config, model, ds.num_classes, new=saved is None)
+    model = _the_model(config, model, saved, ds)
+    unused = _unused_settings(config, model, ds, new=saved is None)
     calls = model_checks.check_model(
         model,
         input_shape,
         ds.num_classes,
         masked=train.lengths is not None,
         test_shape=data_lib.sequence_shape(ds.test.images.shape[1:], config.sequence),
+        task=task,
+        targets_shape=train.labels.shape[1:],
     )
+    streams = _streams(config, ds, calls)
     examples = steps.examples_per_epoch(len(train), config.batch_size, calls)
     if distributed.is_multiprocess():  # all alike, or all stop
         distributed.agree(_statement(config, model, ds, train))
@@ -148,7 +160,44 @@ def _prepare(config, workdir, model, data, variables, print_fn) -> _Run:
         unused=unused,
         calls=calls,
         examples=examples,
+        task=task,
+        streams=streams,
     )
+
+
+def _with_task(config: Config, data) -> Config:
+    """``config`` with its task said: the one given, which must be the data's, or the data's
+    (``data``'s own; a text's ``next_token``; else ``classify``)."""
+    if data is not None:
+        config = dataclasses.replace(config, dataset=data.name)
+        if config.task is not None and config.task != data.task:
+            raise ConfigError(
+                "task",
+                f"task {config.task}: the data was made for task {data.task} (its targets are "
+                f"{data.train.labels.dtype} {list(data.train.labels.shape[1:]) or 'one'} per "
+                "example); give that task, or make the data for this one "
+                "(data.from_arrays(..., task=...))",
+            )
+        return dataclasses.replace(config, task=data.task)
+    if config.task is None:
+        task = "next_token" if text_task(config.dataset) else "classify"
+        return dataclasses.replace(config, task=task)
+    return config
+
+
+def _streams(config: Config, ds: data_lib.Dataset, calls) -> bool:
+    """Whether the run reads its text as contiguous streams, carrying the model's state
+    (``windows`` streams, a text, and a model that carries its state)."""
+    if ds.vocabulary is None or config.windows != "streams":
+        return False
+    if not calls.carries_state:
+        raise ConfigError(
+            "windows",
+            "windows streams carries the model's state from one window of the text to the "
+            "next, which needs a model whose __call__ takes initial_state= and return_state= "
+            "(lstm_jax.linen.LanguageModel); give such a model, or windows random",
+        )
+    return True
 
 
 def _train(run: _Run, variables) -> tuple[Any, dict]:
@@ -173,7 +222,9 @@ def _train(run: _Run, variables) -> tuple[Any, dict]:
         state = _initial_state(run, variables, epochs.steps_per_epoch)
         if run.saved is None:
             initial = {"params": state.params, **getattr(state, "model_state", {})}
-            model_checks.check_outputs(run.model, run.calls, initial, run.train, config.sequence)
+            model_checks.check_outputs(
+                run.model, run.calls, initial, run.train, config.sequence, run.task
+            )
         rundir.check_free_space(path, state, checkpointer.max_to_keep)
         state, history = _restore(config, checkpointer, run.mesh, state, run.print_fn)
         if run.writer and config.tensorboard:
@@ -209,13 +260,19 @@ def _finish(run: _Run, epochs: _Epochs, history, *, state, test) -> dict:
         params=state.params,
         test=test,
     )
+    if ds.vocabulary is not None:
+        metrics["vocabulary"] = ds.vocabulary
     metrics["config"].update(dict.fromkeys(run.unused))
     if epochs.examples < len(train):
         metrics["train_examples_per_epoch"] = epochs.examples
     metrics.update(early_stopping.summary(config, history))
     if run.writer:
-        title = f"{params_lib.describe(model)} on {ds.name}: test accuracy {test[1]:.2%}"
-        plot = functools.partial(reporting.plot_curves, metrics["history"], title=title)
+        title = (
+            f"{params_lib.describe(model)} on {ds.name}: {reporting.test_line(metrics, run.task)}"
+        )
+        plot = functools.partial(
+            reporting.plot_curves, metrics["history"], title=title, metric=run.task.metric
+        )
         rundir.write_run_files(run.path, metrics, plot)
     return metrics
 
@@ -308,6 +365,8 @@ class _Epochs:
     progress: reporting.Progress
     meta: dict
     print_fn: Callable[[str], None]
+    task: tasks.Task
+    streams: bool  # the training text read as streams: the same batches every epoch
     scalars: reporting.Scalars | None = None  # --tensorboard's writer, on process 0
 
     @classmethod
@@ -316,10 +375,13 @@ class _Epochs:
         config, mesh, examples, calls = run.config, run.mesh, run.examples, run.calls
         progress = reporting.Progress(config.progress and run.writer)
         on_step = progress.update if progress.enabled else None
+        how = {"task": run.task, "streams": run.streams}
         return cls(
             config=config,
-            train_epoch=steps.make_train_epoch(config, run.model, mesh, examples, on_step, calls),
-            evaluator=steps.Evaluator(config, run.model, mesh, calls),
+            train_epoch=steps.make_train_epoch(
+                config, run.model, mesh, examples, on_step, calls, **how
+            ),
+            evaluator=steps.Evaluator(config, run.model, mesh, calls, **how),
             steps_per_epoch=-(-examples // config.batch_size),
             train=run.train,
             examples=examples,
@@ -329,10 +391,11 @@ class _Epochs:
             progress=progress,
             meta=meta,
             print_fn=run.print_fn,
+            **how,
         )
 
     def run(self, state, history: list[dict]):
-        """``(final state, (test loss, test accuracy))``."""
+        """``(final state, the task's numbers on the test set)``."""
         try:
             with contextlib.ExitStack() as stack:
                 stack.callback(self.progress.close)
@@ -344,7 +407,8 @@ class _Epochs:
                     state, record = self.epoch(state, epoch)
                     history.append(record)
                     state = early_stopping.track(self.config, state, history)
-                    self.print_fn(reporting.epoch_line(record, self.config.epochs))
+                    line = reporting.epoch_line(record, self.config.epochs, self.task.metric)
+                    self.print_fn(line)
                     if early_stopping.stopped(self.config, history):
                         self.print_fn(early_stopping.line(self.config, history))
                     if self.scalars is not None:
@@ -353,7 +417,7 @@ class _Epochs:
                         self.checkpointer.save(epoch, state, {**self.meta, "history": history})
             state = early_stopping.best_state(self.config, state)
             test_sums = self.evaluate(state, "test")
-            return state, steps.rates(jax.device_get(test_sums))
+            return state, self.task.rates(jax.device_get(test_sums))
         except jax.errors.JaxRuntimeError as e:
             if not distributed.is_multiprocess():
                 raise
@@ -378,8 +442,7 @@ class _Epochs:
             )
             first_rate = self.learning_rate(state, int(state.step))  # before it is donated
             start = time.perf_counter()
-            order = sharding.epoch_order(config.seed, epoch, len(self.train))[:n_train]
-            batches = sharding.batches_on_mesh(self.train, order, config.batch_size, self.mesh)
+            batches = self.batches(epoch)
             state, sums, bad_step = train_epoch(state, batches)
             del batches  # the epoch's examples, freed as soon as it ends
             sums, bad_step = jax.device_get((sums, bad_step))
@@ -392,7 +455,7 @@ class _Epochs:
                 raise TrainingDiverged(None, epoch, self.kept())
             epoch_seconds = time.perf_counter() - start
         record = reporting.epoch_record(
-            epoch, sums, val_sums, n_train, train_seconds, epoch_seconds
+            epoch, sums, val_sums, n_train, train_seconds, epoch_seconds, self.task
         )
         record.update(
             compilations=compiles.count,
@@ -402,6 +465,15 @@ class _Epochs:
             learning_rate=self.learning_rate(state, int(state.step) - 1),
         )
         return state, record
+
+    def batches(self, epoch: int) -> dict:
+        """The training batches of ``epoch``, on the mesh: the examples in the epoch's own
+        order, or a text's contiguous streams (``sharding.stream_batches``)."""
+        config = self.config
+        if self.streams:
+            return sharding.stream_batches(self.train, config.batch_size, self.mesh)
+        order = sharding.epoch_order(config.seed, epoch, len(self.train))[: self.examples]
+        return sharding.batches_on_mesh(self.train, order, config.batch_size, self.mesh)
 
     def learning_rate(self, state, step: int) -> float:
         """The rate of ``step`` (a schedule's), with ``state``'s optimizer state (a plateau's)."""
@@ -431,20 +503,27 @@ def _restore(config, checkpointer, mesh, state, print_fn):
     return state, list(meta["history"])[:epoch]
 
 
-def _unused_settings(config: Config, model: nn.Module, num_classes: int, *, new: bool):
-    """The settings of ``config`` that ``model`` does not use: none when it is the
-    ``Classifier`` they describe; else ``MODEL_SETTINGS``, which a new run must leave at
-    their defaults (``check_model_settings``)."""
-    if model == steps.make_model(config, num_classes):
-        return ()
+def _make_model(config: Config, ds: data_lib.Dataset) -> nn.Module:
+    """The model ``config`` describes for ``ds``'s task and targets."""
+    per_step = ds.train.labels.ndim >= 2
+    return steps.make_model(config, ds.num_classes, task=config.task, per_step=per_step)
+
+
+def _unused_settings(config: Config, model: nn.Module, ds: data_lib.Dataset, *, new: bool):
+    """The settings of ``config`` that ``model`` does not use: none when it is the model
+    they describe; else ``MODEL_SETTINGS``, which a new run must leave at their defaults
+    (``check_model_settings``); a ``Classifier``'s leave ``embed`` unused."""
+    if model == _make_model(config, ds):
+        return () if config.task == "next_token" else ("embed",)
     if new:
         check_model_settings(config)
     return MODEL_SETTINGS
 
 
-def _the_model(config: Config, model: nn.Module | None, saved: dict | None, num_classes: int):
+def _the_model(config: Config, model: nn.Module | None, saved: dict | None, ds):
     """The module to train: ``model``, the resumed run's (``saved`` is its meta), or the
-    ``Classifier`` of ``config``."""
+    model of ``config`` for ``ds``."""
+    num_classes = ds.num_classes
     if model is None and saved is not None:
         try:
             model = rundir.module_from_spec(saved["model"])
@@ -455,7 +534,7 @@ def _the_model(config: Config, model: nn.Module | None, saved: dict | None, num_
             "model", "model: this is not the model the run was started with; resume that one"
         )
     if model is None:
-        model = steps.make_model(config, num_classes)
+        model = _make_model(config, ds)
     if not isinstance(model, nn.Module):
         raise ConfigError("model", f"model must be a Flax linen Module; got {type(model).__name__}")
     if saved is not None and saved["num_classes"] != num_classes:

@@ -18,7 +18,7 @@ from lstm_jax import data as data_lib
 from lstm_jax import linen as lnn
 from lstm_jax.errors import ConfigError
 from lstm_jax.training import calls as calls_lib
-from lstm_jax.training import steps
+from lstm_jax.training import steps, tasks
 from lstm_jax.training.calls import Calls
 
 
@@ -29,12 +29,16 @@ def check_model(
     *,
     masked: bool,
     test_shape: tuple[int, int] | None = None,
+    task: tasks.Task = tasks.TASKS["classify"],
+    targets_shape: tuple[int, ...] = (),
 ) -> Calls:
     """How to call ``model`` (``lstm_jax.training.calls``), once it is known to map ``[batch,
     *input_shape]`` to logits ``[batch, num_classes]`` in training (with its collections
     updated and its random streams given keys) and in evaluation, to read the test set's
     ``[batch, *test_shape]`` too with the same weights, and to take ``mask=`` if the data
-    is ``masked``; refused before anything is written otherwise."""
+    is ``masked``; refused before anything is written otherwise. For other tasks than
+    ``classify``, the outputs are those ``task`` needs for targets ``targets_shape`` (one
+    example's): logits at every step, or values of the targets' shape."""
     name = type(model).__name__
     try:
         variables = steps.init_variables(model, input_shape, abstract=True)
@@ -52,7 +56,7 @@ def check_model(
     if test_shape is not None and tuple(test_shape) != tuple(input_shape):
         reads.append((tuple(test_shape), False))
     for shape, train in reads:
-        x = jax.ShapeDtypeStruct((2, *shape), jnp.float32)
+        x = data_lib.example_input(shape, 2)
         mask = jax.ShapeDtypeStruct((2, shape[0]), jnp.bool_) if masked else None
         try:
             out = jax.eval_shape(
@@ -69,7 +73,11 @@ def check_model(
                 f"sequences of {input_shape[0]} steps, or a model that reads any length. "
                 f"{type(e).__name__}: {str(e)[:300]}",
             ) from e
-        check_logits(model, out, num_classes)
+        if task.name == "classify":
+            check_logits(model, out, num_classes)
+        else:
+            per_step = shape[:1] + tuple(targets_shape[1:]) if task.per_step else targets_shape
+            check_outputs_shape(model, out, task, per_step, num_classes)
     return calls
 
 
@@ -81,9 +89,26 @@ def _logits(model, calls, variables, x, mask, *, train: bool):
 def _unreadable(name: str, shape, e: Exception) -> ConfigError:
     return ConfigError(
         "model",
-        f"model: {name} cannot read inputs [batch, {shape[0]}, {shape[1]}]: "
+        f"model: {name} cannot read inputs [batch, {', '.join(map(str, shape))}]: "
         f"{type(e).__name__}: {str(e)[:300]}",
     )
+
+
+def check_outputs_shape(model, out, task: tasks.Task, targets_shape, num_classes: int) -> None:
+    """Refuses outputs (a ``jax.ShapeDtypeStruct`` for 2 examples) other than float ones of
+    the shape ``task`` needs (``tasks.output_shape``; for values, also with a trailing 1)."""
+    want = (2, *tasks.output_shape(task, tuple(targets_shape), num_classes))
+    shape = out.shape if isinstance(out, jax.ShapeDtypeStruct) else None
+    fits = shape == want or (not task.classes and shape == (*want, 1))
+    if not fits or not jnp.issubdtype(out.dtype, jnp.floating):
+        got = f"{out.dtype} {list(shape)}" if shape is not None else type(out).__name__
+        what = "logits" if task.classes else "values"
+        raise ConfigError(
+            "model",
+            f"model: task {task.name} needs float {what} [batch, "
+            f"{', '.join(map(str, want[1:]))}] for targets [batch, "
+            f"{', '.join(map(str, targets_shape)) or ''}]; {type(model).__name__} gives {got}",
+        )
 
 
 def check_logits(model: nn.Module, out, num_classes: int) -> None:
@@ -113,9 +138,10 @@ def check_logits(model: nn.Module, out, num_classes: int) -> None:
 
 
 def _final_dense(model: nn.Module) -> lnn.Dense | None:
-    """The ``lstm_jax.linen.Dense`` that ends ``model`` (a ``Classifier``, or a ``Sequential``
-    ending in one), whose activation says whether it returns logits."""
-    if isinstance(model, lnn.Classifier):
+    """The ``lstm_jax.linen.Dense`` that ends ``model`` (a ``Classifier`` or
+    ``LanguageModel``, or a ``Sequential`` ending in one), whose activation says whether it
+    returns logits."""
+    if isinstance(model, lnn.Classifier | lnn.LanguageModel):
         return model.layers()[-1]
     last = model.layers[-1] if isinstance(model, lnn.Sequential) and model.layers else None
     return last if isinstance(last, lnn.Dense) else None
@@ -125,13 +151,19 @@ PROBE = 16  # training examples the outputs are looked at on
 
 
 def check_outputs(
-    model: nn.Module, calls: Calls, variables: dict, train: data_lib.Split, sequence: str
+    model: nn.Module,
+    calls: Calls,
+    variables: dict,
+    train: data_lib.Split,
+    sequence: str,
+    task: tasks.Task = tasks.TASKS["classify"],
 ) -> None:
     """Refuses a model whose outputs, with its initial ``variables``, on the first ``PROBE``
     training examples, are probabilities (every row in [0, 1] and summing to 1: a softmax
     of its own), which the loss would take as logits and train poorly on. A model ending in
-    lstm_jax's ``Dense`` (``check_logits`` has checked its activation) is not run."""
-    if _final_dense(model) is not None:
+    lstm_jax's ``Dense`` (``check_logits`` has checked its activation), or one whose task
+    regresses values, is not run."""
+    if _final_dense(model) is not None or not task.classes:
         return
     part = train.head(PROBE)
     x = data_lib.to_sequences(np.asarray(part.images), sequence)

@@ -12,12 +12,13 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 
 from lstm_jax import _jax_compat
 from lstm_jax import params as params_lib
 from lstm_jax._process import console
 from lstm_jax.errors import ConfigError
-from lstm_jax.training.steps import rates
+from lstm_jax.training import tasks
 
 
 class Progress:
@@ -112,28 +113,55 @@ class CompileCounter:
         _jax_compat.unregister_event_time_span_listener(self._listener)
 
 
-def epoch_record(epoch, sums, val_sums, n_train, train_seconds, epoch_seconds) -> dict:
-    (loss, acc), (val_loss, val_acc) = rates(sums), rates(val_sums)
-    return {
-        "epoch": epoch,
-        "train_loss": loss,
-        "train_accuracy": acc,
-        "val_loss": val_loss,
-        "val_accuracy": val_acc,
-        "epoch_seconds": epoch_seconds,
-        "train_seconds": train_seconds,
-        "samples_per_second": n_train / train_seconds,
-    }
-
-
-def epoch_line(h: dict, epochs: int) -> str:
-    compiling = f", {h['compile_seconds']:.1f} s compiling" if h["compilations"] else ""
-    return (
-        f"epoch {h['epoch']}/{epochs}: loss {h['train_loss']:.4f}, accuracy "
-        f"{h['train_accuracy']:.2%} | val_loss {h['val_loss']:.4f}, val_accuracy "
-        f"{h['val_accuracy']:.2%} | {h['epoch_seconds']:.1f} s "
-        f"({h['samples_per_second']:,.0f} samples/s{compiling})"
+def epoch_record(
+    epoch, sums, val_sums, n_train, train_seconds, epoch_seconds, task=tasks.TASKS["classify"]
+) -> dict:
+    """One epoch's numbers: the ``task``'s (``tasks.Task.rates``) on the training and
+    validation splits, as ``train_*`` and ``val_*``, and its times."""
+    train, val = task.rates(sums), task.rates(val_sums)
+    record = {"epoch": epoch}
+    record.update({f"train_{k}": v for k, v in train.items()})
+    record.update({f"val_{k}": v for k, v in val.items()})
+    record.update(
+        epoch_seconds=epoch_seconds,
+        train_seconds=train_seconds,
+        samples_per_second=n_train / train_seconds,
     )
+    if task.per_step and sums[2]:  # tokens (steps) a second, as language models report
+        record["steps_per_second"] = float(sums[2]) / train_seconds
+    return record
+
+
+def _numbers(h: dict, prefix: str, metric: str) -> str:
+    """``loss 1.2345, accuracy 45.67%`` (or ``mae``, ``bits``, ``perplexity``) of ``h``'s
+    ``prefix`` numbers."""
+    name = "loss" if prefix == "train_" else f"{prefix}loss"
+    parts = [f"{name} {h[prefix + 'loss']:.4f}"]
+    if prefix + "bits" in h:
+        parts.append(f"{h[prefix + 'bits']:.3f} bits, perplexity {h[prefix + 'perplexity']:.2f}")
+    label = metric if prefix == "train_" else f"{prefix}{metric}"
+    value = h[prefix + metric]
+    parts.append(f"{label} {value:.2%}" if metric == "accuracy" else f"{label} {value:.4g}")
+    return ", ".join(parts)
+
+
+def epoch_line(h: dict, epochs: int, metric: str = "accuracy") -> str:
+    compiling = f", {h['compile_seconds']:.1f} s compiling" if h["compilations"] else ""
+    rate = f"{h['samples_per_second']:,.0f} samples/s"
+    if "steps_per_second" in h:
+        unit = "tokens" if "train_bits" in h else "steps"
+        rate = f"{h['steps_per_second']:,.0f} {unit}/s"
+    return (
+        f"epoch {h['epoch']}/{epochs}: {_numbers(h, 'train_', metric)} | "
+        f"{_numbers(h, 'val_', metric)} | {h['epoch_seconds']:.1f} s ({rate}{compiling})"
+    )
+
+
+def test_line(metrics: dict, task: tasks.Task) -> str:
+    """``test accuracy: 97.12%``, or the task's numbers on the test set."""
+    if task.name == "classify":
+        return f"test accuracy: {metrics['test_accuracy']:.2%}"
+    return "test: " + _numbers(metrics, "test_", task.metric)
 
 
 def print_setup(config, ds, train, model, input_shape, print_fn, *, examples: int) -> None:
@@ -150,6 +178,20 @@ def print_setup(config, ds, train, model, input_shape, print_fn, *, examples: in
         _, steps, features = train.images.shape
         lengths = "" if train.lengths is None else ", each to its length (masked)"
         read = f"sequences of {steps} steps x {features} features{lengths}"
+    elif train.images.ndim == 2:
+        read = f"sequences of {train.images.shape[1]} token ids"
+        if ds.vocabulary is not None:
+            how = (
+                f"{config.batch_size} contiguous streams, the state carried"
+                if config.windows == "streams"
+                else "in random order, each from a zero state"
+            )
+            read = (
+                f"windows of {train.images.shape[1]} characters ({len(ds.vocabulary)} in the "
+                f"vocabulary), read as {how}"
+            )
+    if config.task not in (None, "classify"):
+        read += f"; task {config.task}"
     print_fn(
         f"data: {ds.name}: {len(train):,} train, {len(ds.validation):,} validation, "
         f"{len(ds.test):,} test; {read}"
@@ -160,13 +202,13 @@ def print_setup(config, ds, train, model, input_shape, print_fn, *, examples: in
             f"of {config.batch_size}: the model keeps batch statistics, which a padded last "
             "batch would skew (those left out differ each epoch)"
         )
-    params_lib.summary(model, (None, *input_shape), print_fn=print_fn)
+    dtype = jnp.int32 if len(input_shape) == 1 else jnp.float32  # token ids, or features
+    params_lib.summary(model, (None, *input_shape), dtype=dtype, print_fn=print_fn)
 
 
 def metrics(config, model, history, *, mesh, splits, params, test) -> dict:
-    """What ``metrics.json`` holds; ``test`` is ``(loss, accuracy)`` on the test set,
-    ``splits`` the data's splits by name."""
-    test_loss, test_acc = test
+    """What ``metrics.json`` holds; ``test`` is the task's numbers on the test set
+    (``tasks.Task.rates``), ``splits`` the data's splits by name."""
     return {
         "config": dataclasses.asdict(config),
         "model": params_lib.describe(model),
@@ -177,8 +219,7 @@ def metrics(config, model, history, *, mesh, splits, params, test) -> dict:
         "params": params_lib.count_params(params),
         "history": history,
         "compile_seconds": sum(h.get("compile_seconds", 0.0) for h in history),
-        "test_loss": test_loss,
-        "test_accuracy": test_acc,
+        **{f"test_{k}": v for k, v in test.items()},
     }
 
 
@@ -196,6 +237,12 @@ class Scalars:
         ("val_loss", "loss/validation"),
         ("train_accuracy", "accuracy/train"),
         ("val_accuracy", "accuracy/validation"),
+        ("train_mae", "mae/train"),
+        ("val_mae", "mae/validation"),
+        ("train_bits", "bits/train"),
+        ("val_bits", "bits/validation"),
+        ("train_perplexity", "perplexity/train"),
+        ("val_perplexity", "perplexity/validation"),
         ("learning_rate", "learning_rate"),
         ("learning_rate_first_step", "learning_rate/first_step"),
         ("epoch_seconds", "epoch_seconds"),
@@ -219,7 +266,8 @@ class Scalars:
 
     def write(self, record: dict) -> None:
         for key, tag in self.TAGS:
-            self._writer.scalar(tag, record[key], record["epoch"])
+            if key in record:  # each task's own numbers
+                self._writer.scalar(tag, record[key], record["epoch"])
         self._writer.flush()
 
     def __exit__(self, *exc) -> None:
@@ -227,10 +275,13 @@ class Scalars:
 
 
 def plot_curves(
-    history: list[dict[str, float]], path: str | os.PathLike, title: str | None = None
+    history: list[dict[str, float]],
+    path: str | os.PathLike,
+    title: str | None = None,
+    metric: str = "accuracy",
 ) -> None:
-    """Loss and accuracy (in percent) per epoch, training against validation, saved as a
-    PNG under ``title``.
+    """Loss and the task's ``metric`` (accuracy in percent, or ``mae``) per epoch, training
+    against validation, saved as a PNG under ``title``.
 
     Drawn on a ``matplotlib.figure.Figure`` of its own, not through ``pyplot``: pyplot's
     backend, and the figures a notebook shows, are left as they were.
@@ -240,7 +291,8 @@ def plot_curves(
     epochs = [h["epoch"] for h in history]
     fig = Figure(figsize=(10, 4))
     ax_loss, ax_acc = fig.subplots(1, 2)
-    for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", "accuracy (%)")):
+    label = "accuracy (%)" if metric == "accuracy" else metric
+    for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, metric, label)):
         scale = 100 if key == "accuracy" else 1
         ax.plot(epochs, [scale * h[f"train_{key}"] for h in history], "o-", label="train")
         ax.plot(epochs, [scale * h[f"val_{key}"] for h in history], "s-", label="validation")

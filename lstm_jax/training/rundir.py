@@ -164,6 +164,9 @@ def new_meta(model: nn.Module, ds: data_lib.Dataset, image_shape, input_shape, c
             "from_arrays": ds.from_arrays,
             "train": [len(ds.train), *image_shape],
             "lengths": ds.train.lengths is not None,
+            "task": ds.task,
+            "targets": list(ds.train.labels.shape[1:]),
+            "vocabulary": ds.vocabulary,
         },
     }
 

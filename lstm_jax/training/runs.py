@@ -96,6 +96,7 @@ class Run:
             return steps.eval_logits(self.model, calls, variables, x, rngs=rngs, mask=mask)
 
         self._logits = jax.jit(logits)
+        self._sampler_made = None
 
     @property
     def nnx_model(self):
@@ -108,12 +109,84 @@ class Run:
         variables = {"params": jax.device_get(self.params)}
         return lnnx.from_linen(self.model, variables, self.input_shape[-1])
 
+    @property
+    def task(self) -> str:
+        """What the run learned (``tasks.TASKS``); ``classify`` for runs made before tasks."""
+        return self.data.get("task") or "classify"
+
+    @property
+    def vocabulary(self) -> str | None:
+        """A text run's characters, id ``i`` being ``vocabulary[i]``; None for other runs."""
+        return self.data.get("vocabulary")
+
+    def _sampler(self):
+        """The run's ``sampling.Sampler`` (a language model's), made once."""
+        if self.vocabulary is None or not self._calls.carries_state:
+            raise ValueError(
+                f"generate reads and writes text: the run in {self.workdir} is a "
+                f"{self.task} run of a {type(self.model).__name__}, not a language model of "
+                "a text (train.py --dataset tiny_shakespeare, or --dataset FILE.txt)"
+            )
+        if self._sampler_made is None:
+            from lstm_jax import sampling
+
+            variables = {"params": self.params, **self.model_state}
+            self._sampler_made = sampling.Sampler(
+                self.model, variables, self._calls.kwargs(train=False)
+            )
+        return self._sampler_made
+
+    def generate(
+        self,
+        prompt: str,
+        length: int,
+        *,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        seed: int = 0,
+    ) -> str:
+        """``length`` characters that the run's language model writes after ``prompt``
+        (which it reads once), one jitted step per character with the state carried; each
+        drawn from the model's distribution sharpened by ``temperature`` (below 1: safer; 0:
+        the likeliest character each time), among the ``top_k`` likeliest if given, from
+        ``seed``. Returns the new characters (not the prompt).
+
+        Raises:
+          ValueError: not a language model's run, an empty prompt, or a bad setting.
+          DataError: the prompt holds characters outside the run's vocabulary.
+        """
+        from lstm_jax import sampling
+        from lstm_jax.data import text
+
+        sampler = self._sampler()
+        if not isinstance(prompt, str) or not prompt:
+            raise ValueError(f"prompt must be a non-empty str; got {prompt!r}")
+        if isinstance(length, bool) or not isinstance(length, int | np.integer) or length < 0:
+            raise ValueError(f"length must be an int, 0 or more; got {length!r}")
+        sampling.check_sampling(temperature, top_k, len(self.vocabulary))
+        ids = text.encode(prompt, self.vocabulary, what="the prompt")[None]
+        out = sampler.generate(ids, int(length), temperature=temperature, top_k=top_k, seed=seed)
+        return text.decode(out[0], self.vocabulary)
+
+    def next_probabilities(self, text_: str) -> np.ndarray:
+        """``[len(text_), vocab]``: after each character of ``text_``, the probability the
+        run's language model gives each next character (reading the whole text at once)."""
+        from lstm_jax.data import text
+
+        self._sampler()
+        ids = text.encode(text_, self.vocabulary, what="the text")[None]
+        return np.asarray(jax.nn.softmax(self.logits(ids)[0], axis=-1))
+
     def sequences(self, inputs) -> jax.Array:
         """``inputs`` as the model reads them, float32 ``[N, T, F]``: ``uint8`` images
         ``[N, H, W]`` or ``[N, H, W, C]`` (as TFDS gives them) are scaled to ``[0, 1]`` and
         read as the run's ``config.sequence``; floating-point ``[N, T, F]`` are taken as
         already prepared."""
         x = np.asarray(inputs)
+        if len(self.input_shape) == 1:
+            if not (np.issubdtype(x.dtype, np.integer) and x.ndim == 2):
+                raise ValueError(f"expected token ids, ints [N, T]; got {x.dtype} {list(x.shape)}")
+            return jnp.asarray(x, jnp.int32)
         if len(self.image_shape) == 2:
             return self._own_sequences(x)
         h, w, c = self.image_shape
@@ -178,7 +251,8 @@ class Run:
         return calls_lib.lengths_mask(lengths, x.shape[1])
 
     def logits(self, inputs, *, lengths=None, batch_size: int = 1024) -> np.ndarray:
-        """The model's output for ``inputs`` (see ``sequences``), ``[N, num_classes]``,
+        """The model's output for ``inputs`` (see ``sequences``), ``[N, num_classes]`` (or
+        the task's: ``[N, T, num_classes]`` at every step, values for ``regress``),
         computed ``batch_size`` examples at a time; ``lengths`` (ints ``[N]``) masks each
         sequence's steps from its length on, as the run's data was."""
         if (
@@ -198,11 +272,12 @@ class Run:
             )
             for i in range(0, len(x), batch_size)
         ]
-        return (
-            np.concatenate([np.asarray(o) for o in out])
-            if out
-            else np.zeros((0, self.num_classes), np.float32)
-        )
+        if not out:
+            shape = jax.eval_shape(
+                self._logits, variables, x[:1], None if mask is None else mask[:1]
+            )
+            return np.zeros((0, *shape.shape[1:]), np.float32)
+        return np.concatenate([np.asarray(o) for o in out])
 
     def predict_proba(self, inputs, *, lengths=None, batch_size: int = 1024) -> np.ndarray:
         """Class probabilities ``[N, num_classes]`` (the softmax of ``logits``)."""
@@ -222,9 +297,10 @@ class Run:
         download: bool = True,
         data: data_lib.Dataset | None = None,
     ):
-        """Loss and accuracy on a split of the run's data set (``test``, ``validation`` or
-        ``train``): ``{"split", "examples", "loss", "accuracy"}``. A run of your own arrays
-        needs them again: ``data``."""
+        """The task's numbers on a split of the run's data set (``test``, ``validation`` or
+        ``train``): ``{"split", "examples", "loss", "accuracy"}`` for a classifier (``mae``
+        for values; ``bits`` and ``perplexity`` too for a language model). A run of your own
+        arrays needs them again: ``data``."""
         if data is None and self.data.get("from_arrays"):
             raise ConfigError(
                 "data",

@@ -106,6 +106,36 @@ def batches_on_mesh(
     index[:n] = order
     index = index.reshape(steps, batch_size)
     weight = (np.arange(steps * batch_size) < n).astype(np.float32).reshape(steps, batch_size)
+    return _place_batches(split, index, weight, mesh)
+
+
+def stream_index(n: int, streams: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(index, weight)``, each ``[steps, streams]``: ``n`` windows of a text, in the text's
+    order, as ``streams`` contiguous streams read side by side (char-rnn's and PyTorch's
+    ``batchify``): stream ``s`` is windows ``s * steps`` to ``(s + 1) * steps - 1``, so row
+    ``s`` of batch ``k + 1`` continues row ``s`` of batch ``k``. Past the last window, weight 0.
+
+    >>> index, weight = stream_index(5, 2)
+    >>> index.tolist(), weight.tolist()
+    ([[0, 3], [1, 4], [2, 0]], [[1.0, 1.0], [1.0, 1.0], [1.0, 0.0]])
+    """
+    steps = -(-n // streams)
+    index = np.arange(steps * streams, dtype=np.int32).reshape(streams, steps).T
+    weight = (index < n).astype(np.float32)
+    return np.ascontiguousarray(np.where(index < n, index, 0)), np.ascontiguousarray(weight)
+
+
+def stream_batches(split: data_lib.Split, streams: int, mesh: Mesh) -> dict[str, jax.Array]:
+    """``split``'s windows as ``streams`` contiguous streams (``stream_index``), placed as
+    ``batches_on_mesh`` places its batches: each device holds the same rows, so the same
+    streams, in every batch."""
+    index, weight = stream_index(len(split), streams)
+    return _place_batches(split, index, weight, mesh)
+
+
+def _place_batches(split, index: np.ndarray, weight: np.ndarray, mesh: Mesh) -> dict:
+    """The examples ``index`` (``[steps, batch]``) names, with their ``weight``, on ``mesh``."""
+    steps, batch_size = index.shape
     sharding = NamedSharding(mesh, P(None, "data"))
 
     def place(array):

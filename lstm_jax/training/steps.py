@@ -31,15 +31,32 @@ from lstm_jax import data as data_lib
 from lstm_jax import linen as lnn
 from lstm_jax.errors import ConfigError
 from lstm_jax.training import calls as calls_lib
-from lstm_jax.training import optim, sharding
+from lstm_jax.training import optim, sharding, tasks
 from lstm_jax.training.config import MODEL_SETTINGS, Config
 
 
-def make_model(config: Config, num_classes: int) -> nn.Module:
-    """The ``Classifier`` that ``config``'s model settings (``MODEL_SETTINGS``) describe."""
+def make_model(
+    config: Config, num_classes: int, *, task: str = "classify", per_step: bool = False
+) -> nn.Module:
+    """The model that ``config``'s model settings (``MODEL_SETTINGS``) describe for
+    ``task``: a ``Classifier`` (logits at every step for ``per_step`` and for values per
+    step, ``per_step``; ``num_classes`` 1 for values), or for ``next_token`` a
+    ``LanguageModel`` over ``num_classes`` tokens."""
     dtype = jnp.bfloat16 if config.precision == "bfloat16" else None
-    layers = {k: getattr(config, k) for k in MODEL_SETTINGS if k != "precision"}
-    return lnn.Classifier(**layers, num_classes=num_classes, dtype=dtype)
+    if task == "next_token":
+        if config.bidirectional:
+            raise ConfigError(
+                "bidirectional",
+                "bidirectional: a language model predicts each token from those before it; "
+                "reading the text backwards too would show it the answer",
+            )
+        layers = {k: getattr(config, k) for k in ("cell", "units", "dropout", "recurrent_dropout")}
+        return lnn.LanguageModel(vocab_size=num_classes, embed=config.embed, dtype=dtype, **layers)
+    layers = {k: getattr(config, k) for k in MODEL_SETTINGS if k not in ("precision", "embed")}
+    every_step = task == "per_step" or per_step
+    return lnn.Classifier(
+        **layers, num_classes=num_classes, dtype=dtype, return_sequences=every_step
+    )
 
 
 class TrainState(train_state.TrainState):
@@ -69,7 +86,8 @@ def init_variables(model, input_shape, *, seed: int = 0, abstract: bool = False)
     their shapes)."""
     key = jax.random.fold_in(jax.random.key(seed), 0)
     kwargs = calls_lib.calls_of(model).kwargs(train=False)
-    x = jnp.zeros((1, *input_shape), jnp.float32)
+    example = data_lib.example_input(input_shape)
+    x = jnp.zeros(example.shape, example.dtype)
     rngs = {"params": key, "dropout": jax.random.fold_in(key, 1)}
 
     def init(rngs, x):
@@ -130,36 +148,47 @@ def _describe(shapes: dict) -> str:
     return text[:600]
 
 
-def loss_and_metrics(logits: jax.Array, labels: jax.Array, weights: jax.Array):
-    """Per-example softmax cross-entropy; returns sums (loss, correct, count) over the
-    weighted examples (padding has weight 0).
+loss_and_metrics = tasks.classify_sums  # the classify task's sums, by its older name
 
-    Computed against one-hot labels, as Keras's ``sparse_categorical_crossentropy`` does:
-    its gradient is then elementwise, where picking each row's label (``take_along_axis``)
-    differentiates into a gather and a scatter, four more kernels for XLA to compile.
-    """
-    one_hot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)  # [B, classes]
-    losses = optax.softmax_cross_entropy(logits, one_hot)  # [B]
-    correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
-    return jnp.stack([jnp.sum(losses * weights), jnp.sum(correct * weights), jnp.sum(weights)])
+
+def zero_state(apply_fn, calls: calls_lib.Calls, params, model_state, x) -> Any:
+    """The state, all zeros, that a model which ``carries_state`` starts a batch like ``x``
+    from (the structure its ``return_state`` gives)."""
+
+    def final_state(params, x):
+        variables = {"params": params, **model_state}
+        rngs = calls_lib.eval_rngs(0)
+        out, _ = calls_lib.apply(
+            apply_fn, calls, variables, x, train=False, rngs=rngs, return_state=True
+        )
+        return out[1]
+
+    shapes = jax.eval_shape(final_state, params, x)
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
 def train_step(
     state,
     batch: dict[str, jax.Array],
+    carry: Any = None,
     *,
     mesh: Mesh,
+    task: tasks.Task = tasks.TASKS["classify"],
     sequence: str = "rows",
     calls: calls_lib.Calls = calls_lib.Calls(),
     seed: int = 0,
     needs_loss: bool = False,
 ):
-    """One optimizer step on ``batch``; returns ``(state, sums, loss)``.
+    """One optimizer step on ``batch``; returns ``(state, sums, loss)``, and the model's
+    state after the batch when a ``carry`` (its state before it) is given: a text read as
+    streams, each window starting where the previous one ended (gradients stop there).
 
-    ``batch`` holds ``image`` (``uint8 [B, H, W, C]``, read as ``sequence``, or float
-    sequences ``[B, T, F]``), ``label`` (``[B]``), ``weight`` (``[B]``, 0 for padding) and,
-    for sequences of given lengths, ``length`` (``[B]``: the model gets ``mask=``); ``sums``
-    is ``[loss_sum, correct, count]`` over the weighted examples. The model is called as
+    ``batch`` holds ``image`` (``uint8 [B, H, W, C]``, read as ``sequence``, float
+    sequences ``[B, T, F]`` or token ids ``[B, T]``), ``label`` (the ``task``'s targets,
+    ``[B]`` or ``[B, T]``), ``weight`` (``[B]``, 0 for padding) and, for sequences of given
+    lengths, ``length`` (``[B]``: the model gets ``mask=``, and per-step targets past a
+    sequence's length count for nothing); ``sums`` is the task's ``[loss_sum, metric_sum,
+    count]`` over the weighted examples (or steps, or values). The model is called as
     ``calls`` says (``lstm_jax.training.calls``), with this step's keys (``calls.step_rngs``: from
     ``seed``, the step and the device); ``needs_loss``: the optimizer's update takes the loss.
 
@@ -177,16 +206,29 @@ def train_step(
     """
 
     grads_and_sums = functools.partial(
-        _device_gradients, apply_fn=state.apply_fn, calls=calls, sequence=sequence, seed=seed
+        _device_gradients,
+        apply_fn=state.apply_fn,
+        calls=calls,
+        task=task,
+        sequence=sequence,
+        seed=seed,
     )
     model_state = getattr(state, "model_state", {})
-    grads, sums, updated = jax.shard_map(
-        grads_and_sums,
-        mesh=mesh,
-        in_specs=(P(), P(), P("data"), P()),
-        out_specs=P(),
-        check_vma=False,
-    )(state.params, model_state, batch, state.step)
+    args, in_specs, out_specs = (
+        (state.params, model_state, batch, state.step),
+        (P(), P(), P("data"), P()),
+        P(),
+    )
+    if carry is not None:
+        args, in_specs, out_specs = (
+            (*args, carry),
+            (*in_specs, P("data")),
+            (P(), P(), P(), P("data")),
+        )
+    out = jax.shard_map(
+        grads_and_sums, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False
+    )(*args)
+    grads, sums, updated = out[:3]
     count = jnp.maximum(sums[2], 1)
     grads = jax.tree.map(lambda g: g / count, grads)
     loss = sums[0] / count
@@ -196,13 +238,18 @@ def train_step(
     state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     if calls.collections:
         state = state.replace(model_state=jax.tree.map(lambda v: v / mesh.size, updated))
+    if carry is not None:
+        return state, sums, loss, out[3]
     return state, sums, loss
 
 
-def _device_gradients(params, model_state, batch, step, *, apply_fn, calls, sequence, seed):
+def _device_gradients(
+    params, model_state, batch, step, carry=None, *, apply_fn, calls, task, sequence, seed
+):
     """One device's slice of ``train_step``, inside ``jax.shard_map``: the gradient of its
-    examples' loss sum, their sums and the updated collections, each summed across devices."""
-    x = data_lib.to_sequences(batch["image"], sequence)  # [B, T, F]
+    examples' loss sum, their sums and the updated collections, each summed across devices
+    (and the state its own rows end in, when they carry one)."""
+    x = data_lib.to_sequences(batch["image"], sequence)  # [B, T, F] (or ids [B, T])
     mask = calls_lib.lengths_mask(batch["length"], x.shape[1]) if "length" in batch else None
     rngs = calls_lib.step_rngs(seed, step, jax.lax.axis_index("data"))
     # Each device's own gradient (shard_map would otherwise sum each parameter's
@@ -211,17 +258,27 @@ def _device_gradients(params, model_state, batch, step, *, apply_fn, calls, sequ
 
     def loss_sum(params):
         variables = {"params": params, **model_state}
-        logits, updated = calls_lib.apply(
-            apply_fn, calls, variables, x, train=True, rngs=rngs, mask=mask
-        )  # logits: [B, classes]
-        sums = loss_and_metrics(logits, batch["label"], batch["weight"])
-        return sums[0], (sums, updated)
+        out, updated = calls_lib.apply(
+            apply_fn,
+            calls,
+            variables,
+            x,
+            train=True,
+            rngs=rngs,
+            mask=mask,
+            initial_state=carry,
+            return_state=carry is not None,
+        )  # logits: [B, classes] (or [B, T, classes], or values)
+        logits, state = out if carry is not None else (out, None)
+        sums = task.sums(logits, batch["label"], batch["weight"], mask)
+        return sums[0], (sums, updated, state)
 
-    grads, (sums, updated) = jax.grad(loss_sum, has_aux=True)(params)
+    grads, (sums, updated, state) = jax.grad(loss_sum, has_aux=True)(params)
     # Gradients and sums summed across devices as one flat vector: XLA:CPU's
     # all-reduce meets the other devices once per operand, and each meeting waits.
     flat, unflatten = jax.flatten_util.ravel_pytree((grads, sums, updated))
-    return unflatten(jax.lax.psum(flat, "data"))
+    summed = unflatten(jax.lax.psum(flat, "data"))
+    return summed if carry is None else (*summed, jax.lax.stop_gradient(state))
 
 
 def make_epoch_fns(
@@ -231,12 +288,17 @@ def make_epoch_fns(
     n_train: int,
     on_step: Callable[[int, float, float], None] | None = None,
     calls: calls_lib.Calls | None = None,
+    *,
+    task: tasks.Task = tasks.TASKS["classify"],
+    streams: bool = False,
 ):
     """``(make_train_epoch(...), make_evaluate(...))`` for one run, calling ``model`` as
     ``calls`` says (by default, as its ``__call__``'s signature says, with no collections)."""
     calls = calls_lib.calls_of(model) if calls is None else calls
-    train_epoch = make_train_epoch(config, model, mesh, n_train, on_step, calls)
-    return train_epoch, make_evaluate(config, model, mesh, calls)
+    train_epoch = make_train_epoch(
+        config, model, mesh, n_train, on_step, calls, task=task, streams=streams
+    )
+    return train_epoch, make_evaluate(config, model, mesh, calls, task=task, streams=streams)
 
 
 def make_train_epoch(
@@ -246,12 +308,18 @@ def make_train_epoch(
     n_train: int,
     on_step: Callable[[int, float, float], None] | None,
     calls: calls_lib.Calls,
+    *,
+    task: tasks.Task = tasks.TASKS["classify"],
+    streams: bool = False,
 ):
     """The jitted ``train_epoch(state, batches) -> (state, sums, bad_step)``: a whole epoch
     as one ``lax.scan`` over ``batches`` (``batches_on_mesh`` of the training split in
-    ``epoch_order(seed, epoch, n)``). ``sums`` is ``[loss_sum, correct, count]``;
-    ``bad_step`` is ``-1``, or the first step whose loss or updated parameters were not
-    finite, after which the state is left as it was before that step.
+    ``epoch_order(seed, epoch, n)``, or with ``streams``, ``stream_batches``: row ``r`` of
+    every batch continues row ``r`` of the one before, and the model's state is carried from
+    each batch to the next, from zeros at the epoch's start). ``sums`` is the ``task``'s
+    ``[loss_sum, metric_sum, count]``; ``bad_step`` is ``-1``, or the first step whose loss
+    or updated parameters were not finite, after which the state is left as it was before
+    that step.
 
     ``on_step(step, loss_sum, count)``, if given, is called from inside the jitted epoch
     (``jax.debug.callback``) about 50 times an epoch and after its last step, e.g. to draw a
@@ -261,6 +329,7 @@ def make_train_epoch(
     step = functools.partial(
         train_step,
         mesh=mesh,
+        task=task,
         sequence=config.sequence,
         calls=calls,
         seed=config.seed,
@@ -271,9 +340,12 @@ def make_train_epoch(
         steps = batches["label"].shape[0]
 
         def body(carry, xs):
-            state, sums, bad_step = carry
+            state, sums, bad_step, model_carry = carry
             i, batch = xs
-            new_state, batch_sums, loss = step(state, batch)
+            if model_carry is None:
+                new_state, batch_sums, loss = step(state, batch)
+            else:
+                new_state, batch_sums, loss, model_carry = step(state, batch, model_carry)
             finite = jnp.stack([jnp.isfinite(p).all() for p in jax.tree.leaves(new_state.params)])
             ok = jnp.isfinite(loss) & finite.all() & (bad_step < 0)
             state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_state, state)
@@ -285,34 +357,66 @@ def make_train_epoch(
                     lambda: jax.debug.callback(on_step, i, sums[0], sums[2]),
                     lambda: None,
                 )
-            return (state, sums, bad_step), None
+            return (state, sums, bad_step, model_carry), None
 
-        init = (state, jnp.zeros(3, jnp.float32), jnp.array(-1, state.step.dtype))
-        (state, sums, bad_step), _ = jax.lax.scan(body, init, (jnp.arange(steps), batches))
+        model_carry = None
+        if streams:
+            first = data_lib.to_sequences(batches["image"][0], config.sequence)
+            model_state = getattr(state, "model_state", {})
+            model_carry = zero_state(state.apply_fn, calls, state.params, model_state, first)
+        init = (state, jnp.zeros(3, jnp.float32), jnp.array(-1, state.step.dtype), model_carry)
+        (state, sums, bad_step, _), _ = jax.lax.scan(body, init, (jnp.arange(steps), batches))
         return state, sums, bad_step
 
     return jax.jit(train_epoch, donate_argnums=0, out_shardings=sharding.replicated(mesh))
 
 
-def make_evaluate(config: Config, model: nn.Module, mesh: Mesh, calls: calls_lib.Calls):
-    """The jitted ``evaluate(params, batches, model_state=None) -> sums`` (``[loss_sum,
-    correct, count]``) over a split's batches (``sharding.eval_batches``: fixed order, of
-    ``eval_batch_size``), the model in evaluation mode: the one evaluation program, which
-    ``Evaluator`` runs for the epoch loop, ``evaluate_params`` and ``Run.evaluate``."""
+def make_evaluate(
+    config: Config,
+    model: nn.Module,
+    mesh: Mesh,
+    calls: calls_lib.Calls,
+    *,
+    task: tasks.Task = tasks.TASKS["classify"],
+    streams: bool = False,
+):
+    """The jitted ``evaluate(params, batches, model_state=None) -> sums`` (the ``task``'s
+    ``[loss_sum, metric_sum, count]``) over a split's batches (``sharding.eval_batches``:
+    fixed order, of ``eval_batch_size``; with ``streams``, ``stream_batches``, the model's
+    state carried from each batch to the next), the model in evaluation mode: the one
+    evaluation program, which ``Evaluator`` runs for the epoch loop, ``evaluate_params`` and
+    ``Run.evaluate``."""
 
     def evaluate(params, batches, model_state=None):
         variables = {"params": params, **(model_state or {})}
         rngs = calls_lib.eval_rngs(config.seed)  # once, outside the scan
 
-        def body(sums, batch):
+        def body(carry, batch):
+            sums, state = carry
             x = data_lib.to_sequences(batch["image"], config.sequence)
             mask = None
             if "length" in batch:
                 mask = calls_lib.lengths_mask(batch["length"], x.shape[1])
-            logits = eval_logits(model, calls, variables, x, rngs=rngs, mask=mask)
-            return sums + loss_and_metrics(logits, batch["label"], batch["weight"]), None
+            out = calls_lib.apply(
+                model.apply,
+                calls,
+                variables,
+                x,
+                train=False,
+                rngs=rngs,
+                mask=mask,
+                initial_state=state,
+                return_state=state is not None,
+            )[0]
+            logits, state = out if state is not None else (out, None)
+            sums = sums + task.sums(logits, batch["label"], batch["weight"], mask)
+            return (sums, state), None
 
-        sums, _ = jax.lax.scan(body, jnp.zeros(3, jnp.float32), batches)
+        state = None
+        if streams:
+            first = data_lib.to_sequences(batches["image"][0], config.sequence)
+            state = zero_state(model.apply, calls, params, model_state or {}, first)
+        (sums, _), _ = jax.lax.scan(body, (jnp.zeros(3, jnp.float32), state), batches)
         return sums
 
     return jax.jit(evaluate, out_shardings=sharding.replicated(mesh))
@@ -330,21 +434,36 @@ class Evaluator:
     ``evaluate_params`` (``train.py --evaluate``) and ``Run.evaluate`` evaluate: each split's
     batches placed on ``mesh`` once, the program compiled once."""
 
-    def __init__(self, config: Config, model: nn.Module, mesh: Mesh, calls: calls_lib.Calls):
-        self.config, self.mesh = config, mesh
-        self.program = make_evaluate(config, model, mesh, calls)
+    def __init__(
+        self,
+        config: Config,
+        model: nn.Module,
+        mesh: Mesh,
+        calls: calls_lib.Calls,
+        *,
+        task: tasks.Task = tasks.TASKS["classify"],
+        streams: bool = False,
+    ):
+        self.config, self.mesh, self.task, self.streams = config, mesh, task, streams
+        self.program = make_evaluate(config, model, mesh, calls, task=task, streams=streams)
         self._batches: dict[str, Any] = {}
 
     def sums(self, name: str, split: data_lib.Split, params, model_state=None) -> jax.Array:
-        """``[loss_sum, correct, count]`` over ``split`` (called ``name``), on the mesh."""
+        """The task's ``[loss_sum, metric_sum, count]`` over ``split`` (called ``name``), on
+        the mesh."""
         if name not in self._batches:
-            self._batches[name] = sharding.eval_batches(split, self.config, self.mesh)
+            if self.streams:
+                batches = sharding.stream_batches(split, self.config.batch_size, self.mesh)
+            else:
+                batches = sharding.eval_batches(split, self.config, self.mesh)
+            self._batches[name] = batches
         return self.program(params, self._batches[name], model_state or {})
 
     def __call__(self, name: str, split: data_lib.Split, params, model_state=None) -> dict:
-        """``{"split", "examples", "loss", "accuracy"}`` of ``split``."""
-        loss, accuracy = rates(jax.device_get(self.sums(name, split, params, model_state)))
-        return {"split": name, "examples": len(split), "loss": loss, "accuracy": accuracy}
+        """``{"split", "examples", "loss", METRIC, ...}`` of ``split``: the task's numbers
+        (``tasks.Task.rates``)."""
+        numbers = self.task.rates(jax.device_get(self.sums(name, split, params, model_state)))
+        return {"split": name, "examples": len(split), **numbers}
 
 
 def examples_per_epoch(n_train: int, batch_size: int, calls: calls_lib.Calls) -> int:
@@ -372,6 +491,14 @@ def load_data(
             data_dir=config.data_dir,
             validation_split=config.validation_split,
             download=config.download,
+            bptt=config.bptt,
+        )
+    if config.task is not None and ds.task != config.task:
+        raise ConfigError(
+            "task",
+            f"task {config.task}: {ds.name} is data for task {ds.task} (text is read by "
+            "next_token; images are classified; your own arrays by the task you made them "
+            "for)",
         )
     train = ds.train
     for name, split in (("validation", ds.validation), ("test", ds.test)):
@@ -402,10 +529,11 @@ def evaluate_params(
     data: data_lib.Dataset | None = None,
     model_state: dict | None = None,
 ) -> dict[str, Any]:
-    """Loss and accuracy of ``model`` with ``params`` (and its collections, ``model_state``)
-    on a split (``train``, ``validation`` or ``test``) of ``data`` or ``config``'s data set,
-    read as ``config.sequence``, data parallel over every device: ``{"split", "examples",
-    "loss", "accuracy"}``. ``data_dir`` and ``download`` override the config's."""
+    """The task's numbers (loss and accuracy, for a classifier) of ``model`` with ``params``
+    (and its collections, ``model_state``) on a split (``train``, ``validation`` or
+    ``test``) of ``data`` or ``config``'s data set, read as the run read it, data parallel
+    over every device: ``{"split", "examples", "loss", "accuracy", ...}``. ``data_dir`` and
+    ``download`` override the config's."""
     splits = ("train", "validation", "test")
     if split not in splits:
         raise ConfigError("split", f"split must be one of {', '.join(splits)}; got {split!r}")
@@ -414,6 +542,9 @@ def evaluate_params(
     examples = {"train": train, "validation": ds.validation, "test": ds.test}[split]
     mesh = sharding.data_mesh()
     input_shape = data_lib.sequence_shape(train.images.shape[1:], config.sequence)
-    evaluator = Evaluator(config, model, mesh, model_calls(model, input_shape))
+    calls = model_calls(model, input_shape)
+    task = tasks.TASKS[ds.task]
+    streams = ds.vocabulary is not None and config.windows == "streams" and calls.carries_state
+    evaluator = Evaluator(config, model, mesh, calls, task=task, streams=streams)
     params, model_state = jax.device_put((params, model_state or {}), sharding.replicated(mesh))
     return evaluator(split, examples, params, model_state)
