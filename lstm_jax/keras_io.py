@@ -1,7 +1,8 @@
 """Keras 3 models in and out: ``from_keras(keras_model)`` and ``to_keras(module, variables)``.
 
-A Keras model made of ``Input``, ``Masking``, ``LSTM``, ``GRU``, ``SimpleRNN``,
-``Bidirectional`` and ``Dense`` (Sequential, or functional with its layers in a chain)
+A Keras model made of ``Input``, ``Masking``, ``Embedding``, ``LSTM``, ``GRU``,
+``SimpleRNN``, ``Bidirectional`` and ``Dense`` (Sequential, or functional with its layers in a
+chain)
 becomes an ``lstm_jax.linen.Sequential`` and its variables, with the same weights in the same
 layout, so that ``module.apply(variables, x)`` returns what ``keras_model(x)`` returns, and
 back. A layer computing in bfloat16 (``dtype=jnp.bfloat16``, float32 parameters) is Keras's
@@ -32,7 +33,16 @@ __all__ = [
     "to_keras",
 ]
 
-SUPPORTED = ("InputLayer", "Masking", "LSTM", "GRU", "SimpleRNN", "Bidirectional", "Dense")
+SUPPORTED = (
+    "InputLayer",
+    "Masking",
+    "Embedding",
+    "LSTM",
+    "GRU",
+    "SimpleRNN",
+    "Bidirectional",
+    "Dense",
+)
 
 # What each recurrent layer's config must say, beyond the options lstm_jax.linen implements.
 _RECURRENT_DEFAULTS = {
@@ -243,6 +253,13 @@ def _layer(layer) -> tuple[nn.Module, dict | None]:
         return lnn.Masking(float(layer.mask_value)), None
     if cls in ("LSTM", "GRU", "SimpleRNN"):
         return _recurrent(layer)
+    if cls == "Embedding":
+        config = layer.get_config()
+        expected = {"mask_zero": False, "embeddings_regularizer": None}
+        expected.update(embeddings_constraint=None, lora_rank=None)
+        dtype = _check_options(layer.name, cls, config, expected)
+        module = lnn.Embedding(config["input_dim"], config["output_dim"], dtype=dtype)
+        return module, {"embeddings": np.asarray(layer.embeddings)}
     if cls == "Bidirectional":
         fwd, bwd = layer.forward_layer, layer.backward_layer
         if type(fwd).__name__ not in ("LSTM", "GRU", "SimpleRNN"):
@@ -321,6 +338,12 @@ def _as_layers(module: nn.Module, params: dict) -> list[tuple[nn.Module, Any]]:
         return [(layer, params.get(f"layers_{i}")) for i, layer in enumerate(module.layers)]
     if isinstance(module, lnn.Classifier):
         return [(layer, params[layer.name]) for layer in module.layers()]
+    if isinstance(module, lnn.LanguageModel):  # its layers, without the state it can return
+        return [
+            (layer.clone(return_state=False) if hasattr(layer, "return_state") else layer,
+             params[layer.name])
+            for layer in module.layers()
+        ]  # fmt: skip
     return [(module, params)]
 
 
@@ -328,6 +351,9 @@ def _keras_layer(keras, module: nn.Module, params):
     """A Keras layer equal to ``module``, and its weights in ``set_weights`` order."""
     if isinstance(module, lnn.Masking):
         return keras.layers.Masking(module.mask_value), []
+    if isinstance(module, lnn.Embedding):
+        layer = keras.layers.Embedding(module.input_dim, module.output_dim, **_policy(module.dtype))
+        return layer, [params["embeddings"]]
     if isinstance(module, lnn.RecurrentBase):
         if module.return_state:
             raise UnsupportedError(f"to_keras: {type(module).__name__}(return_state=True)")
@@ -361,15 +387,17 @@ def _keras_layer(keras, module: nn.Module, params):
         )
         return layer, [params["kernel"], *([params["bias"]] if module.use_bias else [])]
     raise UnsupportedError(
-        f"to_keras converts lstm_jax.linen's Sequential, Classifier, Masking, LSTM, GRU, "
-        f"SimpleRNN, Bidirectional and Dense; got {type(module).__name__}"
+        f"to_keras converts lstm_jax.linen's Sequential, Classifier, LanguageModel, Masking, "
+        f"Embedding, LSTM, GRU, SimpleRNN, Bidirectional and Dense; got {type(module).__name__}"
     )
 
 
 def to_keras(module, variables: dict | None = None):
     """A ``keras.Sequential`` computing what ``module.apply(variables, x)`` computes, for
-    inputs ``[batch, time, features]`` (any number of steps); or what an ``lstm_jax.nnx``
-    model computes (``variables`` then left out: the model holds them)."""
+    inputs ``[batch, time, features]`` (any number of steps), or token ids ``[batch, time]``
+    for a model that starts with an ``Embedding`` (a ``LanguageModel``: its logits at every
+    step, from a zero state); or what an ``lstm_jax.nnx`` model computes (``variables`` then
+    left out: the model holds them)."""
     import keras
 
     if is_nnx_module(module):
@@ -383,12 +411,16 @@ def to_keras(module, variables: dict | None = None):
         layer, w = _keras_layer(keras, m, p)
         layers.append(layer)
         weights.append(w)
-    features = next(
-        (np.shape(p["kernel"])[0] if "kernel" in p else np.shape(p["forward"]["kernel"])[0])
-        for m, p in chain
-        if p is not None
-    )
-    model = keras.Sequential([keras.Input((None, features)), *layers])
+    if isinstance(chain[0][0], lnn.Embedding):  # token ids in
+        inputs = keras.Input((None,), dtype="int32")
+    else:
+        features = next(
+            (np.shape(p["kernel"])[0] if "kernel" in p else np.shape(p["forward"]["kernel"])[0])
+            for m, p in chain
+            if p is not None
+        )
+        inputs = keras.Input((None, features))
+    model = keras.Sequential([inputs, *layers])
     for layer, w in zip(layers, weights, strict=True):
         layer.set_weights([np.asarray(a) for a in w])
     return model

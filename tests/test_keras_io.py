@@ -318,3 +318,29 @@ def test_the_lessons_keras_file_gives_the_same_test_accuracy_in_jax(tmp_path, re
     )
     assert abs(accuracy - keras_accuracy) < 1.5e-4  # Keras prints it rounded to 0.01%
     assert agree == len(x)
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "SimpleRNN"])
+def test_a_keras_language_model_comes_in_and_goes_out(cell, record_largest):
+    """Keras's character model (``Embedding``, a recurrent layer returning sequences, a
+    ``Dense`` at every step) as a ``Sequential`` of ours, and our ``LanguageModel`` out."""
+    ids = np.random.default_rng(1).integers(0, 11, (B, T)).astype(np.int32)
+    keras_model = keras.Sequential(
+        [
+            keras.Input((None,), dtype="int32"),
+            keras.layers.Embedding(11, 4),
+            getattr(keras.layers, cell)(U, return_sequences=True),
+            keras.layers.Dense(11),
+        ]
+    )
+    module, variables = lstm_jax.from_keras(keras_model)
+    got = module.apply(variables, jnp.asarray(ids))
+    diff = float(np.max(np.abs(np.asarray(got) - np.asarray(keras_model(ids)))))
+    record_largest("abs difference against Keras 3 (language model in)", diff)
+    assert got.shape == (B, T, 11) and diff < MAX_ABS_DIFF
+    lm = lnn.LanguageModel(11, embed=4, cell=cell.lower().replace("rnn", "_rnn"), units=(U,))
+    lm_variables = lm.init(jax.random.key(2), jnp.asarray(ids))
+    out = lstm_jax.to_keras(lm, lm_variables)
+    diff = float(np.max(np.abs(np.asarray(out(ids)) - np.asarray(lm.apply(lm_variables, ids)))))
+    record_largest("abs difference against Keras 3 (language model out)", diff)
+    assert diff < MAX_ABS_DIFF
