@@ -1,5 +1,6 @@
 """Flax NNX layers over the same cells: ``LSTM``, ``GRU``, ``SimpleRNN``, ``Bidirectional``,
-``Dense``, ``Masking``, ``Sequential`` and the lesson's ``Classifier``.
+``Dense``, ``Embedding``, ``Masking``, ``Sequential``, the lesson's ``Classifier`` and the
+``LanguageModel``.
 
 Each is the linen layer of ``lstm_jax.linen`` as an NNX module: built eagerly from its input
 size and ``rngs=nnx.Rngs(...)``, holding its parameters (``kernel``, ``recurrent_kernel``,
@@ -199,6 +200,18 @@ class Dense(nnx.Module):
         return forward.dense_call(self, x, self.kernel[...], bias)
 
 
+class Embedding(nnx.Module):
+    """``Embedding(input_dim, output_dim, dtype=None, *, rngs)``: ``lstm_jax.linen.Embedding``
+    in NNX (Keras's uniform initialiser in [-0.05, 0.05])."""
+
+    def __init__(self, input_dim: int, output_dim: int, dtype: Any = None, *, rngs: nnx.Rngs):
+        self.input_dim, self.output_dim, self.dtype = input_dim, output_dim, dtype
+        self.embeddings = nnx.Param(forward.init_embeddings(rngs.params(), input_dim, output_dim))
+
+    def __call__(self, ids: Array) -> Array:
+        return forward.embedding_call(self, ids, self.embeddings[...])
+
+
 class Masking(nnx.Module):
     """``lstm_jax.linen.Masking`` in NNX (no parameters)."""
 
@@ -248,6 +261,7 @@ class Classifier(nnx.Module):
         use_cudnn: str | bool = "auto",
         dropout: float = 0.0,
         recurrent_dropout: float = 0.0,
+        return_sequences: bool = False,
         rngs: nnx.Rngs,
     ):
         units = (units,) if isinstance(units, int | np.integer) else tuple(units)
@@ -255,6 +269,7 @@ class Classifier(nnx.Module):
         self.num_classes, self.bidirectional, self.dtype = num_classes, bidirectional, dtype
         self.unroll, self.use_cudnn = unroll, use_cudnn
         self.dropout, self.recurrent_dropout = dropout, recurrent_dropout
+        self.return_sequences = return_sequences
         names = []
         features = in_features
         for name, size, options in lnn.classifier_chain(self):
@@ -271,8 +286,61 @@ class Classifier(nnx.Module):
         return tuple(getattr(self, name) for name in self.names)
 
     def __call__(self, x: Array, *, mask: Array | None = None, deterministic=None) -> Array:
-        """``x: [batch, time, features]`` -> logits ``[batch, num_classes]``."""
+        """``x: [batch, time, features]`` -> logits ``[batch, num_classes]`` (``[batch, time,
+        num_classes]`` with ``return_sequences``)."""
         return forward.classifier_call(self, x, mask=mask, deterministic=deterministic)
+
+
+class LanguageModel(nnx.Module):
+    """``lstm_jax.linen.LanguageModel`` in NNX: ``LanguageModel(vocab_size, *, embed=64,
+    cell="lstm", units=(256,), dtype=None, unroll=1, use_cudnn="auto", dropout=0.0,
+    recurrent_dropout=0.0, rngs)``, the same layers under the same names (``Embedding_0``,
+    ``LSTM_0``, ..., ``Dense_0``), the same ``initial_state=`` and ``return_state=``."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        *,
+        embed: int = 64,
+        cell: str = "lstm",
+        units: int | Sequence[int] = (256,),
+        dtype: Any = None,
+        unroll: int = 1,
+        use_cudnn: str | bool = "auto",
+        dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        rngs: nnx.Rngs,
+    ):
+        units = (units,) if isinstance(units, int | np.integer) else tuple(units)
+        self.vocab_size, self.embed, self.cell, self.units = vocab_size, embed, cell, units
+        self.dtype, self.unroll, self.use_cudnn = dtype, unroll, use_cudnn
+        self.dropout, self.recurrent_dropout = dropout, recurrent_dropout
+        self.Embedding_0 = Embedding(vocab_size, embed, dtype, rngs=rngs)
+        options = dict(return_sequences=True, return_state=True, dtype=dtype, unroll=unroll)
+        options.update(dropout=dropout, recurrent_dropout=recurrent_dropout)
+        if cell == "lstm":
+            options["use_cudnn"] = use_cudnn
+        names, features = ["Embedding_0"], embed
+        for n, size in enumerate(units):
+            name = f"{LAYERS[cell].__name__}_{n}"
+            setattr(self, name, LAYERS[cell](features, size, **options, rngs=rngs))
+            names.append(name)
+            features = size
+        self.Dense_0 = Dense(features, vocab_size, dtype=dtype, rngs=rngs)
+        self.names = (*names, "Dense_0")
+
+    def layers(self) -> tuple[nnx.Module, ...]:
+        return tuple(getattr(self, name) for name in self.names)
+
+    def __call__(
+        self, ids: Array, *, initial_state=None, return_state=False, mask=None, deterministic=None
+    ):
+        """``ids: [batch, time]`` ints -> logits ``[batch, time, vocab_size]``, and with
+        ``return_state`` the state after the last step."""
+        logits, state = forward.language_model_call(
+            self, ids, initial_state=initial_state, mask=mask, deterministic=deterministic
+        )
+        return (logits, state) if return_state else logits
 
 
 def to_linen_variables(model: nnx.Module) -> dict:
@@ -324,6 +392,18 @@ _CLASSIFIER_OPTIONS = (
     "use_cudnn",
     "dropout",
     "recurrent_dropout",
+    "return_sequences",
+)
+_LANGUAGE_MODEL_OPTIONS = (
+    "vocab_size",
+    "embed",
+    "cell",
+    "units",
+    "dtype",
+    "unroll",
+    "use_cudnn",
+    "dropout",
+    "recurrent_dropout",
 )
 
 
@@ -343,13 +423,18 @@ def to_linen(model: nnx.Module) -> lnn.nn.Module:
         return lnn.Dense(model.units, model.activation, model.use_bias, model.dtype)
     if isinstance(model, Masking):
         return lnn.Masking(model.mask_value)
+    if isinstance(model, Embedding):
+        return lnn.Embedding(model.input_dim, model.output_dim, model.dtype)
+    if isinstance(model, LanguageModel):
+        return lnn.LanguageModel(**{n: getattr(model, n) for n in _LANGUAGE_MODEL_OPTIONS})
     if isinstance(model, Sequential):
         return lnn.Sequential([to_linen(layer) for layer in model.layers])
     if isinstance(model, Classifier):
         return lnn.Classifier(**{name: getattr(model, name) for name in _CLASSIFIER_OPTIONS})
     raise ValueError(
         f"{type(model).__name__} is not an lstm_jax.nnx layer: only those (LSTM, GRU, "
-        "SimpleRNN, Bidirectional, Dense, Masking, Sequential, Classifier) have a linen twin"
+        "SimpleRNN, Bidirectional, Dense, Embedding, Masking, Sequential, Classifier, "
+        "LanguageModel) have a linen twin"
     )
 
 
@@ -383,6 +468,13 @@ def _nnx_of(module, features: int, rngs: nnx.Rngs) -> tuple[nnx.Module, int]:
         return dense, module.units
     if isinstance(module, lnn.Masking):
         return Masking(module.mask_value), features
+    if isinstance(module, lnn.Embedding):
+        return Embedding(module.input_dim, module.output_dim, module.dtype, rngs=rngs), (
+            module.output_dim
+        )
+    if isinstance(module, lnn.LanguageModel):
+        kwargs = {n: getattr(module, n) for n in _LANGUAGE_MODEL_OPTIONS}
+        return LanguageModel(**kwargs, rngs=rngs), module.vocab_size
     if isinstance(module, lnn.Sequential):
         layers = []
         for layer in module.layers:

@@ -298,3 +298,20 @@ def test_a_dropout_rate_set_after_construction_is_used_and_checked():
     layer.dropout = 1.0
     with pytest.raises(ValueError, match="LSTM: dropout must be at least 0 and below 1"):
         layer(X)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "simple_rnn"])
+def test_the_nnx_language_model_is_the_linen_one(cell):
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, 9, (3, 7)))
+    model = lx.LanguageModel(9, embed=4, cell=cell, units=(6, 5), rngs=nnx.Rngs(0))
+    linen_model = lx.to_linen(model)
+    variables = lx.to_linen_variables(model)
+    logits, state = model(ids, return_state=True)
+    want, want_state = linen_model.apply(variables, ids, return_state=True)
+    np.testing.assert_allclose(logits, want, atol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), state, want_state)
+    again = lx.from_linen(linen_model, variables, 0)
+    np.testing.assert_allclose(again(ids), want, atol=1e-6)
+    half, carried = model(ids[:, :3], return_state=True)
+    rest = model(ids[:, 3:], initial_state=carried)
+    np.testing.assert_allclose(jnp.concatenate([half, rest], 1), want, atol=1e-6)
