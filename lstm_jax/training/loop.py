@@ -178,7 +178,17 @@ def _with_task(config: Config, data) -> Config:
                 "example); give that task, or make the data for this one "
                 "(data.from_arrays(..., task=...))",
             )
-        return dataclasses.replace(config, task=data.task)
+        config = dataclasses.replace(config, task=data.task)
+        if data.vocabulary is not None:  # a text's windows are the data's own
+            window = int(data.train.images.shape[1])
+            if config.bptt not in (window, Config().bptt):
+                raise ConfigError(
+                    "bptt",
+                    f"bptt {config.bptt}: the text was cut into windows of {window} "
+                    f"(data.from_text(..., bptt={window})); give that, or cut it again",
+                )
+            config = dataclasses.replace(config, bptt=window)
+        return config
     if config.task is None:
         task = "next_token" if text_task(config.dataset) else "classify"
         return dataclasses.replace(config, task=task)
