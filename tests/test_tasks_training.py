@@ -226,3 +226,19 @@ def test_train_py_trains_a_language_model_and_generates_from_it(tmp_path, text_f
     p = _train_py("--workdir", tmp_path / "run", "--evaluate")
     out, err = p.communicate(timeout=300)
     assert p.returncode == 0 and "bits, perplexity" in out, err[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("targets", ["per_step", "three_values"])
+def test_values_per_step_or_several_per_sequence_train_and_load(tmp_path, targets):
+    x, _ = noisy_sines(600, 2)
+    y = 2 * x[..., 0] if targets == "per_step" else x[:, -3:, 0] * [1.0, -1.0, 0.5]
+    ds = data.from_arrays(x, y, x_test=x[:100], y_test=y[:100])
+    result = _train(tmp_path / "run", ds, units=(8,), epochs=2, batch_size=32)
+    run = lstm_jax.load_run(tmp_path / "run")
+    predicted = run.logits(x[:100]).reshape(y[:100].shape)
+    mse = float(np.mean((predicted - y[:100]) ** 2))
+    assert mse == pytest.approx(result["test_loss"], rel=1e-4)
+    assert result["test_mae"] == pytest.approx(
+        float(np.mean(np.abs(predicted - y[:100]))), rel=1e-4
+    )

@@ -514,9 +514,17 @@ def _restore(config, checkpointer, mesh, state, print_fn):
 
 
 def _make_model(config: Config, ds: data_lib.Dataset) -> nn.Module:
-    """The model ``config`` describes for ``ds``'s task and targets."""
-    per_step = ds.train.labels.ndim >= 2
-    return steps.make_model(config, ds.num_classes, task=config.task, per_step=per_step)
+    """The model ``config`` describes for ``ds``'s task and targets: for values, one per
+    sequence, one per step (targets ``[N, T]``), or ``K`` per sequence (``[N, K]``, K not T)."""
+    labels, outputs = ds.train.labels, ds.num_classes
+    per_step = labels.ndim >= 2
+    if (
+        config.task == "regress"
+        and labels.ndim == 2
+        and labels.shape[1] != ds.train.images.shape[1]
+    ):
+        per_step, outputs = False, int(labels.shape[1])
+    return steps.make_model(config, outputs, task=config.task, per_step=per_step)
 
 
 def _unused_settings(config: Config, model: nn.Module, ds: data_lib.Dataset, *, new: bool):
