@@ -218,6 +218,12 @@ LAYERS = {layer.cell.name: layer for layer in (LSTM, GRU, SimpleRNN)}
 assert LAYERS.keys() == recurrent.CELLS.keys(), "each registered cell needs its layer"
 
 
+def units_tuple(units) -> tuple:
+    """``units=50`` as in Keras's ``LSTM(50)``, or several; a tuple either way (hashable,
+    for jit)."""
+    return (units,) if isinstance(units, int | np.integer) else tuple(units)
+
+
 def classifier_chain(model) -> list[tuple[str, int, dict]]:
     """The recurrent layers of a ``Classifier`` (this module's or ``lstm_jax.nnx``'s), as
     ``(name, units, options)``: ``LSTM_0`` (or ``Bidirectional_0`` wrapping it), ``LSTM_1``,
@@ -281,9 +287,7 @@ class Classifier(nn.Module):
     return_sequences: bool = False
 
     def __post_init__(self):
-        # ``units=50`` as in Keras's ``LSTM(50)``; a tuple either way (hashable, for jit).
-        units = (self.units,) if isinstance(self.units, int | np.integer) else self.units
-        object.__setattr__(self, "units", tuple(units))
+        object.__setattr__(self, "units", units_tuple(self.units))
         super().__post_init__()
 
     @nn.nowrap
@@ -444,8 +448,7 @@ class LanguageModel(nn.Module):
     recurrent_dropout: float = 0.0
 
     def __post_init__(self):
-        units = (self.units,) if isinstance(self.units, int | np.integer) else self.units
-        object.__setattr__(self, "units", tuple(units))
+        object.__setattr__(self, "units", units_tuple(self.units))
         super().__post_init__()
 
     @nn.nowrap

@@ -116,6 +116,36 @@ def apply(
     return apply_fn(variables, x, rngs=rngs, **kwargs), kept
 
 
+def apply_from(
+    apply_fn: Callable,
+    calls: Calls,
+    variables: dict,
+    x: jax.Array,
+    state: Any,
+    *,
+    train: bool,
+    rngs: dict[str, jax.Array],
+    mask: jax.Array | None = None,
+):
+    """``(logits, updated collections, state after x)``: ``apply`` from ``state`` (the state a
+    model that ``carries_state`` ended the previous window in), or with ``state`` None as
+    ``apply`` alone (and None back)."""
+    carried = state is not None
+    out, updated = apply(
+        apply_fn,
+        calls,
+        variables,
+        x,
+        train=train,
+        rngs=rngs,
+        mask=mask,
+        initial_state=state,
+        return_state=carried,
+    )
+    logits, state = out if carried else (out, None)
+    return logits, updated, state
+
+
 def lengths_mask(lengths: jax.Array, steps: int) -> jax.Array:
     """Bool ``[batch, steps]``: step ``t`` of row ``b`` is valid while ``t < lengths[b]``.
 

@@ -214,17 +214,11 @@ def train_step(
         seed=seed,
     )
     model_state = getattr(state, "model_state", {})
-    args, in_specs, out_specs = (
-        (state.params, model_state, batch, state.step),
-        (P(), P(), P("data"), P()),
-        P(),
-    )
-    if carry is not None:
-        args, in_specs, out_specs = (
-            (*args, carry),
-            (*in_specs, P("data")),
-            (P(), P(), P(), P("data")),
-        )
+    args = (state.params, model_state, batch, state.step)
+    in_specs, out_specs = (P(), P(), P("data"), P()), P()
+    if carry is not None:  # each device carries the state of its own rows (streams)
+        args, in_specs = (*args, carry), (*in_specs, P("data"))
+        out_specs = (P(), P(), P(), P("data"))
     out = jax.shard_map(
         grads_and_sums, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False
     )(*args)
@@ -258,18 +252,9 @@ def _device_gradients(
 
     def loss_sum(params):
         variables = {"params": params, **model_state}
-        out, updated = calls_lib.apply(
-            apply_fn,
-            calls,
-            variables,
-            x,
-            train=True,
-            rngs=rngs,
-            mask=mask,
-            initial_state=carry,
-            return_state=carry is not None,
+        logits, updated, state = calls_lib.apply_from(
+            apply_fn, calls, variables, x, carry, train=True, rngs=rngs, mask=mask
         )  # logits: [B, classes] (or [B, T, classes], or values)
-        logits, state = out if carry is not None else (out, None)
         sums = task.sums(logits, batch["label"], batch["weight"], mask)
         return sums[0], (sums, updated, state)
 
@@ -397,18 +382,9 @@ def make_evaluate(
             mask = None
             if "length" in batch:
                 mask = calls_lib.lengths_mask(batch["length"], x.shape[1])
-            out = calls_lib.apply(
-                model.apply,
-                calls,
-                variables,
-                x,
-                train=False,
-                rngs=rngs,
-                mask=mask,
-                initial_state=state,
-                return_state=state is not None,
-            )[0]
-            logits, state = out if state is not None else (out, None)
+            logits, _, state = calls_lib.apply_from(
+                model.apply, calls, variables, x, state, train=False, rngs=rngs, mask=mask
+            )
             sums = sums + task.sums(logits, batch["label"], batch["weight"], mask)
             return (sums, state), None
 
