@@ -2,6 +2,7 @@
 and a character language model of a text file (resumed, stopped early, TensorBoard, two
 processes, generation), each against its baseline or its unbroken twin."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -242,3 +243,25 @@ def test_values_per_step_or_several_per_sequence_train_and_load(tmp_path, target
     assert result["test_mae"] == pytest.approx(
         float(np.mean(np.abs(predicted - y[:100]))), rel=1e-4
     )
+
+
+@pytest.mark.slow
+def test_random_windows_train_any_model_and_streams_need_one_that_carries_state(
+    tmp_path, text_file
+):
+    from lstm_jax import linen as lnn
+
+    vocab = len(set(SHAKESPEARE))
+    model = lnn.Sequential(
+        [lnn.Embedding(vocab, 8), lnn.LSTM(16, return_sequences=True), lnn.Dense(vocab)]
+    )
+    config = training.Config(
+        **{**QUIET, **LM, "units": (50,), "embed": 64, "dataset": str(text_file), "epochs": 1}
+    )
+    with pytest.raises(training.ConfigError, match="windows streams carries the model's state"):
+        training.train_and_evaluate(config, tmp_path / "streams", model=model)
+    assert not (tmp_path / "streams").exists()
+    random = dataclasses.replace(config, windows="random", epochs=2)
+    result = training.train_and_evaluate(random, tmp_path / "random", model=model)
+    assert result["history"][-1]["val_loss"] < result["history"][0]["train_loss"]
+    assert result["config"]["windows"] == "random" and "test_bits" in result
