@@ -89,6 +89,9 @@ def test_a_run_records_the_datas_shape_not_the_data(sign_run):
         "from_arrays": True,
         "train": [4800, T, F],
         "lengths": True,
+        "task": "classify",
+        "targets": [],  # one label per example
+        "vocabulary": None,
     }
     total = sum(p.stat().st_size for p in workdir.rglob("*") if p.is_file())
     assert total < ds.train.images.nbytes  # the parameters, not the data
