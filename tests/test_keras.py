@@ -9,7 +9,7 @@ import pytest
 
 from lstm_jax import linen as lnn
 from lstm_jax import params as lparams
-from lstm_jax.training import steps
+from lstm_jax.training import tasks
 
 assert os.environ["KERAS_BACKEND"] == "jax"  # set in conftest.py before this import
 keras = pytest.importorskip("keras")  # a test dependency: pip install -e ".[test]"
@@ -148,7 +148,7 @@ def test_training_loss_matches_keras():
     weights = jnp.asarray(np.arange(16) < 13, jnp.float32)
 
     def ours(logits):
-        return steps.loss_and_metrics(logits, labels, weights)[0]
+        return tasks.classify_sums(logits, labels, weights)[0]
 
     def keras_loss(logits):
         losses = keras.ops.sparse_categorical_crossentropy(labels, logits, from_logits=True)
@@ -156,7 +156,7 @@ def test_training_loss_matches_keras():
 
     np.testing.assert_allclose(ours(logits), keras_loss(logits), rtol=1e-6)
     np.testing.assert_allclose(jax.grad(ours)(logits), jax.grad(keras_loss)(logits), atol=1e-7)
-    _, correct, count = steps.loss_and_metrics(logits, labels, weights)
+    _, correct, count = tasks.classify_sums(logits, labels, weights)
     assert count == 13
     assert correct == np.sum((np.argmax(logits, -1) == labels) * weights)
 

@@ -8,7 +8,7 @@ import pytest
 from lstm_jax import data, training
 from lstm_jax import linen as lnn
 from lstm_jax.training import calls as calls_lib
-from lstm_jax.training import sharding, steps
+from lstm_jax.training import sharding, steps, tasks
 
 
 def _softmax_xent(logits, labels):
@@ -23,7 +23,7 @@ def test_the_sums_are_of_the_weighted_examples_only():
     labels = np.array([0, 1, 2, 3, 0, 1])
     weights = np.array([1, 1, 1, 1, 0, 0], np.float32)
     loss_sum, correct, count = np.asarray(
-        steps.loss_and_metrics(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(weights))
+        tasks.classify_sums(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(weights))
     )
     want = _softmax_xent(logits, labels)[:4].sum()
     assert loss_sum == pytest.approx(want, rel=1e-6) and count == 4

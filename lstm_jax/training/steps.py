@@ -148,9 +148,6 @@ def _describe(shapes: dict) -> str:
     return text[:600]
 
 
-loss_and_metrics = tasks.classify_sums  # the classify task's sums, by its older name
-
-
 def zero_state(apply_fn, calls: calls_lib.Calls, params, model_state, x) -> Any:
     """The state, all zeros, that a model which ``carries_state`` starts a batch like ``x``
     from (the structure its ``return_state`` gives)."""
