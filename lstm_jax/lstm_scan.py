@@ -26,6 +26,10 @@ __all__ = [
 Array = jax.Array
 Params = dict[str, Array]
 
+# The batch (on one device) from which the backward scan sums the weight gradient step by
+# step; below it, after the scan (see _lstm_scan).
+SUM_EACH_STEP_FROM = 64
+
 
 # --------------------------------------------------------------------------------------
 # The LSTM's step as the custom-gradient scan computes it
@@ -102,8 +106,12 @@ def _lstm_scan(params: Params, xs: Array, h0: Array, c0: Array, unroll=1):
 
     The forward pass stores each step's ``p_t`` (``[4U, B]``), ``q_t`` and ``f`` (``[U, B]``)
     as it computes the gates, so the backward scan recomputes no activation and holds no
-    cell state; it carries ``dh``, ``dc`` and the weight gradients (one ``[D+U+1, B] x [B, 4U]``
-    matmul per step, reading ``xh`` as the forward wrote it), so no step's ``dz`` is stored.
+    cell state. Where the weight gradient's sum is taken depends on the batch (on each
+    device): from ``SUM_EACH_STEP_FROM`` examples the backward scan carries it, one
+    ``[D+U+1, B] x [B, 4U]`` matmul per step reading ``xh`` as the forward wrote it, and no
+    step's ``dz`` is stored; below it, where that per-step product is too thin to pay for
+    reading and writing the ``[D+U+1, 4U]`` sum, the scan stores each ``dz_t`` and the sum
+    and ``d_xs`` are one matmul each over all steps after it (``benchmarks/NOTES.md``).
     Cotangents that are symbolically zero (outputs the loss does not use) cost nothing.
     ``tests/test_recurrent.py`` holds it equal to autodiff and to ``lstm_cell``.
 
@@ -172,29 +180,40 @@ def _lstm_scan_bwd(unroll, residuals, cotangents):
     # concatenate with its producers into a slow loop.
     output_gate = (np.arange(4) == 3)[:, None, None]  # [4, 1, 1]: the blocks i, f, c, o
 
+    # Below this batch, the weight gradient is summed after the scan (see _lstm_scan).
+    sum_each_step = batch >= SUM_EACH_STEP_FROM
+
     def body(carry, step):
-        dh_next, dc_next, d_kernels = carry  # [U, B], [U, B], [D+U+1, 4U]
+        dh_next, dc_next, d_kernels = carry  # [U, B], [U, B], [D+U+1, 4U] or None
         dh = dh_next + step["dh_out"] if "dh_out" in step else dh_next
         dc = dc_next + dh * step["q"]
         dz = step["p"] * jnp.where(output_gate, dh[None], dc[None]).reshape(4 * units, batch)
+        carry = (params["recurrent_kernel"] @ dz, dc * step["f"])
+        if not sum_each_step:
+            return (*carry, None), dz
         xh_t = jax.lax.dynamic_index_in_dim(xh, step["t"], axis=1, keepdims=False)  # [D+U+1, B]
         d_kernels += jax.lax.dot_general(xh_t, dz, (((1,), (1,)), ((), ())))
         d_x = params["kernel"] @ dz  # [D, B]; XLA drops it when nothing needs d_xs
-        return (params["recurrent_kernel"] @ dz, dc * step["f"], d_kernels), d_x
+        return (*carry, d_kernels), d_x
 
     steps_in = {"p": ps, "q": qs, "f": fs, "t": jnp.arange(steps)}
     if not _is_zero(d_hs):
         steps_in.update(dh_out=jnp.swapaxes(d_hs, 1, 2))  # [T, U, B]
-    d_kernels = _zeros(ps, (input_dim + units + 1, 4 * units))
-    (dh0, dc0, d_kernels), d_xs = jax.lax.scan(
+    d_kernels = _zeros(ps, (input_dim + units + 1, 4 * units)) if sum_each_step else None
+    (dh0, dc0, d_kernels), per_step = jax.lax.scan(
         body, (d_h.T, d_c.T, d_kernels), steps_in, reverse=True, unroll=unroll
     )
+    if sum_each_step:
+        d_xs = jnp.swapaxes(per_step, 1, 2)  # [T, B, D]
+    else:  # per_step is each step's dz: [T, 4U, B]
+        d_kernels = jax.lax.dot_general(xh, per_step, (((1, 2), (0, 2)), ((), ())))
+        d_xs = jnp.einsum("dg,tgb->tbd", params["kernel"], per_step)
     grads = {
         "kernel": d_kernels[:input_dim],
         "recurrent_kernel": d_kernels[input_dim:-1],
         "bias": d_kernels[-1],
     }
-    return {**params, **grads}, jnp.swapaxes(d_xs, 1, 2), dh0.T, dc0.T  # d_xs: [T, B, D]
+    return {**params, **grads}, d_xs, dh0.T, dc0.T
 
 
 def _zeros(like: Array, shape: tuple[int, ...], dtype=None) -> Array:

@@ -209,8 +209,13 @@ def test_vmap_over_examples_matches_batch(name):
 
 
 @pytest.mark.slow
-def test_lstm_custom_gradient_matches_autodiff():
-    """The unmasked LSTM uses a hand-written VJP; an all-true mask takes the autodiff path."""
+@pytest.mark.parametrize("sum_each_step", [True, False], ids=["summed_each_step", "summed_after"])
+def test_lstm_custom_gradient_matches_autodiff(sum_each_step, monkeypatch):
+    """The unmasked LSTM uses a hand-written VJP; an all-true mask takes the autodiff path.
+    Its weight gradient is summed in the backward scan or after it, by the batch's size
+    (``SUM_EACH_STEP_FROM``): both ways give autodiff's gradients."""
+    threshold = 0 if sum_each_step else 10**9
+    monkeypatch.setattr(lstm_jax.lstm_scan, "SUM_EACH_STEP_FROM", threshold)
     params, x, states = make_params("lstm"), make_inputs(), make_state("lstm")
     weights = jnp.asarray(np.random.default_rng(3).normal(size=(B, T, U)), jnp.float32)
 
