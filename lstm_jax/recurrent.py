@@ -28,6 +28,7 @@ from lstm_jax.cells import (
     simple_rnn_cell,
 )
 from lstm_jax.dropout import apply_dropout, check_rates, dropout_masks
+from lstm_jax.gru_scan import gru_unmasked_scan
 from lstm_jax.lstm_scan import lstm_unmasked_scan, varying_like
 
 __all__ = [
@@ -98,7 +99,14 @@ CELLS: dict[str, Cell] = {
             unmasked_scan=lstm_unmasked_scan,
         ),
         Cell(
-            name="gru", layer="GRU", step=gru_cell, init=init_gru, gates=3, state=("h",), biases=2
+            name="gru",
+            layer="GRU",
+            step=gru_cell,
+            init=init_gru,
+            gates=3,
+            state=("h",),
+            biases=2,
+            unmasked_scan=gru_unmasked_scan,
         ),
         Cell(
             name="simple_rnn",

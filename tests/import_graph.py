@@ -22,6 +22,7 @@ LAYERS = (
             for m in (
                 "cells",
                 "lstm_scan",
+                "gru_scan",
                 "lstm_cudnn",
                 "dropout",
                 "recurrent",

@@ -251,6 +251,44 @@ def test_lstm_custom_gradient_matches_autodiff(sum_each_step, monkeypatch):
 
 
 @pytest.mark.slow
+def test_gru_custom_gradient_matches_autodiff():
+    """The unmasked GRU uses a hand-written VJP (``lstm_jax.gru_scan``) below
+    ``SUM_EACH_STEP_FROM`` examples; an all-true mask takes the autodiff path through
+    ``gru_cell``: the same values and gradients, for every output the loss may use,
+    reversed, under jit and unrolled."""
+    assert B < lstm_jax.lstm_scan.SUM_EACH_STEP_FROM  # the hand-written gradient runs
+    params, x, states = make_params("gru"), make_inputs(), make_state("gru")
+    params["bias"] = jnp.asarray(np.random.default_rng(4).normal(size=(2, 3 * U)), jnp.float32)
+    weights = jnp.asarray(np.random.default_rng(3).normal(size=(B, T, U)), jnp.float32)
+    all_true = jnp.ones((B, T), bool)
+
+    def loss(params, x, states, mask):
+        out, h = lstm_jax.gru(
+            params, x, return_sequences=True, return_state=True, initial_state=states, mask=mask
+        )
+        return jnp.sum(out * weights) + jnp.sum(jnp.sin(h))
+
+    custom = jax.value_and_grad(loss, argnums=(0, 1, 2))(params, x, states, None)
+    autodiff = jax.value_and_grad(loss, argnums=(0, 1, 2))(params, x, states, all_true)
+    reference.assert_trees_close(custom, autodiff, atol=1e-5, rtol=1e-5)
+    fn = jax.jit(
+        jax.grad(lambda p, m: jnp.sum(lstm_jax.gru(p, x, go_backwards=True, mask=m, unroll=3) ** 2))
+    )
+    reference.assert_trees_close(fn(params, None), fn(params, all_true), atol=1e-5, rtol=1e-5)
+    for used in (0, 1):
+
+        def partial_loss(params, mask, used=used):
+            outputs = lstm_jax.gru(
+                params, x, return_sequences=True, return_state=True, initial_state=states, mask=mask
+            )
+            return jnp.sum(jnp.sin(outputs[used]))
+
+        custom = jax.grad(partial_loss)(params, None)
+        autodiff = jax.grad(partial_loss)(params, all_true)
+        reference.assert_trees_close(custom, autodiff, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
 def test_gradients_per_device_under_shard_map_match_the_whole_batch(on_two_cpu_devices):
     """Inside ``jax.shard_map`` (its default ``check_vma``), as ``lstm_jax.training`` runs
     them: on two devices, each sequence function's gradient, per device and summed by
@@ -264,14 +302,16 @@ def test_gradients_per_device_under_shard_map_match_the_whole_batch(on_two_cpu_d
     [(jnp.bfloat16, jnp.float32), (jnp.float32, jnp.bfloat16), (jnp.bfloat16, jnp.bfloat16)],
     ids=["bf16_inputs", "bf16_weights", "bf16_both"],
 )
-def test_lstm_mixed_dtypes_match_autodiff_path(x_dtype, p_dtype):
+@pytest.mark.parametrize("name", ["lstm", "gru"])
+def test_custom_gradient_mixed_dtypes_match_autodiff_path(name, x_dtype, p_dtype):
     """Mixed precision runs the custom-gradient scan in the promoted dtype, and each gradient
     comes back in its own argument's dtype, as with autodiff (the all-true-mask path)."""
-    params = jax.tree.map(lambda a: a.astype(p_dtype), make_params("lstm"))
+    params = jax.tree.map(lambda a: a.astype(p_dtype), make_params(name))
     x = make_inputs().astype(x_dtype)
+    fn = getattr(lstm_jax, name)
 
     def loss(params, x, mask):
-        out = lstm_jax.lstm(params, x, return_sequences=True, mask=mask)
+        out = fn(params, x, return_sequences=True, mask=mask)
         return jnp.sum(out.astype(jnp.float32) ** 2)
 
     grad = jax.value_and_grad(loss, argnums=(0, 1))
