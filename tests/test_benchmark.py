@@ -43,6 +43,30 @@ def test_benchmark_trains_each_jax_system_and_writes_its_table(tmp_path):
 
 
 @pytest.mark.slow
+def test_the_grid_times_every_cell_in_each_jax_system(tmp_path):
+    """``benchmarks/grid.py`` at a tiny size: every cell (LSTM and GRU; rows, a language
+    model's text and pixels) builds and is timed in each system, and the table has its row."""
+    command = [
+        sys.executable,
+        "benchmarks/grid.py",
+        *("--units", "50", "--batches", "4", "--rounds", "2", "--no-bf16"),
+        *("--systems", "lstm_jax,plain_scan", "--results-dir", str(tmp_path), "--name", "g"),
+    ]
+    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    grid = json.loads((tmp_path / "g.json").read_text())
+    cells = [(c["spec"]["cell"], c["spec"]["shape"]) for c in grid["cells"]]
+    assert cells == [(c, s) for c in ("lstm", "gru") for s in ("rows", "text", "pixels")]
+    for cell in grid["cells"]:
+        assert not cell["errors"], cell
+        assert set(cell["ms_per_step"]) == {"lstm_jax", "plain_scan"}
+        assert all(len(t) == 2 for t in cell["seconds"].values())
+    assert grid["limit_gflops"]["float32"] > 0
+    table = (tmp_path / "g.md").read_text()
+    assert "| LSTM | text | 50 | 4 |" in table and "| GRU | pixels | 50 | 4 |" in table
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "systems, message",
     [("torch", "must include lstm_jax"), ("lstm_jax,tensorflow", "unknown tensorflow")],
