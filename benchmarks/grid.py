@@ -497,7 +497,7 @@ def main(argv=None) -> int:
         "machine": f"{_cpu_name()}, {os.cpu_count()} cores",
         "versions": versions,
         "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "command": "python benchmarks/grid.py " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python benchmarks/grid.py", *sys.argv[1:]]),
         "rounds": args.rounds,
         "seconds": time.perf_counter() - start,
     }

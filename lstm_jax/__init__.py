@@ -3,9 +3,9 @@
 The package is in layers, each importing only those below it:
 
 * the model, here at the top: the cells and sequence functions (``recurrent``, over
-  ``cells``, ``lstm_scan`` and ``lstm_cudnn``), the Flax layers (``linen``, ``nnx``),
-  parameter counts (``params``) and Keras models in and out (``keras_io``; Keras is
-  imported only when those are called);
+  ``cells``, ``lstm_scan``, ``gru_scan`` and ``lstm_cudnn``), the Flax layers (``linen``,
+  ``nnx``), parameter counts (``params``) and Keras models in and out (``keras_io``; Keras
+  is imported only when those are called);
 * ``lstm_jax.data``: data sets and your own arrays as sequences;
 * ``lstm_jax.training``: the trainer, its run directories and ``load_run``.
 

@@ -17,9 +17,10 @@ SimpleRNN      ``[D, U]``          ``[U, U]``             ``[U]``     --
 Each cell has the signature ``jax.lax.scan`` wants, ``cell(params, carry, x_t) -> (carry,
 y_t)``, and holds its equations, in its docstring and its code. The sequence functions of
 ``lstm_jax.recurrent`` (``lstm``, ``gru``, ``simple_rnn``) scan exactly these cells over
-time. Without a mask the LSTM runs ``lstm_jax.lstm_scan``: the same equations, computed
-transposed for speed, with a hand-written gradient; tests hold it equal to ``lstm_cell`` and
-to autodiff.
+time. Without a mask the LSTM runs ``lstm_jax.lstm_scan``, and the GRU below 64 examples a
+device ``lstm_jax.gru_scan``: the same equations, computed transposed for speed, with a
+hand-written gradient; tests hold them equal to ``lstm_cell`` and ``gru_cell`` and to
+autodiff.
 
 The cells project each step's input inside the step rather than computing ``x W + b`` for
 all steps before the scan: XLA:CPU would fuse each step's slice of a precomputed projection

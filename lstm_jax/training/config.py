@@ -243,7 +243,7 @@ TASK_DEFAULTS = {
         "learning_rate": 5e-3,
         "lr_schedule": "cosine",
         "clipnorm": 5.0,
-        "epochs": 5,
+        "epochs": 8,
         "validation_split": 0.1,
     },
 }
