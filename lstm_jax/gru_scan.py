@@ -4,7 +4,7 @@ The same equations as ``gru_cell`` (Keras's ``reset_after=True``), computed over
 inputs in the transposed, feature-major layout of ``lstm_scan`` (``[3U, B]`` gates), with a
 ``jax.custom_vjp`` whose backward pass keeps each step's gate derivatives and sums every
 weight gradient over all steps in one matrix product after its scan. That pays below
-``lstm_scan.SUM_EACH_STEP_FROM`` examples (on each device), where autodiff's per-step weight
+``CUSTOM_GRADIENT_BELOW`` examples (on each device), where autodiff's per-step weight
 gradient products are too thin; from there ``gru_cell`` under ``lax.scan`` and autodiff is
 faster, and runs (``benchmarks/NOTES.md``). Tests hold the outputs and gradients equal to
 ``gru_cell``'s under autodiff.
@@ -16,16 +16,17 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from jax.custom_derivatives import CustomVJPPrimal
 
-from lstm_jax import lstm_scan
-from lstm_jax.cells import gru_cell
-from lstm_jax.lstm_scan import _is_zero, _zeros, varying_like
+from lstm_jax.lstm_scan import _is_zero, _zeros, in_one_dtype, primal_values
 
-__all__ = ["gru_unmasked_scan"]
+__all__ = ["CUSTOM_GRADIENT_BELOW", "gru_unmasked_scan"]
 
 Array = jax.Array
 Params = dict[str, Array]
+
+# The batch (on one device) below which the GRU's scan uses this hand-written gradient;
+# from it, autodiff's scan over gru_cell (recurrent.CELLS["gru"].unmasked_scan_below).
+CUSTOM_GRADIENT_BELOW = 64
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -80,10 +81,7 @@ def _gru_forward(params, xs, h0, unroll):
 
 
 def _gru_scan_fwd(params, xs, h0, unroll):
-    args = jax.tree.map(
-        lambda a: a.value, (params, xs, h0), is_leaf=lambda a: isinstance(a, CustomVJPPrimal)
-    )
-    return _gru_forward(*args, unroll)
+    return _gru_forward(*primal_values((params, xs, h0)), unroll)
 
 
 def _gru_scan_bwd(unroll, residuals, cotangents):
@@ -121,13 +119,7 @@ _gru_scan.defvjp(_gru_scan_fwd, _gru_scan_bwd, symbolic_zeros=True)
 
 def gru_unmasked_scan(params: Params, xs: Array, carry: tuple, unroll):
     """``(hs, (h,))`` of the GRU over time-major ``xs`` ``[T, B, D]`` from ``carry`` ``(h0,)``:
-    the ``unmasked_scan`` of ``recurrent.CELLS["gru"]``, in one dtype as the LSTM's is
-    (``lstm_scan.lstm_unmasked_scan``). From ``lstm_scan.SUM_EACH_STEP_FROM`` examples,
-    ``gru_cell`` under ``lax.scan``, as with a mask."""
-    if xs.shape[1] >= lstm_scan.SUM_EACH_STEP_FROM:
-        h, hs = jax.lax.scan(lambda h, x_t: gru_cell(params, h, x_t), carry[0], xs, unroll=unroll)
-        return hs, (h,)
-    dtype = carry[0].dtype
-    cast = varying_like({k: v.astype(dtype) for k, v in params.items()}, xs)
-    hs, h = _gru_scan(cast, xs.astype(dtype), carry[0], unroll)
+    the ``unmasked_scan`` of ``recurrent.CELLS["gru"]`` below ``CUSTOM_GRADIENT_BELOW``
+    examples, in one dtype as the LSTM's is (``lstm_scan.in_one_dtype``)."""
+    hs, h = _gru_scan(*in_one_dtype(params, xs, carry), carry[0], unroll)
     return hs, (h,)

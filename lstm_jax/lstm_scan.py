@@ -19,7 +19,9 @@ from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
 from lstm_jax import _jax_compat
 
 __all__ = [
+    "in_one_dtype",
     "lstm_unmasked_scan",
+    "primal_values",
     "varying_like",
 ]
 
@@ -161,11 +163,13 @@ def _lstm_forward(params, xs, h0, c0, unroll):
 
 
 def _lstm_scan_fwd(params, xs, h0, c0, unroll):
-    # With symbolic_zeros=True each array arrives as a CustomVJPPrimal(value, perturbed).
-    args = jax.tree.map(
-        lambda a: a.value, (params, xs, h0, c0), is_leaf=lambda a: isinstance(a, CustomVJPPrimal)
-    )
-    return _lstm_forward(*args, unroll)
+    return _lstm_forward(*primal_values((params, xs, h0, c0)), unroll)
+
+
+def primal_values(tree):
+    """The arrays of a ``custom_vjp`` forward rule's arguments: with ``symbolic_zeros=True``
+    each arrives as a ``CustomVJPPrimal(value, perturbed)``."""
+    return jax.tree.map(lambda a: a.value, tree, is_leaf=lambda a: isinstance(a, CustomVJPPrimal))
 
 
 def _lstm_scan_bwd(unroll, residuals, cotangents):
@@ -254,7 +258,13 @@ def lstm_unmasked_scan(params: Params, xs: Array, carry: tuple, unroll):
     One dtype inside the custom-gradient scan: the carry's, the inputs' and the parameters'
     promoted (bfloat16 inputs with float32 weights run in float32). The casts sit outside
     it, so autodiff returns each gradient in its own dtype."""
+    hs, h, c = _lstm_scan(*in_one_dtype(params, xs, carry), *carry, unroll)
+    return hs, (h, c)
+
+
+def in_one_dtype(params: Params, xs: Array, carry: tuple) -> tuple[Params, Array]:
+    """``params`` and ``xs`` in the carry's dtype, for a custom-gradient scan: the
+    parameters also varying as ``xs`` does (``varying_like``)."""
     dtype = carry[0].dtype
     cast = varying_like({k: v.astype(dtype) for k, v in params.items()}, xs)
-    hs, h, c = _lstm_scan(cast, xs.astype(dtype), *carry, unroll)
-    return hs, (h, c)
+    return cast, xs.astype(dtype)

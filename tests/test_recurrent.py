@@ -253,10 +253,10 @@ def test_lstm_custom_gradient_matches_autodiff(sum_each_step, monkeypatch):
 @pytest.mark.slow
 def test_gru_custom_gradient_matches_autodiff():
     """The unmasked GRU uses a hand-written VJP (``lstm_jax.gru_scan``) below
-    ``SUM_EACH_STEP_FROM`` examples; an all-true mask takes the autodiff path through
+    ``CUSTOM_GRADIENT_BELOW`` examples; an all-true mask takes the autodiff path through
     ``gru_cell``: the same values and gradients, for every output the loss may use,
     reversed, under jit and unrolled."""
-    assert B < lstm_jax.lstm_scan.SUM_EACH_STEP_FROM  # the hand-written gradient runs
+    assert B < lstm_jax.gru_scan.CUSTOM_GRADIENT_BELOW  # the hand-written gradient runs
     params, x, states = make_params("gru"), make_inputs(), make_state("gru")
     params["bias"] = jnp.asarray(np.random.default_rng(4).normal(size=(2, 3 * U)), jnp.float32)
     weights = jnp.asarray(np.random.default_rng(3).normal(size=(B, T, U)), jnp.float32)
