@@ -41,6 +41,8 @@ def badge(notebook: str) -> str:
 def install_cell(source: str | None = None) -> str:
     """The install cell; ``source``: where pip gets lstm_jax (default: the repository).
 
+    Outside Colab it installs nothing: it says how to, if lstm_jax cannot be imported.
+
     Plain ``pip install`` upgrades nothing that already satisfies lstm_jax's floors, so
     Colab's own tensorflow, keras, jax, jaxlib, numpy and protobuf stay as they are. The
     rest mends a defect seen in Colab's packages: a tensorflow-metadata built for a newer
@@ -49,7 +51,9 @@ def install_cell(source: str | None = None) -> str:
     source = source or f"git+{repository()}"
     lines = [
         "# On Colab: install lstm_jax on top of Colab's own packages, moving none of them.",
-        "# Skipped everywhere else.",
+        "# Elsewhere: says how to install lstm_jax if this kernel's Python lacks it.",
+        "import importlib.metadata",
+        "import importlib.util",
         "import subprocess",
         "import sys",
         "",
@@ -61,7 +65,16 @@ def install_cell(source: str | None = None) -> str:
         "    if subprocess.run(check, capture_output=True).returncode:",
         '        !pip install -q "tensorflow-metadata<1.21"',
     ]
-    return "\n".join(lines)
+    elsewhere = f"""\
+elif importlib.util.find_spec("lstm_jax") is None:
+    print(
+        "lstm_jax is not installed in this kernel's Python. Install it, then restart the kernel:\\n"
+        f"  {{sys.executable}} -m pip install 'lstm_jax @ git+{repository()}'\\n"
+        "or, in a clone of the repository: pip install -e ."
+    )
+else:
+    print("lstm_jax", importlib.metadata.version("lstm_jax"), "is installed")"""
+    return "\n".join(lines) + "\n" + elsewhere
 
 
 def _source(cell: dict) -> str:
