@@ -8,9 +8,15 @@ import pathlib
 import re
 import time
 
+import jax
+import jax.numpy as jnp
 import nbformat
+import numpy as np
 import pytest
 from nbclient import NotebookClient
+
+import lstm_jax
+from lstm_jax import linen
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -19,11 +25,12 @@ colab = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(colab)
 
 
-def test_there_are_three_notebooks():
+def test_there_are_four_notebooks():
     assert [p.name for p in NOTEBOOKS] == [
         "01_rnns_and_lstms.ipynb",
         "02_sequential_mnist.ipynb",
         "03_counting_parameters.ipynb",
+        "04_next_character.ipynb",
     ]
 
 
@@ -145,8 +152,16 @@ def test_notebook_executes_and_shows_every_plot(path, tmp_path, report, monkeypa
     if path.name.startswith("02_"):  # the JAX training loop reaches the lesson's accuracy
         loop = float(re.search(r"the loop's test accuracy: ([\d.]+)%", text).group(1))
         assert loop >= 94.0, loop
+    if path.name.startswith("04_"):  # both trainings print a loss per character and a sample
+        for who in ("the loop's", "the library's"):
+            loss = float(re.search(rf"{who} validation loss: ([\d.]+) nats", text).group(1))
+            assert loss < 3.31, (who, loss)  # below knowing only the characters' frequencies
+        for header in ("temperature 0.5", "temperature 1.0", "temperature 1.5", "the library's"):
+            assert re.search(rf"--- {header}[^\n]* ---\n+ROMEO:.{{150}}", text, re.DOTALL), header
     found = re.findall(
-        r"Total params: [\d,]+|test accuracy: [\d.]+%|largest difference[^\n]*", text
+        r"Total params: [\d,]+|test accuracy: [\d.]+%|largest difference[^\n]*"
+        r"|validation loss: [\d.]+ nats[^\n]*|differ by [^\n]*|validation loss: state[^\n]*",
+        text,
     )
     titles = [f["suptitle"] or " / ".join(ax["title"] for ax in f["axes"]) for f in shown]
     report(
@@ -154,6 +169,34 @@ def test_notebook_executes_and_shows_every_plot(path, tmp_path, report, monkeypa
         + "; ".join(found)
         + f"; figures: {titles}"
     )
+
+
+def test_notebook_04_trains_in_view_then_with_the_library_and_writes():
+    nb = nbformat.read(ROOT / "notebooks" / "04_next_character.ipynb", as_version=4)
+    code = "\n".join(cell.source for cell in nb.cells if cell.cell_type == "code")
+    for used in ("jax.value_and_grad", "@jax.jit", "return_state=True", "initial_state=state"):
+        assert used in code, used
+    for used in ("training.train_and_evaluate(config, workdir)", "run.generate(", "temperature"):
+        assert used in code, used
+    assert "## Exercises" in nb.cells[-1].source
+
+
+def test_notebook_04s_keras_code_runs_and_is_the_jax_model():
+    """The Keras model 04 shows beside its JAX one trains, and has the same parameters."""
+    keras = pytest.importorskip("keras")  # a test dependency, and Colab's
+    nb = nbformat.read(ROOT / "notebooks" / "04_next_character.ipynb", as_version=4)
+    markdown = "\n".join(cell.source for cell in nb.cells if cell.cell_type == "markdown")
+    block = re.search(r"```python\n(.*?)```", markdown, re.DOTALL).group(1)
+    x = np.random.default_rng(0).integers(0, 65, (32, 50)).astype(np.int32)
+    namespace = {"x_windows": x, "y_windows": np.roll(x, -1, axis=1)}
+    with jax.numpy_rank_promotion("allow"):  # Keras's optimizers broadcast by rank
+        exec(block, namespace)
+    assert isinstance(namespace["model"], keras.Sequential)
+    shape = jax.ShapeDtypeStruct((1, 50), jnp.int32)
+    model = linen.LanguageModel(vocab_size=65, embed=64, units=(256,))
+    variables = jax.eval_shape(model.init, jax.random.key(0), shape)
+    assert namespace["model"].count_params() == lstm_jax.count_params(variables) == 349_569
+    assert "349,569" in markdown
 
 
 def test_notebook_02_ends_by_loading_its_run_and_predicting():
