@@ -185,7 +185,7 @@ def _lstm_scan_bwd(unroll, residuals, cotangents):
     output_gate = (np.arange(4) == 3)[:, None, None]  # [4, 1, 1]: the blocks i, f, c, o
 
     # Below this batch, the weight gradient is summed after the scan (see _lstm_scan).
-    sum_each_step = batch >= SUM_EACH_STEP_FROM
+    sum_each_step = not isinstance(batch, int) or batch >= SUM_EACH_STEP_FROM  # or symbolic
 
     def body(carry, step):
         dh_next, dc_next, d_kernels = carry  # [U, B], [U, B], [D+U+1, 4U] or None

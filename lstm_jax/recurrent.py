@@ -323,7 +323,10 @@ def _scan(cell: Cell, params: Params, xs, carry: tuple, mask, masks, go_backward
 def _unmasked_scan_applies(cell: Cell, batch: int) -> bool:
     if cell.unmasked_scan is None:
         return False
-    return cell.unmasked_scan_below is None or batch < cell.unmasked_scan_below
+    if cell.unmasked_scan_below is None:
+        return True
+    # A symbolic batch (jax.export) takes the step's scan, which serves every batch.
+    return isinstance(batch, int) and batch < cell.unmasked_scan_below
 
 
 def _step(cell: Cell, params: Params, carry, x_t: Array, masks):
