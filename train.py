@@ -39,6 +39,7 @@ examples:
   python train.py --workdir runs/lesson --evaluate  test a finished run again
   python train.py --dataset tiny_shakespeare --workdir runs/shakespeare   a language model
   python train.py --workdir runs/shakespeare --generate "ROMEO:" --length 500 --temperature 0.8
+  python train.py --workdir runs/lesson --export lesson.jaxexport   to serve with jax alone
 """
 
 
@@ -189,6 +190,7 @@ def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
             length=500,
             temperature=1.0,
             generate_seed=0,
+            export_platforms="cpu,cuda,tpu",
         )
     return p
 
@@ -227,6 +229,17 @@ def _add_run_flags(run) -> None:
         "--top-k", type=int, metavar="K", help="--generate draws among the K likeliest only"
     )
     run.add_argument("--generate-seed", type=int, metavar="SEED", help="--generate's draws")
+    run.add_argument(
+        "--export",
+        metavar="FILE",
+        help="no training: write the finished run in --workdir as a jax.export artifact, "
+        "FILE (and how to call it, FILE.json), to serve with jax alone",
+    )
+    run.add_argument(
+        "--export-platforms",
+        metavar="P,P",
+        help="--export's platforms, of cpu, cuda, rocm, tpu (default: cpu,cuda,tpu)",
+    )
     run.add_argument(
         "--cpu-devices",
         type=int,
@@ -317,6 +330,9 @@ def main(argv=None) -> int:
             if args.generate is not None:
                 _generate(workdir, args)
                 return 0
+            if args.export is not None:
+                _export(workdir, args)
+                return 0
             if args.distributed:
                 distributed.initialize(*hosts, timeout=args.join_timeout, restore_signals=True)
             training.train_and_evaluate(config, workdir)
@@ -340,11 +356,12 @@ def main(argv=None) -> int:
 
 def _check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuses flags that cannot go together, before anything starts."""
-    for flag in ("resume", "evaluate", "generate"):
+    for flag in ("resume", "evaluate", "generate", "export"):
         if getattr(args, flag) not in (None, False) and args.workdir is None:
             parser.error(f"--{flag} needs the --workdir of the run")
-    if sum(map(bool, (args.resume, args.evaluate, args.generate is not None))) > 1:
-        parser.error("--resume, --evaluate and --generate: give one")
+    uses = (args.resume, args.evaluate, args.generate is not None, args.export is not None)
+    if sum(map(bool, uses)) > 1:
+        parser.error("--resume, --evaluate, --generate and --export: give one")
     if args.cpu_devices < 0:
         parser.error(f"--cpu-devices must be 0 (one per core) or more; got {args.cpu_devices}")
     hosts = (args.coordinator_address, args.num_processes, args.process_id)
@@ -355,8 +372,9 @@ def _check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         distributed.check_arguments(*hosts)
     except distributed.DistributedError as e:
         parser.error(_flag_names(str(e)))
-    if args.evaluate:
-        parser.error("--evaluate runs in one process; drop the several-processes flags")
+    if args.evaluate or args.export is not None:
+        what = "--evaluate" if args.evaluate else "--export"
+        parser.error(f"{what} runs in one process; drop the several-processes flags")
     if args.workdir is None:
         parser.error(
             "several processes need --workdir: one directory that all of them see (on "
@@ -368,11 +386,12 @@ def _config(parser, args, given: dict, workdir: str | None) -> training.Config:
     """The run's settings: from the flags, or from the run in ``workdir`` (``--resume``,
     with the settings given as changes; ``--evaluate``)."""
     try:
-        if args.evaluate or args.generate is not None:
+        if args.evaluate or args.generate is not None or args.export is not None:
             extra = sorted(set(given) & _SETTINGS - set(training.settings(evaluate=True)))
             if extra:
                 flags = ", ".join("--" + f.replace("_", "-") for f in extra)
                 what = "--evaluate" if args.evaluate else "--generate"
+                what = "--export" if args.export is not None else what
                 parser.error(f"{what} reads the model and settings from the run; drop {flags}")
             return training.resume_config(workdir)
         if args.resume:
@@ -463,6 +482,19 @@ def _generate(workdir: str, args) -> None:
         seed=args.generate_seed,
     )
     print(args.generate + text)
+
+
+def _export(workdir: str, args) -> None:
+    from lstm_jax.training import runs
+
+    run = runs.load_run(workdir)
+    try:
+        description = run.export(args.export, platforms=args.export_platforms.split(","))
+    except ValueError as e:  # a platform JAX does not know, or a run not finished
+        raise training.ConfigError("export", f"--export: {e}") from e
+    names = ", ".join(i["name"] for i in description["inputs"])
+    print(f"exported: {args.export} ({', '.join(description['platforms'])}); call({names})")
+    print(f"how to call it: {args.export}.json")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ Where each part lives:
 * ``early_stopping``, ``reporting`` (progress, setup and epoch lines, metrics, curves,
   TensorBoard), ``model_checks`` (a user's model checked before training);
 * ``checkpoints`` (orbax), ``rundir`` (the run directory: what it holds, in one format,
-  its lock, its files written atomically), ``runs`` (resuming a run, ``load_run``);
+  its lock, its files written atomically), ``runs`` (resuming a run, ``load_run``),
+  ``export`` (a run as a ``jax.export`` artifact, to serve with jax alone);
 * ``loop``: ``train_and_evaluate``.
 
 Several processes (``Config.distributed``) train the same model as one process with as many

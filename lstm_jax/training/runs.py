@@ -22,7 +22,7 @@ import numpy as np
 from lstm_jax import data as data_lib
 from lstm_jax.errors import ConfigError
 from lstm_jax.training import calls as calls_lib
-from lstm_jax.training import sharding, steps
+from lstm_jax.training import export, sharding, steps
 from lstm_jax.training.checkpoints import (
     Checkpointer,
     CheckpointError,
@@ -288,6 +288,18 @@ class Run:
         """Class ids ``[N]`` for ``inputs``: uint8 images or prepared sequences (with
         ``lengths``, as ``logits``)."""
         return np.argmax(self.logits(inputs, lengths=lengths, batch_size=batch_size), axis=-1)
+
+    def export(self, path: str | os.PathLike, *, platforms=("cpu", "cuda", "tpu")) -> dict:
+        """Writes the run's inference function to ``path`` as a ``jax.export`` artifact (its
+        weights inside, the batch size symbolic), and how to call it to ``path.json``, to
+        serve without lstm_jax, Flax, optax or orbax: ``lstm_jax.training.export``.
+        Returns what ``path.json`` holds.
+
+        Raises:
+          ValueError: a platform ``jax.export`` does not know, or a run not finished.
+          RunFileError: a file cannot be written.
+        """
+        return export.export_run(self, path, platforms=platforms)
 
     def evaluate(
         self,
