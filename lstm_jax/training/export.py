@@ -16,8 +16,8 @@ vocabulary of a text, the run it came from and the JAX that wrote it. What the f
   state's arrays ``[b, units]`` (zeros to start), so that a prompt is read and text
   written one token a step from the file alone.
 
-Loading needs ``jax`` of a compatible version (``jax.export``'s guarantees), nothing of
-lstm_jax::
+Loading needs ``jax`` of a compatible version (``jax.export``'s guarantees) and
+``flatbuffers`` (its serialization), nothing of lstm_jax::
 
     exported = jax.export.deserialize(pathlib.Path(FILE).read_bytes())
     logits, probabilities = exported.call(images)
@@ -85,6 +85,8 @@ def export_run(run, path: str | os.PathLike, *, platforms=("cpu", "cuda", "tpu")
     exported = jax.export.export(jax.jit(function), platforms=platforms)(*args)
     description = {
         "format": FORMAT,
+        "needs": "jax (of a version jax.export can load this with) and flatbuffers: "
+        "pip install jax flatbuffers",
         "call": f"jax.export.deserialize(pathlib.Path(FILE).read_bytes()).call({_names(inputs)})",
         "inputs": inputs,
         "outputs": outputs,
