@@ -7,6 +7,7 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -150,3 +151,29 @@ def test_train_py_exports_a_run(runs, tmp_path):
         cwd=ROOT,
     )
     assert bad.returncode != 0 and "error: --export: platforms must be" in bad.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["per_step", "regress"])
+def test_exported_labels_per_step_and_values_are_the_runs(task, tmp_path):
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(64, 9, 2)).astype(np.float32)
+    y = np.cumsum(x[..., 0], axis=1)
+    y = (y > 0).astype(np.int32) if task == "per_step" else y[:, -1].astype(np.float32)
+    config = training.Config(units=(8,), epochs=1, batch_size=16, progress=False)
+    ds = data.from_arrays(x[:48], y[:48], x_test=x[48:], y_test=y[48:], task=task)
+    training.train_and_evaluate(config, tmp_path / "run", data=ds)
+    run = lstm_jax.load_run(tmp_path / "run")
+    described = run.export(tmp_path / "f", platforms=["cpu"])
+    exported = jax.export.deserialize((tmp_path / "f").read_bytes())
+    names = [o["name"] for o in described["outputs"]]
+    for batch, steps in ((3, 9), (6, 4)):
+        out = exported.call(x[:batch, :steps])
+        if task == "regress":
+            assert names == ["values"] and described["outputs"][0]["shape"] == ["b", 1]
+            np.testing.assert_allclose(out, run.logits(x[:batch, :steps]), atol=1e-6)
+        else:
+            assert names == ["logits", "probabilities"]
+            assert described["outputs"][0]["shape"] == ["b", "t", 2]
+            np.testing.assert_allclose(out[0], run.logits(x[:batch, :steps]), atol=1e-6)
+            np.testing.assert_allclose(out[1], run.predict_proba(x[:batch, :steps]), atol=1e-6)
