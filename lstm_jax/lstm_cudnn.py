@@ -18,7 +18,9 @@ initial ``h``; a row of length 0 keeps its initial state. Shapes: ``[batch, time
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -29,12 +31,27 @@ from lstm_jax.cells import Array, Params
 __all__ = [
     "USE_CUDNN",
     "cudnn_weights",
+    "portable",
     "why_not",
     "right_padded",
     "run",
 ]
 
 USE_CUDNN = ("auto", True, False)
+
+_PORTABLE = contextvars.ContextVar("lstm_jax_portable", default=False)
+
+
+@contextlib.contextmanager
+def portable() -> Iterator[None]:
+    """Inside it, ``use_cudnn="auto"`` scans even on a GPU: what is traced there becomes a
+    program for any platform (``jax.export`` for several), which cuDNN's kernel would tie to
+    an NVIDIA GPU and to concrete shapes."""
+    token = _PORTABLE.set(True)
+    try:
+        yield
+    finally:
+        _PORTABLE.reset(token)
 
 
 def cudnn_weights(params: Params) -> Array:
@@ -54,6 +71,8 @@ def cudnn_weights(params: Params) -> Array:
 
 def why_not(params: Params, inputs: Array, *, unroll) -> str | None:
     """Why cuDNN cannot run this LSTM here, or ``None`` when it can."""
+    if _PORTABLE.get():
+        return "a program for any platform is being traced (lstm_cudnn.portable: jax.export)"
     if jax.default_backend() != "gpu":
         return f"there is no GPU here (JAX's default backend is {jax.default_backend()})"
     if not _jax_compat.has_cudnn_rnn():

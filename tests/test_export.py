@@ -177,3 +177,29 @@ def test_exported_labels_per_step_and_values_are_the_runs(task, tmp_path):
             assert described["outputs"][0]["shape"] == ["b", "t", 2]
             np.testing.assert_allclose(out[0], run.logits(x[:batch, :steps]), atol=1e-6)
             np.testing.assert_allclose(out[1], run.predict_proba(x[:batch, :steps]), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_export_on_a_gpu_scans_so_the_file_serves_every_platform(runs, tmp_path, monkeypatch):
+    """On a GPU, ``use_cudnn="auto"`` takes cuDNN, whose kernel lowers for CUDA only and
+    asks cuDNN at lowering: ``export`` traces under ``lstm_cudnn.portable`` instead. A GPU
+    is simulated (JAX's default backend said to be ``gpu``, the cuDNN kernels present)."""
+    from lstm_jax import _jax_compat, lstm_cudnn
+
+    params, x = lstm_jax.init_lstm(jax.random.key(0), 3, 4), np.zeros((2, 5, 3), np.float32)
+    assert lstm_cudnn.why_not(params, x, unroll=1) is not None  # no GPU here
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(_jax_compat, "has_cudnn_rnn", lambda: True)
+    assert lstm_cudnn.why_not(params, x, unroll=1) is None  # cuDNN would be taken
+    with lstm_cudnn.portable():
+        assert "portable" in lstm_cudnn.why_not(params, x, unroll=1)
+    with pytest.raises(Exception):  # noqa: B017 - what tracing cuDNN fails with varies
+        fn = jax.jit(lambda p, x: lstm_jax.lstm(p, x))
+        jax.export.export(fn, platforms=["cpu", "tpu"])(params, x)
+    run = runs["images"]
+    run.export(tmp_path / "f", platforms=("cpu", "cuda", "tpu"))
+    monkeypatch.undo()
+    exported = jax.export.deserialize((tmp_path / "f").read_bytes())
+    assert "cudnn" not in exported.mlir_module().lower()
+    images = np.random.default_rng(0).integers(0, 256, (3, 28, 28, 1), dtype=np.uint8)
+    np.testing.assert_allclose(exported.call(images)[0], run.logits(images), atol=1e-6)

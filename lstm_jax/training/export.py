@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lstm_jax import data as data_lib
+from lstm_jax import lstm_cudnn
 from lstm_jax.errors import RunFileError
 from lstm_jax.training import calls as calls_lib
 from lstm_jax.training import early_stopping, rundir, steps
@@ -81,8 +82,9 @@ def export_run(run, path: str | os.PathLike, *, platforms=("cpu", "cuda", "tpu")
             f"{run.workdir} --resume) and export it then"
         )
     path = pathlib.Path(path)
-    function, args, inputs, outputs = _serving(run)
-    exported = jax.export.export(jax.jit(function), platforms=platforms)(*args)
+    with lstm_cudnn.portable():  # on a GPU too, the scan: it lowers for every platform
+        function, args, inputs, outputs = _serving(run)
+        exported = jax.export.export(jax.jit(function), platforms=platforms)(*args)
     description = {
         "format": FORMAT,
         "needs": "jax (of a version jax.export can load this with) and flatbuffers: "
