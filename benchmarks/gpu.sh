@@ -11,7 +11,8 @@
 # 4,096 examples); each for lstm_jax with use_cudnn auto and off, Keras 3 on JAX (the table
 # says whether it took cuDNN), Flax linen, the plain scan (autodiff, plain layout: against
 # lstm_jax's scan it says which scan layout a GPU prefers, the one GRU and SimpleRNN use)
-# and PyTorch on CUDA; then train.py end to end from the npz. Results: RESULTS_DIR
+# and PyTorch on CUDA; then train.py end to end from the npz, and its run exported for cpu,
+# cuda and tpu (train.py --export: the scan, on a GPU too). Results: RESULTS_DIR
 # (default benchmarks/results), gpu_*.md, and gpu_steps.md saying how each step ended.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -83,5 +84,6 @@ bench pixels784 "${PIXELS[@]}"
 workdir=$(mktemp -d)
 step train 60 "$PYTHON" train.py --dataset "$DATA" --no-progress --workdir "$workdir/run" \
   "${TRAIN[@]}"
+step export 60 "$PYTHON" train.py --workdir "$workdir/run" --export "$workdir/run.jaxexport"
 cat "$RESULTS_DIR/gpu_steps.md"
 exit "$failed"

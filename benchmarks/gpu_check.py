@@ -1,5 +1,6 @@
 """On the GPU, before any timing: lstm_jax's LSTM through cuDNN against its scan, outputs and
-gradients, and one training epoch of the trainer (inside its ``shard_map``) both ways.
+gradients, one training epoch of the trainer (inside its ``shard_map``) both ways, and the
+cuDNN LSTM exported for CUDA (``jax.export``) and served.
 
     python benchmarks/gpu_check.py [--results-dir DIR]
 
@@ -97,6 +98,26 @@ def epoch_check() -> tuple[str, float]:
     return "one training epoch (16 steps, Adam), parameters after it", _largest(*params)
 
 
+def export_check() -> tuple[str, float]:
+    """The LSTM through cuDNN exported for CUDA (``jax.export``), loaded back and called,
+    against the scan: the one path ``tests/test_lowering.py`` cannot lower on a CPU (its
+    lowering asks cuDNN)."""
+    import jax
+
+    from lstm_jax import recurrent
+
+    params = recurrent.init_lstm(jax.random.key(0), 28, 50)
+    x = jax.random.normal(jax.random.key(1), (64, 28, 28))
+
+    def f(params, x, use_cudnn=True):
+        return recurrent.lstm(params, x, return_sequences=True, use_cudnn=use_cudnn)
+
+    exported = jax.export.export(jax.jit(f), platforms=["cuda"])(params, x)
+    served = jax.export.deserialize(exported.serialize())
+    case = "cuDNN's LSTM exported for CUDA (jax.export), served, against the scan"
+    return case, _largest(served.call(params, x), f(params, x, use_cudnn=False))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--results-dir", default=str(ROOT / "benchmarks" / "results"))
@@ -114,7 +135,7 @@ def main(argv=None) -> int:
         lines.append(f"Not compared: cuDNN cannot run here: {why}.")
         ok = True
     else:
-        found = [*layer_checks(), epoch_check()]
+        found = [*layer_checks(), epoch_check(), export_check()]
         lines += ["| case | largest difference (relative to the largest value) |", "| --- | --- |"]
         lines += [f"| {case} | {diff:.2e} |" for case, diff in found]
         ok = all(diff <= TOLERANCE for _, diff in found)

@@ -103,7 +103,7 @@ def test_the_gpu_script_runs_every_step_at_tiny_sizes(tmp_path):
     )
     steps = (results / "gpu_steps.md").read_text()
     assert out.returncode == 0, steps + out.stdout[-3000:] + out.stderr[-3000:]
-    for step in ("check", "lesson", "u256_b1024", "pixels784", "train"):
+    for step in ("check", "lesson", "u256_b1024", "pixels784", "train", "export"):
         assert f"| {step} | 0 |" in steps
     assert (
         "Not compared: cuDNN cannot run here: there is no GPU here"
@@ -114,3 +114,4 @@ def test_the_gpu_script_runs_every_step_at_tiny_sizes(tmp_path):
         assert "examples per epoch" in text and "mnist.npz" in text, text
         assert "| lstm_jax, use_cudnn=False (its scan, transposed layout, own gradient) |" in text
     assert "test accuracy:" in (results / "gpu_train.log").read_text()
+    assert "exported:" in (results / "gpu_export.log").read_text()
