@@ -25,10 +25,10 @@ Loading needs ``jax`` of a compatible version (``jax.export``'s guarantees) and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +37,7 @@ import numpy as np
 from lstm_jax import data as data_lib
 from lstm_jax import lstm_cudnn
 from lstm_jax.errors import RunFileError
+from lstm_jax.params import describe
 from lstm_jax.training import calls as calls_lib
 from lstm_jax.training import early_stopping, rundir, steps
 
@@ -82,6 +83,8 @@ def export_run(run, path: str | os.PathLike, *, platforms=("cpu", "cuda", "tpu")
             f"{run.workdir} --resume) and export it then"
         )
     path = pathlib.Path(path)
+    if path.is_dir():
+        raise RunFileError(f"cannot write {path}: it is a directory; give a file name")
     with lstm_cudnn.portable():  # on a GPU too, the scan: it lowers for every platform
         function, args, inputs, outputs = _serving(run)
         exported = jax.export.export(jax.jit(function), platforms=platforms)(*args)
@@ -98,33 +101,21 @@ def export_run(run, path: str | os.PathLike, *, platforms=("cpu", "cuda", "tpu")
         "run": {
             "workdir": str(run.workdir.resolve()),
             "epoch": run.epoch,
-            "model": _describe(run),
-            "config": {k: _plain(v) for k, v in vars(run.config).items()},
+            "model": describe(run.model),
+            "config": dataclasses.asdict(run.config),
         },
         "jax_version": jax.__version__,
         "serialization_version": exported.calling_convention_version,
     }
-    if path.is_dir():
-        raise RunFileError(f"cannot write {path}: it is a directory; give a file name")
     blob = exported.serialize()
     rundir.write_atomically(path, lambda tmp: tmp.write_bytes(blob))
     text = json.dumps(description, indent=1) + "\n"
     rundir.write_atomically(_json_path(path), lambda tmp: tmp.write_text(text))
-    return description
+    return json.loads(text)  # as the file holds it (the settings' tuples as lists)
 
 
 def _json_path(path: pathlib.Path) -> pathlib.Path:
     return path.with_name(path.name + ".json")
-
-
-def _describe(run) -> str:
-    from lstm_jax.params import describe
-
-    return describe(run.model)
-
-
-def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
 
 
 def _spec(name: str, shape, dtype, what: str) -> dict:
@@ -190,12 +181,13 @@ def _language_model(run, variables, calls, rngs):
     """A language model's step: ``(ids, *state) -> (logits, *state)``."""
     b, t = jax.export.symbolic_shape("b, t")
     ids = jax.ShapeDtypeStruct((b, t), jnp.int32)
-    kwargs = calls.kwargs(train=False)
 
     def run_from(ids, state):
-        return run.model.apply(
-            variables, ids, initial_state=state, return_state=True, rngs=rngs, **kwargs
-        )
+        out, _ = calls_lib.apply(
+            run.model.apply, calls, variables, ids, train=False, rngs=rngs,
+            initial_state=state, return_state=True,
+        )  # fmt: skip
+        return out
 
     _, state_shapes = jax.eval_shape(lambda ids: run_from(ids, None), ids)
     leaves, treedef = jax.tree.flatten(state_shapes)

@@ -38,14 +38,13 @@ for name in BLOCKED:
 path, calls_path, out_path = sys.argv[1:4]
 exported = jax.export.deserialize(pathlib.Path(path).read_bytes())
 calls = dict(np.load(calls_path))
-out = {}
-for k in range(len(calls)):
+out, k = {}, 0
+while f"call{k}_0" in calls:
     args = [calls[f"call{k}_{n}"] for n in range(len(calls)) if f"call{k}_{n}" in calls]
-    if not args:
-        break
     results = exported.call(*args)
     results = results if isinstance(results, tuple | list) else (results,)
     out.update({f"call{k}_{n}": np.asarray(r) for n, r in enumerate(results)})
+    k += 1
 if "prompt" in calls:
     temperature, key = float(calls["temperature"]), jax.random.key(int(calls["seed"]))
     draw = jax.jit(lambda logits, key: jax.random.categorical(key, logits / temperature, axis=-1))
