@@ -29,6 +29,24 @@ def varying_axes(x: jax.Array) -> frozenset:
     return frozenset(getattr(aval, "vma", frozenset()))
 
 
+def varying_like(tree, like: jax.Array):
+    """``tree`` marked as varying over the ``jax.shard_map`` axes that ``like`` varies over.
+
+    Inside ``shard_map`` (``check_vma=True``) a scan's carry must keep its type, so the
+    initial states are cast like the inputs; and the LSTM's parameters enter its
+    custom-gradient scan with the inputs' type, so that JAX sums their per-device
+    gradients over those axes (the transpose of the cast), as it does for any operation
+    that mixes replicated parameters with per-device inputs. Elsewhere nothing varies and
+    ``tree`` comes back as it was.
+    """
+
+    def cast(x):
+        missing = tuple(sorted(varying_axes(like) - varying_axes(x)))
+        return pvary(x, missing) if missing else x
+
+    return jax.tree.map(cast, tree)
+
+
 def unregister_event_time_span_listener(listener) -> None:
     """Removes a listener added with ``jax.monitoring.register_event_time_span_listener``
     (public from JAX 0.8; JAX 0.7 has only its private form)."""

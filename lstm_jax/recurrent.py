@@ -16,7 +16,7 @@ from typing import Any, TypedDict, Unpack
 import jax
 import jax.numpy as jnp
 
-from lstm_jax import lstm_cudnn
+from lstm_jax import _jax_compat, lstm_cudnn
 from lstm_jax.cells import (
     Array,
     Params,
@@ -29,7 +29,7 @@ from lstm_jax.cells import (
 )
 from lstm_jax.dropout import apply_dropout, check_rates, dropout_masks
 from lstm_jax.gru_scan import CUSTOM_GRADIENT_BELOW, gru_unmasked_scan
-from lstm_jax.lstm_scan import lstm_unmasked_scan, varying_like
+from lstm_jax.lstm_scan import lstm_unmasked_scan
 
 __all__ = [
     "CELLS",
@@ -279,7 +279,7 @@ def run_cell(
     xs = jnp.swapaxes(inputs, 0, 1)  # [T, B, D]: scan runs over the leading axis
     if go_backwards:
         xs = xs[::-1]
-    carry = varying_like(carry, xs)  # inside shard_map, the scan's carry varies as xs does
+    carry = _jax_compat.varying_like(carry, xs)  # inside shard_map: the carry varies as xs
     hs, carry = _scan(cell, params, xs, carry, mask, masks, go_backwards, unroll)
 
     outputs = jnp.swapaxes(hs, 0, 1) if return_sequences else carry[0]
@@ -401,7 +401,7 @@ def _lstm_on_cudnn(
     _check_inputs(cell.name, params, inputs, mask)
     initial_state = options.get("initial_state")
     carry = _initial_carry(cell, initial_state, jnp.shape(inputs)[0], units, inputs.dtype)
-    carry = varying_like(carry, inputs)  # inside shard_map, the state varies as inputs do
+    carry = _jax_compat.varying_like(carry, inputs)  # the state varies as inputs do
 
     def cudnn():
         return lstm_cudnn.run(params, inputs, carry, mask, go_backwards)
