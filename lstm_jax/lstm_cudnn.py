@@ -31,6 +31,7 @@ from lstm_jax.cells import Array, Params
 __all__ = [
     "USE_CUDNN",
     "cudnn_weights",
+    "is_portable",
     "portable",
     "why_not",
     "right_padded",
@@ -54,6 +55,12 @@ def portable() -> Iterator[None]:
         _PORTABLE.reset(token)
 
 
+def is_portable() -> bool:
+    """Whether ``portable()`` is in force: what is traced must serve every platform, so no
+    kernel of one platform (cuDNN's, or the CPU's of ``lstm_jax.lstm_cpu``) goes into it."""
+    return _PORTABLE.get()
+
+
 def cudnn_weights(params: Params) -> Array:
     """``params`` (Keras's layout) as cuDNN's flat LSTM weights,
     ``[4UD + 4UU + 4U + 4U]``: ``W_ih = kernel^T``, ``W_hh = recurrent_kernel^T``,
@@ -71,7 +78,7 @@ def cudnn_weights(params: Params) -> Array:
 
 def why_not(params: Params, inputs: Array, *, unroll) -> str | None:
     """Why cuDNN cannot run this LSTM here, or ``None`` when it can."""
-    if _PORTABLE.get():
+    if is_portable():
         return "a program for any platform is being traced (lstm_cudnn.portable: jax.export)"
     if jax.default_backend() != "gpu":
         return f"there is no GPU here (JAX's default backend is {jax.default_backend()})"

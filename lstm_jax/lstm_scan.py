@@ -16,13 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
 
-from lstm_jax import _jax_compat
+from lstm_jax import _jax_compat, lstm_cpu
 
 __all__ = [
     "in_one_dtype",
     "lstm_unmasked_scan",
     "primal_values",
-    "varying_like",
 ]
 
 Array = jax.Array
@@ -226,24 +225,6 @@ def _zeros(like: Array, shape: tuple[int, ...], dtype=None) -> Array:
     return jax.lax.full_like(like, 0, dtype, shape)
 
 
-def varying_like(tree, like: Array):
-    """``tree`` marked as varying over the ``jax.shard_map`` axes that ``like`` varies over.
-
-    Inside ``shard_map`` (``check_vma=True``) a scan's carry must keep its type, so the
-    initial states are cast like the inputs; and the LSTM's parameters enter its
-    custom-gradient scan with the inputs' type, so that JAX sums their per-device
-    gradients over those axes (the transpose of the cast), as it does for any operation
-    that mixes replicated parameters with per-device inputs. Elsewhere nothing varies and
-    ``tree`` comes back as it was.
-    """
-
-    def cast(x):
-        missing = tuple(sorted(_jax_compat.varying_axes(like) - _jax_compat.varying_axes(x)))
-        return _jax_compat.pvary(x, missing) if missing else x
-
-    return jax.tree.map(cast, tree)
-
-
 def _is_zero(cotangent) -> bool:
     return isinstance(cotangent, SymbolicZero)
 
@@ -257,8 +238,15 @@ def lstm_unmasked_scan(params: Params, xs: Array, carry: tuple, unroll):
 
     One dtype inside the custom-gradient scan: the carry's, the inputs' and the parameters'
     promoted (bfloat16 inputs with float32 weights run in float32). The casts sit outside
-    it, so autodiff returns each gradient in its own dtype."""
-    hs, h, c = _lstm_scan(*in_one_dtype(params, xs, carry), *carry, unroll)
+    it, so autodiff returns each gradient in its own dtype.
+
+    On a CPU, in float32, the whole sequence runs in ``lstm_cpu``'s kernel instead (the same
+    results, faster); ``unroll`` is the scan's alone."""
+    params, xs = in_one_dtype(params, xs, carry)
+    if lstm_cpu.why_not(params, xs, carry) is None:
+        hs, h, c = lstm_cpu.run(params, xs, *carry)
+    else:
+        hs, h, c = _lstm_scan(params, xs, *carry, unroll)
     return hs, (h, c)
 
 
@@ -266,5 +254,5 @@ def in_one_dtype(params: Params, xs: Array, carry: tuple) -> tuple[Params, Array
     """``params`` and ``xs`` in the carry's dtype, for a custom-gradient scan: the
     parameters also varying as ``xs`` does (``varying_like``)."""
     dtype = carry[0].dtype
-    cast = varying_like({k: v.astype(dtype) for k, v in params.items()}, xs)
+    cast = _jax_compat.varying_like({k: v.astype(dtype) for k, v in params.items()}, xs)
     return cast, xs.astype(dtype)

@@ -24,6 +24,7 @@ LAYERS = (
                 "lstm_scan",
                 "gru_scan",
                 "lstm_cudnn",
+                "lstm_cpu",
                 "dropout",
                 "recurrent",
                 "forward",

@@ -1,7 +1,11 @@
 """Every path lowers for GPU and TPU, here on a CPU: ``jax.export`` lowers a function for a
 platform that is not present. Each test is one path on one platform, and a failure names
 both. The cuDNN kernel is the exception: its lowering asks cuDNN itself, so
-``benchmarks/gpu.sh`` proves it on a GPU (``use_cudnn="auto"`` scans everywhere else)."""
+``benchmarks/gpu.sh`` proves it on a GPU (``use_cudnn="auto"`` scans everywhere else).
+
+Each path is traced inside ``lstm_cudnn.portable()``, as ``Run.export`` traces it: traced here,
+on a CPU, it would otherwise take the CPU's kernel (``lstm_jax.lstm_cpu``), which a program
+traced on a GPU or TPU never holds."""
 
 import functools
 
@@ -13,7 +17,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 import lstm_jax
-from lstm_jax import linen, sampling, training
+from lstm_jax import linen, lstm_cudnn, sampling, training
 from lstm_jax import nnx as lnnx
 from lstm_jax.training import steps, tasks
 
@@ -161,7 +165,8 @@ def test_path_lowers_for(path, platform):
     function, args = PATHS[path]()
     function = function if hasattr(function, "lower") else jax.jit(function)
     try:
-        exported = jax.export.export(function, platforms=[platform])(*args)
+        with lstm_cudnn.portable():
+            exported = jax.export.export(function, platforms=[platform])(*args)
     except Exception as e:  # the path and the platform, then what JAX said
         pytest.fail(f"{path} does not lower for {platform}: {type(e).__name__}: {e}")
     assert exported.platforms == (platform,)

@@ -211,9 +211,11 @@ def test_vmap_over_examples_matches_batch(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("sum_each_step", [True, False], ids=["summed_each_step", "summed_after"])
 def test_lstm_custom_gradient_matches_autodiff(sum_each_step, monkeypatch):
-    """The unmasked LSTM uses a hand-written VJP; an all-true mask takes the autodiff path.
-    Its weight gradient is summed in the backward scan or after it, by the batch's size
-    (``SUM_EACH_STEP_FROM``): both ways give autodiff's gradients."""
+    """The unmasked LSTM scan uses a hand-written VJP; an all-true mask takes the autodiff
+    path. Its weight gradient is summed in the backward scan or after it, by the batch's size
+    (``SUM_EACH_STEP_FROM``): both ways give autodiff's gradients. (The CPU's kernel, which
+    runs instead where it can, is off here: ``tests/test_lstm_cpu.py`` holds it.)"""
+    monkeypatch.setenv("LSTM_JAX_CPU_KERNEL", "0")
     threshold = 0 if sum_each_step else 10**9
     monkeypatch.setattr(lstm_jax.lstm_scan, "SUM_EACH_STEP_FROM", threshold)
     params, x, states = make_params("lstm"), make_inputs(), make_state("lstm")

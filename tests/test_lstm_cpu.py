@@ -1,0 +1,132 @@
+"""The LSTM's CPU kernel (``lstm_jax.lstm_cpu``): built and used here, and equal to the
+float64 NumPy reference (outputs) and to the scan with its gradient (``lstm_scan``, itself
+held to autodiff in ``test_recurrent.py``): outputs and gradients within 1e-5."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import lstm_jax
+from lstm_jax import lstm_cpu, lstm_cudnn, lstm_scan
+from tests import reference
+
+SHAPES = [  # T, B, D, U: one step, one example, units no vector divides, a batch split in two
+    (1, 1, 3, 4),
+    (9, 3, 4, 7),
+    (28, 70, 28, 50),
+    (12, 33, 20, 40),
+]
+
+
+def make(t, b, d, u, seed=0):
+    r = np.random.default_rng(seed)
+    params = {
+        "kernel": r.normal(0, 0.2, (d, 4 * u)),
+        "recurrent_kernel": r.normal(0, 0.2, (u, 4 * u)),
+        "bias": r.normal(0, 0.2, (4 * u,)),
+    }
+    params = {k: jnp.asarray(v, jnp.float32) for k, v in params.items()}
+    xs = jnp.asarray(r.normal(size=(t, b, d)), jnp.float32)
+    h0 = jnp.asarray(r.normal(0, 0.5, (b, u)), jnp.float32)
+    c0 = jnp.asarray(r.normal(size=(b, u)), jnp.float32)
+    return params, xs, h0, c0
+
+
+def scan(params, xs, h0, c0):
+    """The custom-gradient scan the kernel replaces."""
+    return lstm_scan._lstm_scan(params, xs, h0, c0, 1)
+
+
+def loss(fn):
+    """A loss that weighs every output differently, so each cotangent matters; a mean over
+    the batch, as training's."""
+
+    def value(params, xs, h0, c0):
+        hs, h, c = fn(params, xs, h0, c0)
+        weights = jnp.cos(jnp.arange(hs.size, dtype=jnp.float32)).reshape(hs.shape)
+        total = jnp.sum(hs * weights) + jnp.sum(jnp.sin(h)) + jnp.sum(c**2)
+        return total / xs.shape[1]
+
+    return jax.jit(jax.value_and_grad(value, argnums=(0, 1, 2, 3)))
+
+
+def test_the_kernel_is_built_and_runs_the_lstm_here():
+    """CI's machines have a C++ compiler and oneDNN's wheels: the kernel must be there, and
+    ``lstm`` must use it (one FFI call forward, one backward)."""
+    params, xs, h0, c0 = make(5, 4, 3, 6)
+    assert lstm_cpu.why_not(params, xs, (h0, c0)) is None
+    x = jnp.swapaxes(xs, 0, 1)
+    text = str(jax.make_jaxpr(jax.grad(lambda p: jnp.sum(lstm_jax.lstm(p, x))))(params))
+    assert "lstm_jax_lstm_cpu_forward" in text and "lstm_jax_lstm_cpu_backward" in text
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}_B{}_D{}_U{}".format(*s))
+def test_outputs_match_the_float64_numpy_reference(shape):
+    params, xs, h0, c0 = make(*shape)
+    hs, h, c = jax.jit(lstm_cpu.run)(params, xs, h0, c0)
+    ref_hs, (ref_h, ref_c) = reference.run(
+        "lstm", params, np.swapaxes(xs, 0, 1), initial_state=(h0, c0)
+    )
+    np.testing.assert_allclose(hs, np.swapaxes(ref_hs, 0, 1), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(h, ref_h, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(c, ref_c, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}_B{}_D{}_U{}".format(*s))
+def test_outputs_and_gradients_match_the_scan(shape):
+    args = make(*shape)
+    with jax.default_matmul_precision("highest"):
+        got, want = loss(lstm_cpu.run)(*args), loss(scan)(*args)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+    reference.assert_trees_close(got[1], want[1], atol=1e-5, rtol=1e-5)
+
+
+def test_inference_and_training_forward_passes_agree():
+    """Without a gradient the kernel keeps no activations: the same outputs."""
+    args = make(10, 6, 5, 8)
+    plain = jax.jit(lstm_cpu.run)(*args)
+    with_grad, _ = jax.jit(jax.vjp, static_argnums=0)(lstm_cpu.run, *args)
+    reference.assert_trees_close(plain, with_grad)
+
+
+def test_vmap_and_a_nan_propagate():
+    """Under ``jax.vmap`` (a call per element), and a NaN in one example's input reaches
+    that example's later outputs and nothing else."""
+    params, xs, h0, c0 = make(4, 3, 2, 5)
+    starts = (jnp.stack([h0, -h0]), jnp.stack([c0, 2 * c0]))
+    batched = jax.vmap(lstm_cpu.run, in_axes=(None, None, 0, 0))(params, xs, *starts)
+    for k in range(2):
+        one = lstm_cpu.run(params, xs, starts[0][k], starts[1][k])
+        reference.assert_trees_close(jax.tree.map(lambda a, k=k: a[k], batched), one)
+    hs, h, c = lstm_cpu.run(params, xs.at[1, 0, 0].set(jnp.nan), h0, c0)
+    assert np.isnan(hs[1:, 0]).all() and np.isfinite(hs[:, 1:]).all() and np.isnan(c[0]).all()
+
+
+def test_the_scan_runs_where_the_kernel_must_not(monkeypatch):
+    """Inside ``lstm_cudnn.portable()`` (jax.export), for other dtypes, and when turned off,
+    ``lstm`` scans, with the same results."""
+    params, xs, h0, c0 = make(5, 4, 3, 6)
+    x = jnp.swapaxes(xs, 0, 1)
+
+    def jaxpr():
+        return str(jax.make_jaxpr(lambda p: lstm_jax.lstm(p, x, initial_state=(h0, c0)))(params))
+
+    assert "lstm_cpu" in jaxpr()
+    with lstm_cudnn.portable():
+        assert "lstm_cpu" not in jaxpr()
+    half = {k: v.astype(jnp.bfloat16) for k, v in params.items()}
+    assert "float32" in lstm_cpu.why_not(half, xs, (h0, c0))
+    kernel = lstm_jax.lstm(params, x, initial_state=(h0, c0))
+    monkeypatch.setenv("LSTM_JAX_CPU_KERNEL", "0")
+    assert "lstm_cpu" not in jaxpr()
+    np.testing.assert_allclose(kernel, lstm_jax.lstm(params, x, initial_state=(h0, c0)), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_two_devices_calling_at_once_agree_with_one(on_two_cpu_devices):
+    """The trainer's two devices call the kernel at the same time: each call has its own
+    scratch memory (oneDNN's shared one crashed the process), and the summed gradients equal
+    the whole batch's."""
+    (largest,) = on_two_cpu_devices("lstm_cpu_two_devices.py")
+    assert float(largest) < 1e-5
