@@ -15,12 +15,15 @@ Text and pixels run at batches up to 128 (a language model's; pixels' 784 steps)
 every batch.
 
 lstm_jax runs each cell as ``train.py`` runs it (``lstm_jax.training``'s jitted epoch, one XLA
-device per core); the plain scan is the textbook ``lax.scan`` over ``lstm_jax.cells``' cell with
-autodiff and the whole epoch in one jit (XLA's default CPU settings); PyTorch runs ``nn.LSTM``
-or ``nn.GRU``. Each system is a process of its own that stays up for the whole grid; for each
-cell, each builds and compiles its step, then the systems take turns timing an epoch of the
-same random data (``--rounds`` turns; the median counts). ``--bf16`` adds LSTM(256) in
-bfloat16 on rows (lstm_jax's ``precision="bfloat16"``, PyTorch's CPU autocast).
+device per core, or one on every core where ``cpu.host_device_count`` chooses it: an LSTM of
+384 units or more); ``--systems`` may add ``lstm_jax_scan`` (the LSTM's CPU kernel off) and
+``lstm_jax_1dev`` (one device at every cell) to compare; the plain scan is the textbook
+``lax.scan`` over ``lstm_jax.cells``' cell with autodiff and the whole epoch in one jit (XLA's
+default CPU settings); PyTorch runs ``nn.LSTM`` or ``nn.GRU``. Each system is a process of its
+own that stays up for the whole grid; for each cell, each builds and compiles its step, then
+the systems take turns timing an epoch of the same random data (``--rounds`` turns; the median
+counts). ``--bf16`` adds LSTM(256) in bfloat16 on rows (lstm_jax's ``precision="bfloat16"``,
+PyTorch's CPU autocast).
 
 Beside the times, the table gives GFLOP/s (the recurrent layer's matrix products: forward
 ``2 T B G U (D + U)`` for ``G`` gate blocks, the backward twice that) and this machine's
@@ -42,10 +45,14 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SYSTEMS = ("lstm_jax", "plain_scan", "torch")
+# also: lstm_jax_scan (the LSTM's CPU kernel off), lstm_jax_1dev (one device on every core)
+EXTRA_SYSTEMS = ("lstm_jax_scan", "lstm_jax_1dev")
 LABELS = {
     "lstm_jax": "lstm_jax (train.py's step)",
     "plain_scan": "plain lax.scan",
     "torch": "PyTorch",
+    "lstm_jax_scan": "lstm_jax, the scan (LSTM_JAX_CPU_KERNEL=0)",
+    "lstm_jax_1dev": "lstm_jax on one device",
 }
 GATES = {"lstm": 4, "gru": 3}
 SHAPES = {"rows": (28, 28), "text": (100, 64), "pixels": (784, 1)}  # (steps, features)
@@ -289,15 +296,18 @@ def matmul_limit() -> dict:
 
 def run_worker(system: str) -> None:
     """Serves the coordinator: one JSON request per line on stdin, one answer per line."""
-    if system == "lstm_jax":  # what train.py does before JAX starts
+    if system == "lstm_jax_scan":  # the trainer with the LSTM's CPU kernel off
+        os.environ["LSTM_JAX_CPU_KERNEL"] = "0"
+    if system.startswith("lstm_jax"):  # what train.py does before JAX starts
         from lstm_jax._process import cpu
 
         cpu.limit_malloc_arenas()
-        cpu.use_host_cores(cpu.host_device_count(32))
+        cpu.use_host_cores(1 if system == "lstm_jax_1dev" else cpu.host_device_count(32))
     if system == "limit":
         print(json.dumps(matmul_limit()), flush=True)
         return
-    worker = {"lstm_jax": LstmJax, "plain_scan": PlainScan, "torch": Torch}[system]()
+    workers = {"lstm_jax": LstmJax, "plain_scan": PlainScan, "torch": Torch}
+    worker = workers[system if system in workers else "lstm_jax"]()
     for line in sys.stdin:
         request = json.loads(line)
         try:
@@ -364,7 +374,17 @@ def cells_of(args) -> list[dict]:
             )
     for spec in specs:
         spec["steps"] = steps_per_epoch(spec)
+        spec["devices"] = lstm_jax_devices(spec)
     return specs
+
+
+def lstm_jax_devices(spec: dict) -> int:
+    """The CPU devices ``train.py`` would use for this cell (``cpu.host_device_count``)."""
+    from lstm_jax._process import cpu
+
+    float32_lstm = spec["cell"] == "lstm" and "precision" not in spec
+    units = (spec["units"],) if float32_lstm else ()
+    return cpu.host_device_count(spec["batch"], lstm_units=units)
 
 
 def run_grid(args) -> dict:
@@ -377,14 +397,24 @@ def run_grid(args) -> dict:
             check=True,
         ).stdout
     )
-    workers = {s: Worker(s) for s in args.systems}
+    specs = cells_of(args)
+    # lstm_jax as train.py runs each cell: on one device where it would choose one.
+    names = set(args.systems)
+    if "lstm_jax" in names and any(spec["devices"] == 1 for spec in specs):
+        names.add("lstm_jax_1dev")
+    workers = {s: Worker(s) for s in sorted(names)}
+
+    def worker(s: str, spec: dict) -> Worker:
+        one = s == "lstm_jax" and spec["devices"] == 1
+        return workers["lstm_jax_1dev" if one else s]
+
     results = []
     try:
-        for spec in cells_of(args):
+        for spec in specs:
             systems = [s for s in args.systems if not (s == "plain_scan" and "precision" in spec)]
             row = {"spec": spec, "build": {}, "seconds": {s: [] for s in systems}, "errors": {}}
             for s in systems:
-                answer = workers[s].ask({"op": "build", "spec": spec})
+                answer = worker(s, spec).ask({"op": "build", "spec": spec})
                 if "error" in answer:
                     row["errors"][s] = answer["error"]
                 else:
@@ -392,7 +422,11 @@ def run_grid(args) -> dict:
             for _ in range(args.rounds):
                 for s in systems:
                     if s not in row["errors"]:
-                        row["seconds"][s].append(workers[s].ask({"op": "epoch"})["seconds"])
+                        answer = worker(s, spec).ask({"op": "epoch"})
+                        if "error" in answer:
+                            row["errors"][s] = answer["error"]
+                        else:
+                            row["seconds"][s].append(answer["seconds"])
             row["ms_per_step"] = {
                 s: 1e3 * statistics.median(t) / spec["steps"]
                 for s, t in row["seconds"].items()
@@ -411,6 +445,8 @@ def line_of(row) -> str:
     name = f"{spec['cell']} {spec['shape']} U{spec['units']} B{spec['batch']}"
     if "precision" in spec:
         name += " bf16"
+    if spec.get("devices") == 1:
+        name += " (lstm_jax on 1 device)"
     parts = [f"{s} {t:.2f} ms" for s, t in ms.items()]
     if "torch" in ms and "lstm_jax" in ms:
         parts.append(f"PyTorch/lstm_jax {ms['torch'] / ms['lstm_jax']:.2f}x")
@@ -427,7 +463,8 @@ def markdown(meta: dict, grid: dict) -> str:
         f"Matmul limit (1024 x 1024 in XLA, all cores): {limit['float32']:.0f} GFLOP/s float32, "
         f"{limit['bfloat16']:.0f} bfloat16. Each cell: ms per training step (median of "
         f"{meta['rounds']} epochs), the recurrent layer's GFLOP/s, and PyTorch's time over "
-        "lstm_jax's (above 1: lstm_jax is faster).",
+        "lstm_jax's (above 1: lstm_jax is faster). lstm_jax runs on the CPU devices train.py "
+        "would choose (`cpu.host_device_count`): one on every core is marked (1 dev).",
         "",
         "| cell | shape | units | batch | lstm_jax ms | GFLOP/s | plain scan ms | PyTorch ms "
         "| GFLOP/s | PyTorch / lstm_jax |",
@@ -446,7 +483,8 @@ def markdown(meta: dict, grid: dict) -> str:
         ratio = f"{ms['torch'] / ms['lstm_jax']:.2f}x" if {"torch", "lstm_jax"} <= set(ms) else "-"
         name = spec["cell"].upper() + (" bf16" if "precision" in spec else "")
         lines.append(
-            f"| {name} | {spec['shape']} | {spec['units']} | {spec['batch']} | {cell('lstm_jax')} "
+            f"| {name} | {spec['shape']} | {spec['units']} | {spec['batch']} | {cell('lstm_jax')}"
+            f"{' (1 dev)' if spec.get('devices') == 1 and 'lstm_jax' in ms else ''} "
             f"| {rate('lstm_jax')} | {cell('plain_scan')} | {cell('torch')} | {rate('torch')} "
             f"| {ratio} |"
         )
@@ -482,7 +520,7 @@ def main(argv=None) -> int:
     for name, values, allowed in (
         ("cells", args.cells, GATES),
         ("shapes", args.shapes, SHAPES),
-        ("systems", args.systems, SYSTEMS),
+        ("systems", args.systems, SYSTEMS + EXTRA_SYSTEMS),
     ):
         unknown = sorted(set(values) - set(allowed))
         if unknown:

@@ -45,25 +45,32 @@ def test_benchmark_trains_each_jax_system_and_writes_its_table(tmp_path):
 @pytest.mark.slow
 def test_the_grid_times_every_cell_in_each_jax_system(tmp_path):
     """``benchmarks/grid.py`` at a tiny size: every cell (LSTM and GRU; rows, a language
-    model's text and pixels) builds and is timed in each system, and the table has its row."""
+    model's text and pixels) builds and is timed in each system, and the table has its row.
+    lstm_jax runs an LSTM of 384 units on one device, as train.py would, and says so."""
     command = [
         sys.executable,
         "benchmarks/grid.py",
-        *("--units", "50", "--batches", "4", "--rounds", "2", "--no-bf16"),
+        *("--units", "50,384", "--batches", "4", "--rounds", "2", "--no-bf16"),
         *("--systems", "lstm_jax,plain_scan", "--results-dir", str(tmp_path), "--name", "g"),
     ]
     out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     grid = json.loads((tmp_path / "g.json").read_text())
-    cells = [(c["spec"]["cell"], c["spec"]["shape"]) for c in grid["cells"]]
-    assert cells == [(c, s) for c in ("lstm", "gru") for s in ("rows", "text", "pixels")]
+    cells = [(c["spec"]["cell"], c["spec"]["shape"], c["spec"]["units"]) for c in grid["cells"]]
+    assert cells == [
+        (c, s, u) for c in ("lstm", "gru") for s in ("rows", "text", "pixels") for u in (50, 384)
+        if s != "pixels" or u == 50
+    ]  # fmt: skip
     for cell in grid["cells"]:
         assert not cell["errors"], cell
         assert set(cell["ms_per_step"]) == {"lstm_jax", "plain_scan"}
         assert all(len(t) == 2 for t in cell["seconds"].values())
+        one_device = cell["spec"]["cell"] == "lstm" and cell["spec"]["units"] == 384
+        assert cell["spec"]["devices"] == (1 if one_device else 2)
     assert grid["limit_gflops"]["float32"] > 0
     table = (tmp_path / "g.md").read_text()
-    assert "| LSTM | text | 50 | 4 |" in table and "| GRU | pixels | 50 | 4 |" in table
+    assert "| LSTM | rows | 384 | 4 | " in table and " (1 dev) |" in table
+    assert "| GRU | rows | 384 | 4 |" in table and "| GRU | pixels | 50 | 4 |" in table
 
 
 @pytest.mark.slow

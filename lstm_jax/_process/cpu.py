@@ -31,15 +31,30 @@ import sys
 MAX_DEFAULT_DEVICES = 2
 
 
-def host_device_count(batch_size: int, cores: int | None = None) -> int:
+# From this many units, one device on every core trains an LSTM in float32 faster than a
+# device per core: each step's product in the LSTM's CPU kernel (``lstm_jax.lstm_cpu``) is
+# then split among the cores by its columns, so each core reads a part of the recurrent
+# weights (4U^2 floats, 2 MiB at 362 units, the size of a core's L2 cache on the machines
+# measured) instead of all of them at every step (``benchmarks/NOTES.md``).
+ONE_DEVICE_FROM_UNITS = 384
+
+
+def host_device_count(
+    batch_size: int, cores: int | None = None, *, lstm_units: tuple[int, ...] = ()
+) -> int:
     """The default number of CPU devices: one per core, at most ``MAX_DEFAULT_DEVICES``,
-    and as many as split ``batch_size`` evenly.
+    and as many as split ``batch_size`` evenly; one where an LSTM in float32 (its layers'
+    ``lstm_units``) has ``ONE_DEVICE_FROM_UNITS`` or more.
 
     >>> host_device_count(128, cores=2), host_device_count(128, cores=16)
     (2, 2)
     >>> host_device_count(7, cores=2)
     1
+    >>> host_device_count(32, cores=2, lstm_units=(256,)), host_device_count(32, lstm_units=(512,))
+    (2, 1)
     """
+    if lstm_units and max(lstm_units) >= ONE_DEVICE_FROM_UNITS:
+        return 1
     cores = min(cores or os.cpu_count() or 1, MAX_DEFAULT_DEVICES)
     return max(n for n in range(1, cores + 1) if batch_size % n == 0)
 
@@ -88,4 +103,10 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
     mallopt(m_arena_max, arenas)
 
 
-__all__ = ["MAX_DEFAULT_DEVICES", "host_device_count", "limit_malloc_arenas", "use_host_cores"]
+__all__ = [
+    "MAX_DEFAULT_DEVICES",
+    "ONE_DEVICE_FROM_UNITS",
+    "host_device_count",
+    "limit_malloc_arenas",
+    "use_host_cores",
+]
