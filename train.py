@@ -321,7 +321,7 @@ def main(argv=None) -> int:
     cpu.limit_malloc_arenas()
     lstm_units = config.units if (config.cell, config.precision) == ("lstm", "float32") else ()
     devices = cpu.host_device_count(config.batch_size, lstm_units=lstm_units)
-    cpu.use_host_cores(args.cpu_devices or devices)
+    cpu.use_host_cores(args.cpu_devices or devices, lstm_kernel=bool(lstm_units))
     hosts = (args.coordinator_address, args.num_processes, args.process_id)
     if args.distributed:
         distributed.supervise(*hosts, lambda: _kept(workdir, args.num_processes))

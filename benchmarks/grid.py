@@ -302,7 +302,8 @@ def run_worker(system: str) -> None:
         from lstm_jax._process import cpu
 
         cpu.limit_malloc_arenas()
-        cpu.use_host_cores(1 if system == "lstm_jax_1dev" else cpu.host_device_count(32))
+        one = system == "lstm_jax_1dev"  # an LSTM's cells only
+        cpu.use_host_cores(1 if one else cpu.host_device_count(32), lstm_kernel=one)
     if system == "limit":
         print(json.dumps(matmul_limit()), flush=True)
         return

@@ -59,14 +59,17 @@ def host_device_count(
     return max(n for n in range(1, cores + 1) if batch_size % n == 0)
 
 
-def xla_flags(devices: int) -> str:
-    """The XLA flags for ``devices`` CPU devices of one core each; none for one device.
+def xla_flags(devices: int, *, lstm_kernel: bool = False) -> str:
+    """The XLA flags for ``devices`` CPU devices of one core each; none for one device, but
+    for one device that runs the LSTM's CPU kernel (``lstm_kernel``): XLA's own operations
+    on one thread, since the kernel's OpenMP threads use every core, and XLA's thread pool
+    waiting beside them slowed the step (``benchmarks/NOTES.md``).
 
-    >>> xla_flags(1)
-    ''
+    >>> xla_flags(1), xla_flags(1, lstm_kernel=True)
+    ('', '--xla_cpu_multi_thread_eigen=false')
     """
     if devices <= 1:
-        return ""
+        return "--xla_cpu_multi_thread_eigen=false" if lstm_kernel else ""
     return (
         f"--xla_force_host_platform_device_count={devices} "
         "--xla_cpu_multi_thread_eigen=false "
@@ -75,15 +78,17 @@ def xla_flags(devices: int) -> str:
     )
 
 
-def use_host_cores(devices: int) -> bool:
-    """Adds ``xla_flags(devices)`` to ``XLA_FLAGS``; returns whether it did (not once JAX's
-    backends have started, nor where ``XLA_FLAGS`` already chooses the device count)."""
+def use_host_cores(devices: int, *, lstm_kernel: bool = False) -> bool:
+    """Adds ``xla_flags(devices, lstm_kernel=...)`` to ``XLA_FLAGS``; returns whether it did
+    (not once JAX's backends have started, nor where ``XLA_FLAGS`` already chooses the
+    device count)."""
     from lstm_jax import _jax_compat
 
     flags = os.environ.get("XLA_FLAGS", "")
     if _jax_compat.backends_started() or "xla_force_host_platform_device_count" in flags:
         return False
-    extra = " ".join(f for f in xla_flags(devices).split() if f.split("=")[0] not in flags)
+    chosen = xla_flags(devices, lstm_kernel=lstm_kernel).split()
+    extra = " ".join(f for f in chosen if f.split("=")[0] not in flags)
     if not extra:
         return False
     os.environ["XLA_FLAGS"] = f"{flags} {extra}".strip()
