@@ -246,8 +246,8 @@ def _add_run_flags(run) -> None:
         metavar="N",
         help="on a CPU host, N XLA devices of one core each, the batch split "
         "across them (0: one per core up to 2, the setting measured, as many as divide "
-        "the batch, so 2 on a bigger host too, and 1 for an LSTM of 384 units or more in "
-        "float32; 1: XLA's defaults, one device on every core)",
+        "the batch, so 2 on a bigger host too, and 1 for an LSTM of 384 units or more; "
+        "1: XLA's defaults, one device on every core)",
     )
 
 
@@ -319,7 +319,7 @@ def main(argv=None) -> int:
         workdir = str(path)
     console.hold_writer_errors()  # a failed checkpoint write: one line, not orbax's threads'
     cpu.limit_malloc_arenas()
-    lstm_units = config.units if (config.cell, config.precision) == ("lstm", "float32") else ()
+    lstm_units = config.units if config.cell == "lstm" else ()  # its CPU kernel runs
     devices = cpu.host_device_count(config.batch_size, lstm_units=lstm_units)
     cpu.use_host_cores(args.cpu_devices or devices, lstm_kernel=bool(lstm_units))
     hosts = (args.coordinator_address, args.num_processes, args.process_id)

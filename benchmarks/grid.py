@@ -383,8 +383,7 @@ def lstm_jax_devices(spec: dict) -> int:
     """The CPU devices ``train.py`` would use for this cell (``cpu.host_device_count``)."""
     from lstm_jax._process import cpu
 
-    float32_lstm = spec["cell"] == "lstm" and "precision" not in spec
-    units = (spec["units"],) if float32_lstm else ()
+    units = (spec["units"],) if spec["cell"] == "lstm" else ()
     return cpu.host_device_count(spec["batch"], lstm_units=units)
 
 

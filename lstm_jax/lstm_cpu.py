@@ -10,16 +10,21 @@ gate arithmetic, vectorised; the backward pass's weight gradients are one produc
 all steps. Its results equal the scan's and ``lstm_cell``'s (``tests/test_lstm_cpu.py``:
 outputs and gradients against a float64 NumPy reference and the scan).
 
+In bfloat16 (``precision="bfloat16"``) the products read bfloat16 and sum in float32, on the
+CPU's AMX units where it has them (Intel Xeon from Sapphire Rapids), as PyTorch's autocast
+runs its LSTM; the gates and the cell state stay float32 inside, and what leaves the kernel
+is rounded to bfloat16: within bfloat16's rounding (about 4e-3) of the float32 kernel.
+
 The kernel is compiled the first time it is needed (a few seconds, with the C++ compiler a
 Linux machine or Colab has, ``g++`` or ``$CXX``), against jaxlib's FFI headers and the
 ``onednn-cpu-gomp`` wheels lstm_jax depends on, and kept under ``~/.cache/lstm_jax``
 (``$LSTM_JAX_CACHE``). Where it cannot be built (no compiler, another OS), the scan runs,
 with one warning that says why. ``LSTM_JAX_CPU_KERNEL=0`` turns it off (the scan runs).
 
-``lstm_unmasked_scan`` uses it when ``why_not`` finds nothing against it: on a CPU, float32,
-concrete shapes, and not inside ``lstm_cudnn.portable()`` (``jax.export``'s programs for any
-platform carry the scan, which needs no library where they are served). Shapes as in
-``lstm_jax.lstm_scan``: time-major ``xs [T, B, D]``, ``h0`` and ``c0`` ``[B, U]``.
+``lstm_unmasked_scan`` uses it when ``why_not`` finds nothing against it: on a CPU, in float32
+or bfloat16, concrete shapes, and not inside ``lstm_cudnn.portable()`` (``jax.export``'s
+programs for any platform carry the scan, which needs no library where they are served). Shapes
+as in ``lstm_jax.lstm_scan``: time-major ``xs [T, B, D]``, ``h0`` and ``c0`` ``[B, U]``.
 """
 
 from __future__ import annotations
@@ -48,7 +53,15 @@ Array = jax.Array
 Params = dict[str, Array]
 
 SOURCE = pathlib.Path(__file__).with_name("csrc") / "lstm_cpu.cc"
-_FORWARD, _BACKWARD = "lstm_jax_lstm_cpu_forward", "lstm_jax_lstm_cpu_backward"
+# The FFI targets, by dtype: (forward, backward).
+_TARGETS = {
+    jnp.dtype(jnp.float32): ("lstm_jax_lstm_cpu_forward_f32", "lstm_jax_lstm_cpu_backward_f32"),
+    jnp.dtype(jnp.bfloat16): (
+        "lstm_jax_lstm_cpu_forward_bf16",
+        "lstm_jax_lstm_cpu_backward_bf16",
+    ),
+}
+_SYMBOLS = {jnp.dtype(jnp.float32): "F32", jnp.dtype(jnp.bfloat16): "BF16"}
 
 
 def _onednn_root() -> pathlib.Path | None:
@@ -136,8 +149,10 @@ def _library() -> ctypes.CDLL | str:
         library = ctypes.CDLL(str(_compile(root)))
     except (OSError, RuntimeError, subprocess.SubprocessError) as error:
         return f"it could not be built: {error}"
-    for name, symbol in ((_FORWARD, "LstmCpuForward"), (_BACKWARD, "LstmCpuBackward")):
-        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, symbol)), "cpu")
+    for dtype, (forward, backward) in _TARGETS.items():
+        for name, symbol in ((forward, "LstmCpuForward"), (backward, "LstmCpuBackward")):
+            handler = getattr(library, symbol + _SYMBOLS[dtype])
+            jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(handler), "cpu")
     return library
 
 
@@ -171,8 +186,9 @@ def why_not(params: Params, xs: Array, carry: tuple) -> str | None:
     if xs.shape[0] == 0 or xs.shape[1] == 0:
         return "it has no steps or no examples"
     arrays = (xs, *carry, *params.values())
-    if any(jnp.result_type(a) != jnp.float32 for a in arrays):
-        return "the kernel takes float32 only"
+    dtypes = {jnp.result_type(a) for a in arrays}
+    if len(dtypes) != 1 or dtypes.pop() not in _TARGETS:
+        return "the kernel takes float32 or bfloat16, one for every array"
     if not available():
         return f"the kernel is not there: {_library()}"
     return None
@@ -196,17 +212,17 @@ def _forward(params: Params, xs: Array, h0: Array, c0: Array, *, keep: bool):
     t, n, d = xs.shape
     u = h0.shape[-1]
 
-    def shape(*dims):
-        return jax.ShapeDtypeStruct(dims if keep else (0,), jnp.float32)
+    def shape(*dims, dtype):
+        return jax.ShapeDtypeStruct(dims if keep else (0,), dtype)
 
     results = (
-        jax.ShapeDtypeStruct((t, n, u), jnp.float32),  # hs
-        jax.ShapeDtypeStruct((n, u), jnp.float32),  # c_T
-        shape(t, n, 4 * u),  # the gates' activations
-        shape(t, n, u),  # the cell states
-        shape(t, n, d + u),  # [x_t, h_{t-1}]
+        jax.ShapeDtypeStruct((t, n, u), xs.dtype),  # hs
+        jax.ShapeDtypeStruct((n, u), xs.dtype),  # c_T
+        shape(t, n, 4 * u, dtype=jnp.float32),  # the gates' activations
+        shape(t, n, u, dtype=jnp.float32),  # the cell states
+        shape(t, n, d + u, dtype=xs.dtype),  # [x_t, h_{t-1}]
     )
-    call = jax.ffi.ffi_call(_FORWARD, results, vmap_method="sequential")
+    call = jax.ffi.ffi_call(_TARGETS[xs.dtype][0], results, vmap_method="sequential")
     kernel, recurrent, bias = params["kernel"], params["recurrent_kernel"], params["bias"]
     outputs = call(xs, h0, c0, kernel, recurrent, bias, threads=np.int64(_threads()))
     # Inside jax.shard_map the call's results vary over the mesh axes its inputs vary over.
@@ -230,9 +246,10 @@ def _run_bwd(residuals, cotangents):
     params, xs, c0, act, cs, xh = residuals
     _loaded()
     d_hs, d_h, d_c = cotangents
-    like = [xs, c0, c0, params["kernel"], params["recurrent_kernel"], params["bias"], act]
-    results = [jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in like]
-    call = jax.ffi.ffi_call(_BACKWARD, results, vmap_method="sequential")
+    like = [xs, c0, c0, params["kernel"], params["recurrent_kernel"], params["bias"]]
+    results = [jax.ShapeDtypeStruct(a.shape, xs.dtype) for a in like]
+    results.append(jax.ShapeDtypeStruct(act.shape, jnp.float32))  # dz, the kernel's buffer
+    call = jax.ffi.ffi_call(_TARGETS[xs.dtype][1], results, vmap_method="sequential")
     dxs, dh0, dc0, d_kernel, d_recurrent, d_bias, _ = call(
         c0,
         params["kernel"],

@@ -82,6 +82,29 @@ def test_outputs_and_gradients_match_the_scan(shape):
     reference.assert_trees_close(got[1], want[1], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}_B{}_D{}_U{}".format(*s))
+def test_bfloat16_is_the_float32_kernel_within_bfloat16_rounding(shape):
+    """In bfloat16 the products read bfloat16 and sum in float32; the gates and the cell
+    state stay float32: outputs and gradients within a few of bfloat16's rounding steps
+    (2^-8 = 3.9e-3) of the float32 kernel given the same, bfloat16, numbers."""
+    half = jax.tree.map(lambda a: a.astype(jnp.bfloat16), make(*shape))
+    assert lstm_cpu.why_not(half[0], half[1], half[2:]) is None
+    whole = jax.tree.map(lambda a: a.astype(jnp.float32), half)
+
+    def in_float32(fn):
+        return lambda *args: jax.tree.map(lambda a: a.astype(jnp.float32), fn(*args))
+
+    with jax.default_matmul_precision("highest"):
+        got, want = loss(in_float32(lstm_cpu.run))(*half), loss(lstm_cpu.run)(*whole)
+    assert all(a.dtype == jnp.bfloat16 for a in jax.tree.leaves(got[1]))
+    for g, w in zip(jax.tree.leaves(got[1]), jax.tree.leaves(want[1]), strict=True):
+        assert np.abs(np.asarray(g, np.float32) - w).max() <= 1e-2 * np.abs(w).max()
+    outputs = jax.jit(lstm_cpu.run)(*half), jax.jit(lstm_cpu.run)(*whole)
+    for g, w in zip(*outputs, strict=True):
+        assert g.dtype == jnp.bfloat16
+        np.testing.assert_allclose(np.asarray(g, np.float32), w, atol=1e-2)
+
+
 def test_inference_and_training_forward_passes_agree():
     """Without a gradient the kernel keeps no activations: the same outputs."""
     args = make(10, 6, 5, 8)
@@ -115,8 +138,8 @@ def test_the_scan_runs_where_the_kernel_must_not(monkeypatch):
     assert "lstm_cpu" in jaxpr()
     with lstm_cudnn.portable():
         assert "lstm_cpu" not in jaxpr()
-    half = {k: v.astype(jnp.bfloat16) for k, v in params.items()}
-    assert "float32" in lstm_cpu.why_not(half, xs, (h0, c0))
+    half = {k: v.astype(jnp.bfloat16) for k, v in params.items()}  # and float32 inputs
+    assert "one for every array" in lstm_cpu.why_not(half, xs, (h0, c0))
     kernel = lstm_jax.lstm(params, x, initial_state=(h0, c0))
     monkeypatch.setenv("LSTM_JAX_CPU_KERNEL", "0")
     assert "lstm_cpu" not in jaxpr()

@@ -31,8 +31,8 @@ import sys
 MAX_DEFAULT_DEVICES = 2
 
 
-# From this many units, one device on every core trains an LSTM in float32 faster than a
-# device per core: each step's product in the LSTM's CPU kernel (``lstm_jax.lstm_cpu``) is
+# From this many units, one device on every core trains an LSTM faster than a device per
+# core: each step's product in the LSTM's CPU kernel (``lstm_jax.lstm_cpu``) is
 # then split among the cores by its columns, so each core reads a part of the recurrent
 # weights (4U^2 floats, 2 MiB at 362 units, the size of a core's L2 cache on the machines
 # measured) instead of all of them at every step (``benchmarks/NOTES.md``).
@@ -43,7 +43,7 @@ def host_device_count(
     batch_size: int, cores: int | None = None, *, lstm_units: tuple[int, ...] = ()
 ) -> int:
     """The default number of CPU devices: one per core, at most ``MAX_DEFAULT_DEVICES``,
-    and as many as split ``batch_size`` evenly; one where an LSTM in float32 (its layers'
+    and as many as split ``batch_size`` evenly; one where an LSTM (its layers'
     ``lstm_units``) has ``ONE_DEVICE_FROM_UNITS`` or more.
 
     >>> host_device_count(128, cores=2), host_device_count(128, cores=16)

@@ -1,4 +1,5 @@
-// The LSTM over a whole sequence on a CPU, forwards and backwards, as two XLA FFI handlers.
+// The LSTM over a whole sequence on a CPU, forwards and backwards, as XLA FFI handlers: one
+// pair for float32, one for bfloat16.
 //
 // The equations are lstm_jax.cells.lstm_cell's (Keras's gate order i, f, c, o; the candidate
 // is called g here):
@@ -13,16 +14,19 @@
 //   dW = X^T dZ     dU = H_{t-1}^T dZ     db = sum dZ     dX = dZ W^T     (over all steps)
 //
 // Shapes, row-major: xs [T, N, D], h0 and c0 [N, U], kernel W [D, 4U], recurrent_kernel
-// U [U, 4U], bias [4U]. Each step is one product, [x_t, h_{t-1}] [N, D + U] by [W; U], and
-// the backward's dz_t U^T: oneDNN's matmul primitive, its weights reordered once a call into
-// the layout its kernels read fastest. The weight gradients and dX are one product each over
-// all steps after the backward's time loop (oneDNN's sgemm). All run on `threads` OpenMP
-// threads, which split a product's columns and the gate arithmetic's batch rows; the gate
-// arithmetic is vectorised here.
+// U [U, 4U], bias [4U], all of one dtype T (float32 or bfloat16). Each step is one product,
+// [x_t, h_{t-1}] [N, D + U] by [W; U], and the backward's dz_t U^T: oneDNN's matmul
+// primitive, its weights reordered once a call into the layout its kernels read fastest. The
+// weight gradients and dX are one product each over all steps after the backward's time
+// loop. All run on `threads` OpenMP threads, which split a product's columns and the gate
+// arithmetic's batch rows; the gate arithmetic is vectorised here, in float32. In bfloat16
+// the products read bfloat16 and sum in float32 (on AMX where the CPU has it), as PyTorch's
+// autocast runs them; the cell state and the gates stay float32 inside, and what leaves the
+// kernel is rounded to bfloat16.
 //
 // Forward results: hs [T, N, U] (h_T is hs[T - 1]), c_T [N, U], and what the backward reads:
-// the activations [T, N, 4U] (i, f, g, o), the cell states [T, N, U] and the [x_t, h_{t-1}]
-// rows [T, N, D + U].
+// the activations [T, N, 4U] (i, f, g, o) and the cell states [T, N, U], float32, and the
+// [x_t, h_{t-1}] rows [T, N, D + U] in T.
 
 #include <omp.h>
 
@@ -36,6 +40,7 @@
 #include <stdexcept>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
@@ -67,46 +72,98 @@ inline float Tanh(float x) {
 
 inline float Sigmoid(float x) { return 0.5f + 0.5f * Tanh(0.5f * x); }
 
-// Row-major c [m, n] = a [m, k] @ b [k, n], with row strides lda, ldb, ldc.
-inline void Gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
-                 int64_t ldb, float* c, int64_t ldc) {
-  dnnl_sgemm('N', 'N', m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
+using bf16 = uint16_t;  // XLA's FFI hands bfloat16 over as its bits
+
+inline float ToFloat(float x) { return x; }
+
+inline float ToFloat(bf16 x) {
+  const uint32_t bits = static_cast<uint32_t>(x) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
 }
 
-// The time loop's product, [M, K] @ [K, N] with the same right operand at every step:
-// oneDNN's matmul primitive with that operand reordered once into the layout its kernels
-// read fastest. Primitives are made once per shape and thread count and shared.
-class StepProduct {
+template <typename T>
+inline T FromFloat(float x);
+
+template <>
+inline float FromFloat<float>(float x) {
+  return x;
+}
+
+// Rounded to the nearest bfloat16, ties to even (a NaN stays a NaN).
+template <>
+inline bf16 FromFloat<bf16>(float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof(bits));
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<bf16>((bits >> 16) | 0x40u);
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<bf16>(bits >> 16);
+}
+
+template <typename T>
+void Convert(const float* in, int64_t count, T* out) {
+  for (int64_t k = 0; k < count; ++k) out[k] = FromFloat<T>(in[k]);
+}
+
+template <typename T>
+void ToFloats(const T* in, int64_t count, float* out) {
+  for (int64_t k = 0; k < count; ++k) out[k] = ToFloat(in[k]);
+}
+
+template <typename T>
+constexpr dnnl::memory::data_type Dtype() {
+  return std::is_same_v<T, float> ? dnnl::memory::data_type::f32
+                                  : dnnl::memory::data_type::bf16;
+}
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+// c [M, N] (float32, row stride ldc) = a [M, K] @ b [K, N] through oneDNN's matmul primitive,
+// made once per shape, layout, dtype and thread count and shared. Each Product has its own
+// scratch memory: oneDNN's shared one is not safe when devices call at the same time. With
+// `pack`, b is one matrix for every call (a step's weights), reordered once into the layout
+// the primitive reads fastest; otherwise b is given at each call, in the layout described.
+class Product {
  public:
-  StepProduct(const float* b, int64_t m, int64_t k, int64_t n, int64_t lda, int64_t ldc,
-              int threads)
-      : plan_(GetPlan(m, k, n, lda, ldc, threads)),
-        engine_(Engine()),
-        stream_(engine_),
-        packed_(plan_->pd.weights_desc(), engine_) {
-    dnnl::memory user({{k, n}, dnnl::memory::data_type::f32, dnnl::memory::format_tag::ab},
-                      engine_, const_cast<float*>(b));
-    // Each call has its own scratch memory: oneDNN's shared one is not safe when devices
-    // call at the same time.
-    dnnl::primitive_attr attr;
-    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-    dnnl::reorder::primitive_desc reorder_pd(user, packed_, attr);
-    const size_t scratch = std::max(reorder_pd.scratchpad_desc().get_size(),
-                                    plan_->pd.scratchpad_desc().get_size());
-    scratch_.resize(scratch + 1);
-    dnnl::memory reorder_scratch(reorder_pd.scratchpad_desc(), engine_, scratch_.data());
-    dnnl::reorder(reorder_pd).execute(stream_, {{DNNL_ARG_FROM, user},
-                                                {DNNL_ARG_TO, packed_},
-                                                {DNNL_ARG_SCRATCHPAD, reorder_scratch}});
-    scratchpad_ = dnnl::memory(plan_->pd.scratchpad_desc(), engine_, scratch_.data());
+  // a's and b's strides (row, column) describe their layout: {lda, 1} plain, {1, lda} the
+  // transpose of a plain [K, M] matrix.
+  Product(int64_t m, int64_t k, int64_t n, dnnl::memory::data_type dt,
+          dnnl::memory::dims a_strides, dnnl::memory::dims b_strides, int64_t ldc,
+          const void* packed_b, int threads)
+      : plan_(GetPlan(m, k, n, dt, a_strides, packed_b ? dnnl::memory::dims{} : b_strides, ldc,
+                      threads)),
+        stream_(Engine()) {
+    const auto& pd = plan_->pd;
+    size_t scratch = pd.scratchpad_desc().get_size();
+    if (packed_b != nullptr) {
+      dnnl::memory user({{k, n}, dt, b_strides}, Engine(), const_cast<void*>(packed_b));
+      packed_ = dnnl::memory(pd.weights_desc(), Engine());
+      dnnl::primitive_attr attr;
+      attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+      dnnl::reorder::primitive_desc reorder_pd(user, packed_, attr);
+      scratch_.resize(std::max(scratch, reorder_pd.scratchpad_desc().get_size()) + 1);
+      dnnl::memory reorder_scratch(reorder_pd.scratchpad_desc(), Engine(), scratch_.data());
+      dnnl::reorder(reorder_pd).execute(stream_, {{DNNL_ARG_FROM, user},
+                                                  {DNNL_ARG_TO, packed_},
+                                                  {DNNL_ARG_SCRATCHPAD, reorder_scratch}});
+    } else {
+      scratch_.resize(scratch + 1);
+    }
+    scratchpad_ = dnnl::memory(pd.scratchpad_desc(), Engine(), scratch_.data());
   }
 
-  // c [M, N] (row stride ldc) = a [M, K] (row stride lda) @ b.
-  void operator()(const float* a, float* c) {
-    dnnl::memory am(plan_->pd.src_desc(), engine_, const_cast<float*>(a));
-    dnnl::memory cm(plan_->pd.dst_desc(), engine_, c);
+  void operator()(const void* a, float* c, const void* b = nullptr) {
+    const auto& pd = plan_->pd;
+    dnnl::memory am(pd.src_desc(), Engine(), const_cast<void*>(a));
+    dnnl::memory cm(pd.dst_desc(), Engine(), c);
+    dnnl::memory bm = b ? dnnl::memory(pd.weights_desc(), Engine(), const_cast<void*>(b))
+                        : packed_;
     plan_->prim.execute(stream_, {{DNNL_ARG_SRC, am},
-                                  {DNNL_ARG_WEIGHTS, packed_},
+                                  {DNNL_ARG_WEIGHTS, bm},
                                   {DNNL_ARG_DST, cm},
                                   {DNNL_ARG_SCRATCHPAD, scratchpad_}});
   }
@@ -117,23 +174,22 @@ class StepProduct {
     dnnl::matmul prim;
   };
 
-  static dnnl::engine& Engine() {
-    static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
-    return engine;
-  }
-
-  static Plan* GetPlan(int64_t m, int64_t k, int64_t n, int64_t lda, int64_t ldc,
-                       int threads) {
-    using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int>;
+  // b_strides empty: b in the layout the primitive chooses (to be packed into).
+  static Plan* GetPlan(int64_t m, int64_t k, int64_t n, dnnl::memory::data_type dt,
+                       const dnnl::memory::dims& a_strides, const dnnl::memory::dims& b_strides,
+                       int64_t ldc, int threads) {
+    using Key = std::tuple<int64_t, int64_t, int64_t, int, dnnl::memory::dims,
+                           dnnl::memory::dims, int64_t, int>;
     static std::mutex mutex;
     static std::map<Key, std::unique_ptr<Plan>> plans;
     std::lock_guard<std::mutex> lock(mutex);
-    auto& plan = plans[{m, k, n, lda, ldc, threads}];
+    auto& plan = plans[{m, k, n, static_cast<int>(dt), a_strides, b_strides, ldc, threads}];
     if (!plan) {
-      using dt = dnnl::memory::data_type;
-      dnnl::memory::desc a({m, k}, dt::f32, {lda, 1});
-      dnnl::memory::desc b({k, n}, dt::f32, dnnl::memory::format_tag::any);
-      dnnl::memory::desc c({m, n}, dt::f32, {ldc, 1});
+      dnnl::memory::desc a({m, k}, dt, a_strides);
+      dnnl::memory::desc b = b_strides.empty()
+                                 ? dnnl::memory::desc({k, n}, dt, dnnl::memory::format_tag::any)
+                                 : dnnl::memory::desc({k, n}, dt, b_strides);
+      dnnl::memory::desc c({m, n}, dnnl::memory::data_type::f32, {ldc, 1});
       dnnl::primitive_attr attr;
       attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
       auto pd = dnnl::matmul::primitive_desc(Engine(), a, b, c, attr);
@@ -143,63 +199,54 @@ class StepProduct {
   }
 
   Plan* plan_;
-  dnnl::engine& engine_;
   dnnl::stream stream_;
   dnnl::memory packed_;
   std::vector<uint8_t> scratch_;
   dnnl::memory scratchpad_;
 };
 
-// out [cols, rows] = in [rows, cols]^T, so that every product below is a plain one
-// (oneDNN's sgemm is slower on a transposed operand).
-void Transpose(const float* in, int64_t rows, int64_t cols, float* out) {
-  constexpr int64_t kBlock = 32;
-  for (int64_t r0 = 0; r0 < rows; r0 += kBlock)
-    for (int64_t c0 = 0; c0 < cols; c0 += kBlock)
-      for (int64_t r = r0; r < std::min(r0 + kBlock, rows); ++r)
-        for (int64_t c = c0; c < std::min(c0 + kBlock, cols); ++c)
-          out[c * rows + r] = in[r * cols + c];
-}
-
 // One forward step's gates for batch rows [r0, r1): z (x_t W + h_{t-1} U, [N, 4U]) becomes
 // the activations i, f, g, o; c_t is written, and h_t both to h and to h_next (the next
 // step's row of [x, h], row stride next_stride; null after the last step).
+template <typename T>
 __attribute__((target_clones("avx512f", "avx2", "default"))) void ForwardGates(
-    float* z, const float* bias, const float* c_prev, float* c, float* h, float* h_next,
+    float* z, const T* bias, const float* c_prev, float* c, T* h, T* h_next,
     int64_t next_stride, int64_t r0, int64_t r1, int64_t u) {
   for (int64_t r = r0; r < r1; ++r) {
     float* zr = z + r * 4 * u;
     const float* cp = c_prev + r * u;
     float* cr = c + r * u;
-    float* hr = h + r * u;
+    T* hr = h + r * u;
 #pragma omp simd
     for (int64_t j = 0; j < u; ++j) {
-      const float i = Sigmoid(zr[j] + bias[j]);
-      const float f = Sigmoid(zr[u + j] + bias[u + j]);
-      const float g = Tanh(zr[2 * u + j] + bias[2 * u + j]);
-      const float o = Sigmoid(zr[3 * u + j] + bias[3 * u + j]);
+      const float i = Sigmoid(zr[j] + ToFloat(bias[j]));
+      const float f = Sigmoid(zr[u + j] + ToFloat(bias[u + j]));
+      const float g = Tanh(zr[2 * u + j] + ToFloat(bias[2 * u + j]));
+      const float o = Sigmoid(zr[3 * u + j] + ToFloat(bias[3 * u + j]));
       zr[j] = i;
       zr[u + j] = f;
       zr[2 * u + j] = g;
       zr[3 * u + j] = o;
       const float cn = f * cp[j] + i * g;
       cr[j] = cn;
-      hr[j] = o * Tanh(cn);
+      hr[j] = FromFloat<T>(o * Tanh(cn));
     }
-    if (h_next != nullptr) std::memcpy(h_next + r * next_stride, hr, u * sizeof(float));
+    if (h_next != nullptr) std::memcpy(h_next + r * next_stride, hr, u * sizeof(T));
   }
 }
 
 // One backward step for batch rows [r0, r1): reads dh_t (dy_t plus the carried dh), the
-// carried dc (updated to dc_{t-1}), the step's activations and cell states; writes dz.
+// carried dc (updated to dc_{t-1}), the step's activations and cell states; writes dz, and
+// in T too (dz_t, what the step's product reads; the same array in float32).
+template <typename T>
 __attribute__((target_clones("avx512f", "avx2", "default"))) void BackwardGates(
-    const float* act, const float* c, const float* c_prev, const float* dy, const float* dh,
-    float* dc, float* dz, int64_t r0, int64_t r1, int64_t u) {
+    const float* act, const float* c, const float* c_prev, const T* dy, const float* dh,
+    float* dc, float* dz, T* dz_t, int64_t r0, int64_t r1, int64_t u) {
   for (int64_t r = r0; r < r1; ++r) {
     const float* a = act + r * 4 * u;
     const float* cr = c + r * u;
     const float* cp = c_prev + r * u;
-    const float* dyr = dy + r * u;
+    const T* dyr = dy + r * u;
     const float* dhr = dh + r * u;
     float* dcr = dc + r * u;
     float* dzr = dz + r * 4 * u;
@@ -207,7 +254,7 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void BackwardGates(
     for (int64_t j = 0; j < u; ++j) {
       const float i = a[j], f = a[u + j], g = a[2 * u + j], o = a[3 * u + j];
       const float tc = Tanh(cr[j]);
-      const float dht = dyr[j] + dhr[j];
+      const float dht = ToFloat(dyr[j]) + dhr[j];
       const float dct = dcr[j] + dht * o * (1.0f - tc * tc);
       dzr[j] = dct * g * i * (1.0f - i);
       dzr[u + j] = dct * cp[j] * f * (1.0f - f);
@@ -215,6 +262,7 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void BackwardGates(
       dzr[3 * u + j] = dht * tc * o * (1.0f - o);
       dcr[j] = dct * f;
     }
+    if constexpr (!std::is_same_v<T, float>) Convert(dzr, 4 * u, dz_t + r * 4 * u);
   }
 }
 
@@ -246,12 +294,13 @@ ffi::Error Guarded(Fn fn) {
 // The forward pass. Results: hs [T, N, U], c_T [N, U], and for the backward pass (or, when
 // it will not run, arrays of size 0): the activations [T, N, 4U], the cell states [T, N, U]
 // and each step's [x_t, h_{t-1}] rows, [T, N, D + U].
-ffi::Error Forward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
-                   ffi::Buffer<ffi::F32> kernel, ffi::Buffer<ffi::F32> recurrent,
-                   ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> hs,
-                   ffi::ResultBuffer<ffi::F32> c_last, ffi::ResultBuffer<ffi::F32> act,
-                   ffi::ResultBuffer<ffi::F32> cs, ffi::ResultBuffer<ffi::F32> xh_all,
-                   int64_t threads) {
+template <ffi::DataType DT>
+ffi::Error Forward(ffi::Buffer<DT> xs, ffi::Buffer<DT> h0, ffi::Buffer<DT> c0,
+                   ffi::Buffer<DT> kernel, ffi::Buffer<DT> recurrent, ffi::Buffer<DT> bias,
+                   ffi::ResultBuffer<DT> hs, ffi::ResultBuffer<DT> c_last,
+                   ffi::ResultBuffer<ffi::F32> act, ffi::ResultBuffer<ffi::F32> cs,
+                   ffi::ResultBuffer<DT> xh_all, int64_t threads) {
+  using T = ffi::NativeType<DT>;
   return Guarded([&] {
     const auto dims = xs.dimensions();
     if (dims.size() != 3 || h0.dimensions().size() != 2)
@@ -262,125 +311,145 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> h0, ffi::Buff
     omp_set_num_threads(static_cast<int>(threads));
     // Without the backward pass's buffers, the steps use their own, two steps deep.
     std::vector<float> own;
-    float *z = act->typed_data(), *c_all = cs->typed_data(), *xh = xh_all->typed_data();
+    std::vector<T> own_xh;
+    float *z = act->typed_data(), *c_all = cs->typed_data();
+    T* xh = xh_all->typed_data();
     if (!keep) {
-      own.resize(2 * n * (g4 + u + k));
+      own.resize(2 * n * (g4 + u));
+      own_xh.resize(2 * n * k);
       z = own.data();
       c_all = z + 2 * n * g4;
-      xh = c_all + 2 * n * u;
+      xh = own_xh.data();
     }
-    std::vector<float> weights(k * g4);  // [W; U]
-    std::memcpy(weights.data(), kernel.typed_data(), d * g4 * sizeof(float));
-    std::memcpy(weights.data() + d * g4, recurrent.typed_data(), u * g4 * sizeof(float));
-    StepProduct product(weights.data(), n, k, g4, k, g4, static_cast<int>(threads));
-    const float* x = xs.typed_data();
-    for (int64_t r = 0; r < n; ++r) std::memcpy(xh + r * k + d, h0.typed_data() + r * u, u * 4);
-    const float* c_prev = c0.typed_data();
+    std::vector<T> weights(k * g4);  // [W; U]
+    std::memcpy(weights.data(), kernel.typed_data(), d * g4 * sizeof(T));
+    std::memcpy(weights.data() + d * g4, recurrent.typed_data(), u * g4 * sizeof(T));
+    Product product(n, k, g4, Dtype<T>(), {k, 1}, {g4, 1}, g4, weights.data(),
+                    static_cast<int>(threads));
+    const T* x = xs.typed_data();
+    for (int64_t r = 0; r < n; ++r)
+      std::memcpy(xh + r * k + d, h0.typed_data() + r * u, u * sizeof(T));
+    std::vector<float> c_first(n * u);
+    ToFloats(c0.typed_data(), n * u, c_first.data());
+    const float* c_prev = c_first.data();
     for (int64_t t = 0; t < t_len; ++t) {
       const int64_t slot = keep ? t : t % 2, next = keep ? t + 1 : (t + 1) % 2;
-      float* xht = xh + slot * n * k;
-      for (int64_t r = 0; r < n; ++r) std::memcpy(xht + r * k, x + (t * n + r) * d, d * 4);
+      T* xht = xh + slot * n * k;
+      for (int64_t r = 0; r < n; ++r)
+        std::memcpy(xht + r * k, x + (t * n + r) * d, d * sizeof(T));
       float* zt = z + slot * n * g4;
       product(xht, zt);
       float* ct = c_all + slot * n * u;
-      float* ht = hs->typed_data() + t * n * u;
-      float* h_next = t + 1 < t_len ? xh + next * n * k + d : nullptr;
+      T* ht = hs->typed_data() + t * n * u;
+      T* h_next = t + 1 < t_len ? xh + next * n * k + d : nullptr;
       OverRows(n, u, static_cast<int>(threads), [&](int64_t r0, int64_t r1) {
-        ForwardGates(zt, bias.typed_data(), c_prev, ct, ht, h_next, k, r0, r1, u);
+        ForwardGates<T>(zt, bias.typed_data(), c_prev, ct, ht, h_next, k, r0, r1, u);
       });
       c_prev = ct;
     }
-    std::memcpy(c_last->typed_data(), c_prev, n * u * sizeof(float));
+    Convert(c_prev, n * u, c_last->typed_data());
     return ffi::Error::Success();
   });
 }
 
 // The backward pass, from the forward's results and the cotangents of hs, h_T and c_T.
-ffi::Error Backward(ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> kernel,
-                    ffi::Buffer<ffi::F32> recurrent, ffi::Buffer<ffi::F32> act,
-                    ffi::Buffer<ffi::F32> cs, ffi::Buffer<ffi::F32> xh,
-                    ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> dh_last,
-                    ffi::Buffer<ffi::F32> dc_last, ffi::ResultBuffer<ffi::F32> dxs,
-                    ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::F32> dc0,
-                    ffi::ResultBuffer<ffi::F32> dkernel, ffi::ResultBuffer<ffi::F32> drecurrent,
-                    ffi::ResultBuffer<ffi::F32> dbias, ffi::ResultBuffer<ffi::F32> dz_all,
-                    int64_t threads) {
+template <ffi::DataType DT>
+ffi::Error Backward(ffi::Buffer<DT> c0, ffi::Buffer<DT> kernel, ffi::Buffer<DT> recurrent,
+                    ffi::Buffer<ffi::F32> act, ffi::Buffer<ffi::F32> cs, ffi::Buffer<DT> xh,
+                    ffi::Buffer<DT> dhs, ffi::Buffer<DT> dh_last, ffi::Buffer<DT> dc_last,
+                    ffi::ResultBuffer<DT> dxs, ffi::ResultBuffer<DT> dh0,
+                    ffi::ResultBuffer<DT> dc0, ffi::ResultBuffer<DT> dkernel,
+                    ffi::ResultBuffer<DT> drecurrent, ffi::ResultBuffer<DT> dbias,
+                    ffi::ResultBuffer<ffi::F32> dz_all, int64_t threads) {
+  using T = ffi::NativeType<DT>;
   return Guarded([&] {
     const auto dims = dhs.dimensions();
     const int64_t t_len = dims[0], n = dims[1], u = dims[2], d = kernel.dimensions()[0];
     const int64_t g4 = 4 * u, k = d + u, rows = t_len * n;
-    omp_set_num_threads(static_cast<int>(threads));
+    const int nthreads = static_cast<int>(threads);
+    omp_set_num_threads(nthreads);
     float* dz = dz_all->typed_data();
-    float* dh = dh0->typed_data();  // the carried dh, dh_0 at the end
-    float* dc = dc0->typed_data();  // the carried dc, dc_0 at the end
-    std::memcpy(dh, dh_last.typed_data(), n * u * sizeof(float));
-    std::memcpy(dc, dc_last.typed_data(), n * u * sizeof(float));
-    std::vector<float> recurrent_t(g4 * u);
-    Transpose(recurrent.typed_data(), u, g4, recurrent_t.data());
-    StepProduct product(recurrent_t.data(), n, g4, u, g4, u, static_cast<int>(threads));
-    float* db = dbias->typed_data();
-    std::fill(db, db + g4, 0.0f);
+    // dZ in T for the products; in float32 it is dz itself.
+    std::vector<T> dz_t_own(std::is_same_v<T, float> ? 0 : rows * g4);
+    T* dz_t = std::is_same_v<T, float> ? reinterpret_cast<T*>(dz) : dz_t_own.data();
+    std::vector<float> dh(n * u), dc(n * u), c_first(n * u);
+    ToFloats(dh_last.typed_data(), n * u, dh.data());
+    ToFloats(dc_last.typed_data(), n * u, dc.data());
+    ToFloats(c0.typed_data(), n * u, c_first.data());
+    // U^T [4U, U], read by each step's product.
+    Product product(n, g4, u, Dtype<T>(), {g4, 1}, {1, g4}, u, recurrent.typed_data(),
+                    nthreads);
+    std::vector<float> db(g4, 0.0f);
     for (int64_t t = t_len - 1; t >= 0; --t) {
-      const float* c_prev = t > 0 ? cs.typed_data() + (t - 1) * n * u : c0.typed_data();
+      const float* c_prev = t > 0 ? cs.typed_data() + (t - 1) * n * u : c_first.data();
       float* dzt = dz + t * n * g4;
       const float* at = act.typed_data() + t * n * g4;
       const float* ct = cs.typed_data() + t * n * u;
-      const float* dy = dhs.typed_data() + t * n * u;
-      OverRows(n, u, static_cast<int>(threads), [&](int64_t r0, int64_t r1) {
-        BackwardGates(at, ct, c_prev, dy, dh, dc, dzt, r0, r1, u);
+      const T* dy = dhs.typed_data() + t * n * u;
+      OverRows(n, u, nthreads, [&](int64_t r0, int64_t r1) {
+        BackwardGates<T>(at, ct, c_prev, dy, dh.data(), dc.data(), dzt, dz_t + t * n * g4, r0,
+                         r1, u);
       });
-      product(dzt, dh);
+      product(dz_t + t * n * g4, dh.data());
       for (int64_t r = 0; r < n; ++r) {
         const float* row = dzt + r * g4;
-  #pragma omp simd
+#pragma omp simd
         for (int64_t j = 0; j < g4; ++j) db[j] += row[j];
       }
     }
-    // Over all steps at once: [dW; dU] = [X, H_{t-1}]^T dZ and dX = dZ W^T.
-    std::vector<float> other(std::max(rows * k, g4 * d));
-    Transpose(xh.typed_data(), rows, k, other.data());
-    Gemm(d, g4, rows, other.data(), rows, dz, g4, dkernel->typed_data(), g4);
-    Gemm(u, g4, rows, other.data() + d * rows, rows, dz, g4,
-         drecurrent->typed_data(), g4);
-    Transpose(kernel.typed_data(), d, g4, other.data());
-    Gemm(rows, d, g4, dz, g4, other.data(), d, dxs->typed_data(), d);
+    Convert(dh.data(), n * u, dh0->typed_data());
+    Convert(dc.data(), n * u, dc0->typed_data());
+    Convert(db.data(), g4, dbias->typed_data());
+    // Over all steps at once: [dW; dU] = [X, H_{t-1}]^T dZ and dX = dZ W^T, as products of
+    // the transposed layouts (strides), summed in float32.
+    std::vector<float> out(std::max(k * g4, rows * d));
+    Product weight_grads(k, rows, g4, Dtype<T>(), {1, k}, {g4, 1}, g4, nullptr, nthreads);
+    weight_grads(xh.typed_data(), out.data(), dz_t);
+    Convert(out.data(), d * g4, dkernel->typed_data());
+    Convert(out.data() + d * g4, u * g4, drecurrent->typed_data());
+    Product input_grads(rows, g4, d, Dtype<T>(), {g4, 1}, {1, g4}, d, nullptr, nthreads);
+    input_grads(dz_t, out.data(), kernel.typed_data());
+    Convert(out.data(), rows * d, dxs->typed_data());
     return ffi::Error::Success();
   });
 }
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmCpuForward, Forward,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // xs
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // h0
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // c0
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // kernel
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // recurrent_kernel
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // bias
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // hs
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // c_T
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // activations
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // cell states
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // [x, h] rows
-                                  .Attr<int64_t>("threads"));
+#define LSTM_CPU_HANDLERS(SUFFIX, DT)                                                        \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmCpuForward##SUFFIX, Forward<DT>,                          \
+                                ffi::Ffi::Bind()                                              \
+                                    .Arg<ffi::Buffer<DT>>()         /* xs */                  \
+                                    .Arg<ffi::Buffer<DT>>()         /* h0 */                  \
+                                    .Arg<ffi::Buffer<DT>>()         /* c0 */                  \
+                                    .Arg<ffi::Buffer<DT>>()         /* kernel */              \
+                                    .Arg<ffi::Buffer<DT>>()         /* recurrent_kernel */    \
+                                    .Arg<ffi::Buffer<DT>>()         /* bias */                \
+                                    .Ret<ffi::Buffer<DT>>()         /* hs */                  \
+                                    .Ret<ffi::Buffer<DT>>()         /* c_T */                 \
+                                    .Ret<ffi::Buffer<ffi::F32>>()   /* activations */         \
+                                    .Ret<ffi::Buffer<ffi::F32>>()   /* cell states */         \
+                                    .Ret<ffi::Buffer<DT>>()         /* [x, h] rows */         \
+                                    .Attr<int64_t>("threads"));                               \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmCpuBackward##SUFFIX, Backward<DT>,                        \
+                                ffi::Ffi::Bind()                                              \
+                                    .Arg<ffi::Buffer<DT>>()         /* c0 */                  \
+                                    .Arg<ffi::Buffer<DT>>()         /* kernel */              \
+                                    .Arg<ffi::Buffer<DT>>()         /* recurrent_kernel */    \
+                                    .Arg<ffi::Buffer<ffi::F32>>()   /* activations */         \
+                                    .Arg<ffi::Buffer<ffi::F32>>()   /* cell states */         \
+                                    .Arg<ffi::Buffer<DT>>()         /* [x, h] rows */         \
+                                    .Arg<ffi::Buffer<DT>>()         /* d hs */                \
+                                    .Arg<ffi::Buffer<DT>>()         /* d h_T */               \
+                                    .Arg<ffi::Buffer<DT>>()         /* d c_T */               \
+                                    .Ret<ffi::Buffer<DT>>()         /* d xs */                \
+                                    .Ret<ffi::Buffer<DT>>()         /* d h0 */                \
+                                    .Ret<ffi::Buffer<DT>>()         /* d c0 */                \
+                                    .Ret<ffi::Buffer<DT>>()         /* d kernel */            \
+                                    .Ret<ffi::Buffer<DT>>()         /* d recurrent_kernel */  \
+                                    .Ret<ffi::Buffer<DT>>()         /* d bias */              \
+                                    .Ret<ffi::Buffer<ffi::F32>>()   /* dz, the backward's */  \
+                                    .Attr<int64_t>("threads"));
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmCpuBackward, Backward,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // c0
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // kernel
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // recurrent_kernel
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // activations
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // cell states
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // [x, h] rows
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // d hs
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // d h_T
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // d c_T
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // d xs
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // d h0
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // d c0
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // d kernel
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // d recurrent_kernel
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // d bias
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dz, the backward's buffer
-                                  .Attr<int64_t>("threads"));
+LSTM_CPU_HANDLERS(F32, ffi::F32)
+LSTM_CPU_HANDLERS(BF16, ffi::BF16)
