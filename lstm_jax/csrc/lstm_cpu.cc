@@ -41,6 +41,7 @@
 #include <string>
 #include <tuple>
 #include <type_traits>
+#include <unordered_map>
 #include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
@@ -157,15 +158,21 @@ class Product {
   }
 
   void operator()(const void* a, float* c, const void* b = nullptr) {
-    const auto& pd = plan_->pd;
-    dnnl::memory am(pd.src_desc(), Engine(), const_cast<void*>(a));
-    dnnl::memory cm(pd.dst_desc(), Engine(), c);
-    dnnl::memory bm = b ? dnnl::memory(pd.weights_desc(), Engine(), const_cast<void*>(b))
-                        : packed_;
-    plan_->prim.execute(stream_, {{DNNL_ARG_SRC, am},
-                                  {DNNL_ARG_WEIGHTS, bm},
-                                  {DNNL_ARG_DST, cm},
-                                  {DNNL_ARG_SCRATCHPAD, scratchpad_}});
+    // The memory objects and the argument map are made once; each call swaps the pointers.
+    if (args_.empty()) {
+      const auto& pd = plan_->pd;
+      a_ = dnnl::memory(pd.src_desc(), Engine(), nullptr);
+      c_ = dnnl::memory(pd.dst_desc(), Engine(), nullptr);
+      if (!packed_) packed_ = dnnl::memory(pd.weights_desc(), Engine(), nullptr);
+      args_ = {{DNNL_ARG_SRC, a_},
+               {DNNL_ARG_WEIGHTS, packed_},
+               {DNNL_ARG_DST, c_},
+               {DNNL_ARG_SCRATCHPAD, scratchpad_}};
+    }
+    a_.set_data_handle(const_cast<void*>(a));
+    c_.set_data_handle(c);
+    if (b != nullptr) packed_.set_data_handle(const_cast<void*>(b));
+    plan_->prim.execute(stream_, args_);
   }
 
  private:
@@ -200,9 +207,11 @@ class Product {
 
   Plan* plan_;
   dnnl::stream stream_;
-  dnnl::memory packed_;
+  dnnl::memory packed_;  // b, packed or given at each call
   std::vector<uint8_t> scratch_;
   dnnl::memory scratchpad_;
+  dnnl::memory a_, c_;
+  std::unordered_map<int, dnnl::memory> args_;
 };
 
 // One forward step's gates for batch rows [r0, r1): z (x_t W + h_{t-1} U, [N, 4U]) becomes
