@@ -240,8 +240,8 @@ def lstm_unmasked_scan(params: Params, xs: Array, carry: tuple, unroll):
     promoted (bfloat16 inputs with float32 weights run in float32). The casts sit outside
     it, so autodiff returns each gradient in its own dtype.
 
-    On a CPU, in float32, the whole sequence runs in ``lstm_cpu``'s kernel instead (the same
-    results, faster); ``unroll`` is the scan's alone."""
+    On a CPU, in float32 or bfloat16, the whole sequence runs in ``lstm_cpu``'s kernel
+    instead (the same results, faster); ``unroll`` is the scan's alone."""
     params, xs = in_one_dtype(params, xs, carry)
     if lstm_cpu.why_not(params, xs, carry) is None:
         hs, h, c = lstm_cpu.run(params, xs, *carry)
