@@ -1,4 +1,5 @@
-"""The GRU recurrence with a hand-written gradient: what ``gru`` runs without a mask.
+"""The GRU recurrence with a hand-written gradient: what ``gru`` runs without a mask where
+the CPU kernel (``lstm_cpu.run_gru``) does not.
 
 The same equations as ``gru_cell`` (Keras's ``reset_after=True``), computed over time-major
 inputs in the transposed, feature-major layout of ``lstm_scan`` (``[3U, B]`` gates), with a
@@ -17,6 +18,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from lstm_jax import lstm_cpu
+from lstm_jax.cells import gru_cell
 from lstm_jax.lstm_scan import _is_zero, _zeros, in_one_dtype, primal_values
 
 __all__ = ["CUSTOM_GRADIENT_BELOW", "gru_unmasked_scan"]
@@ -25,7 +28,7 @@ Array = jax.Array
 Params = dict[str, Array]
 
 # The batch (on one device) below which the GRU's scan uses this hand-written gradient;
-# from it, autodiff's scan over gru_cell (recurrent.CELLS["gru"].unmasked_scan_below).
+# from it, autodiff's scan over gru_cell. The CPU kernel, where it runs, serves every batch.
 CUSTOM_GRADIENT_BELOW = 64
 
 
@@ -119,7 +122,18 @@ _gru_scan.defvjp(_gru_scan_fwd, _gru_scan_bwd, symbolic_zeros=True)
 
 def gru_unmasked_scan(params: Params, xs: Array, carry: tuple, unroll):
     """``(hs, (h,))`` of the GRU over time-major ``xs`` ``[T, B, D]`` from ``carry`` ``(h0,)``:
-    the ``unmasked_scan`` of ``recurrent.CELLS["gru"]`` below ``CUSTOM_GRADIENT_BELOW``
-    examples, in one dtype as the LSTM's is (``lstm_scan.in_one_dtype``)."""
-    hs, h = _gru_scan(*in_one_dtype(params, xs, carry), carry[0], unroll)
+    the ``unmasked_scan`` of ``recurrent.CELLS["gru"]``.
+
+    On a CPU, in float32 or bfloat16, the whole sequence runs in ``lstm_cpu``'s kernel (the
+    same results, faster). Elsewhere, below ``CUSTOM_GRADIENT_BELOW`` examples (a concrete
+    batch), the scan with the hand-written gradient, in one dtype as the LSTM's is
+    (``lstm_scan.in_one_dtype``); from there, ``gru_cell`` under ``lax.scan`` and autodiff.
+    ``unroll`` is the scans' alone."""
+    cast, cast_xs = in_one_dtype(params, xs, carry)
+    if lstm_cpu.why_not(cast, cast_xs, carry) is None:
+        hs, h = lstm_cpu.run_gru(cast, cast_xs, carry[0])
+    elif isinstance(xs.shape[1], int) and xs.shape[1] < CUSTOM_GRADIENT_BELOW:
+        hs, h = _gru_scan(cast, cast_xs, carry[0], unroll)
+    else:
+        h, hs = jax.lax.scan(functools.partial(gru_cell, params), carry[0], xs, unroll=unroll)
     return hs, (h,)

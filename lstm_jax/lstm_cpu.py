@@ -1,5 +1,6 @@
-"""The LSTM over a whole sequence in one CPU kernel (``csrc/lstm_cpu.cc``), forwards and
-backwards, as PyTorch runs its LSTM on a CPU: oneDNN's matrix products, one call per pass.
+"""The LSTM and the GRU over a whole sequence in one CPU kernel (``csrc/lstm_cpu.cc``),
+forwards and backwards, as PyTorch runs them on a CPU: oneDNN's matrix products, one call a
+pass: ``run`` for the LSTM, ``run_gru`` for the GRU.
 
 The scan (``lstm_jax.lstm_scan``) pays XLA:CPU's fixed cost for each of a step's dozen small
 kernels, and its products at a small batch run below what oneDNN reaches on the same cores
@@ -7,8 +8,11 @@ kernels, and its products at a small batch run below what oneDNN reaches on the 
 the backward pass: inside it, each step is one oneDNN matrix product of ``[x_t, h_{t-1}]``
 with ``[W; U]`` (the weights reordered once into the layout its kernels read fastest) and the
 gate arithmetic, vectorised; the backward pass's weight gradients are one product each over
-all steps. Its results equal the scan's and ``lstm_cell``'s (``tests/test_lstm_cpu.py``:
-outputs and gradients against a float64 NumPy reference and the scan).
+all steps. The GRU's is the same with its own gates: ``x_t W`` for all steps is one product
+before the time loop, and each step's product is ``h_{t-1} U``, which the reset gate
+multiplies (Keras's ``reset_after``). Results equal the scans' and the cells'
+(``tests/test_lstm_cpu.py``: outputs and gradients against a float64 NumPy reference, the
+LSTM's custom-gradient scan and autodiff through ``gru_cell``).
 
 In bfloat16 (``precision="bfloat16"``) the products read bfloat16 and sum in float32, on the
 CPU's AMX units where it has them (Intel Xeon from Sapphire Rapids), as PyTorch's autocast
@@ -21,10 +25,12 @@ Linux machine or Colab has, ``g++`` or ``$CXX``), against jaxlib's FFI headers a
 (``$LSTM_JAX_CACHE``). Where it cannot be built (no compiler, another OS), the scan runs,
 with one warning that says why. ``LSTM_JAX_CPU_KERNEL=0`` turns it off (the scan runs).
 
-``lstm_unmasked_scan`` uses it when ``why_not`` finds nothing against it: on a CPU, in float32
+``lstm_unmasked_scan`` and ``gru_unmasked_scan`` use it when ``why_not`` finds nothing
+against it: on a CPU, in float32
 or bfloat16, concrete shapes, and not inside ``lstm_cudnn.portable()`` (``jax.export``'s
 programs for any platform carry the scan, which needs no library where they are served). Shapes
 as in ``lstm_jax.lstm_scan``: time-major ``xs [T, B, D]``, ``h0`` and ``c0`` ``[B, U]``.
+Parameters as ``cells.init_lstm`` and ``cells.init_gru`` make them.
 """
 
 from __future__ import annotations
@@ -47,21 +53,20 @@ import numpy as np
 
 from lstm_jax import _jax_compat, lstm_cudnn
 
-__all__ = ["available", "run", "why_not"]
+__all__ = ["available", "run", "run_gru", "why_not"]
 
 Array = jax.Array
 Params = dict[str, Array]
 
 SOURCE = pathlib.Path(__file__).with_name("csrc") / "lstm_cpu.cc"
-# The FFI targets, by dtype: (forward, backward).
-_TARGETS = {
-    jnp.dtype(jnp.float32): ("lstm_jax_lstm_cpu_forward_f32", "lstm_jax_lstm_cpu_backward_f32"),
-    jnp.dtype(jnp.bfloat16): (
-        "lstm_jax_lstm_cpu_forward_bf16",
-        "lstm_jax_lstm_cpu_backward_bf16",
-    ),
-}
-_SYMBOLS = {jnp.dtype(jnp.float32): "F32", jnp.dtype(jnp.bfloat16): "BF16"}
+# The kernel's cells and dtypes, by the names of their handlers in SOURCE
+# (``LstmCpuForwardF32``, ...); the FFI targets are ``lstm_jax_lstm_cpu_forward_f32``, ....
+_CELLS = {"lstm": "Lstm", "gru": "Gru"}
+_DTYPES = {jnp.dtype(jnp.float32): "F32", jnp.dtype(jnp.bfloat16): "BF16"}
+
+
+def _target(cell: str, direction: str, dtype) -> str:
+    return f"lstm_jax_{cell}_cpu_{direction}_{_DTYPES[jnp.dtype(dtype)].lower()}"
 
 
 def _onednn_root() -> pathlib.Path | None:
@@ -149,10 +154,12 @@ def _library() -> ctypes.CDLL | str:
         library = ctypes.CDLL(str(_compile(root)))
     except (OSError, RuntimeError, subprocess.SubprocessError) as error:
         return f"it could not be built: {error}"
-    for dtype, (forward, backward) in _TARGETS.items():
-        for name, symbol in ((forward, "LstmCpuForward"), (backward, "LstmCpuBackward")):
-            handler = getattr(library, symbol + _SYMBOLS[dtype])
-            jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(handler), "cpu")
+    for cell, prefix in _CELLS.items():
+        for dtype, suffix in _DTYPES.items():
+            for direction in ("forward", "backward"):
+                handler = getattr(library, f"{prefix}Cpu{direction.title()}{suffix}")
+                target = _target(cell, direction, dtype)
+                jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(handler), "cpu")
     return library
 
 
@@ -167,14 +174,15 @@ def available() -> bool:
 @functools.cache
 def _warn_once(why: str) -> None:
     warnings.warn(
-        f"lstm_jax: the LSTM's CPU kernel is not used, so LSTMs scan (slower): {why}",
+        f"lstm_jax: the CPU kernel is not used, so LSTMs and GRUs scan (slower): {why}",
         RuntimeWarning,
         stacklevel=3,
     )
 
 
 def why_not(params: Params, xs: Array, carry: tuple) -> str | None:
-    """Why the kernel cannot run this LSTM (``xs [T, B, D]`` from ``carry``), or ``None``."""
+    """Why the kernel cannot run this LSTM or GRU (``xs [T, B, D]`` from ``carry``), or
+    ``None``."""
     if os.environ.get("LSTM_JAX_CPU_KERNEL", "1") == "0":
         return "LSTM_JAX_CPU_KERNEL=0"
     if lstm_cudnn.is_portable():
@@ -187,7 +195,7 @@ def why_not(params: Params, xs: Array, carry: tuple) -> str | None:
         return "it has no steps or no examples"
     arrays = (xs, *carry, *params.values())
     dtypes = {jnp.result_type(a) for a in arrays}
-    if len(dtypes) != 1 or dtypes.pop() not in _TARGETS:
+    if len(dtypes) != 1 or dtypes.pop() not in _DTYPES:
         return "the kernel takes float32 or bfloat16, one for every array"
     if not available():
         return f"the kernel is not there: {_library()}"
@@ -204,11 +212,15 @@ def _threads() -> int:
 def _loaded() -> None:
     """The kernel's FFI targets registered, or a ``RuntimeError`` saying why they cannot be."""
     if isinstance(_library(), str):
-        raise RuntimeError(f"lstm_jax: the LSTM's CPU kernel is not there: {_library()}")
+        raise RuntimeError(f"lstm_jax: the CPU kernel is not there: {_library()}")
+
+
+def _ffi_call(cell: str, direction: str, dtype, results):
+    _loaded()
+    return jax.ffi.ffi_call(_target(cell, direction, dtype), results, vmap_method="sequential")
 
 
 def _forward(params: Params, xs: Array, h0: Array, c0: Array, *, keep: bool):
-    _loaded()
     t, n, d = xs.shape
     u = h0.shape[-1]
 
@@ -222,7 +234,7 @@ def _forward(params: Params, xs: Array, h0: Array, c0: Array, *, keep: bool):
         shape(t, n, u, dtype=jnp.float32),  # the cell states
         shape(t, n, d + u, dtype=xs.dtype),  # [x_t, h_{t-1}]
     )
-    call = jax.ffi.ffi_call(_TARGETS[xs.dtype][0], results, vmap_method="sequential")
+    call = _ffi_call("lstm", "forward", xs.dtype, results)
     kernel, recurrent, bias = params["kernel"], params["recurrent_kernel"], params["bias"]
     outputs = call(xs, h0, c0, kernel, recurrent, bias, threads=np.int64(_threads()))
     # Inside jax.shard_map the call's results vary over the mesh axes its inputs vary over.
@@ -244,12 +256,11 @@ def _run_fwd(params, xs, h0, c0):
 
 def _run_bwd(residuals, cotangents):
     params, xs, c0, act, cs, xh = residuals
-    _loaded()
     d_hs, d_h, d_c = cotangents
     like = [xs, c0, c0, params["kernel"], params["recurrent_kernel"], params["bias"]]
     results = [jax.ShapeDtypeStruct(a.shape, xs.dtype) for a in like]
     results.append(jax.ShapeDtypeStruct(act.shape, jnp.float32))  # dz, the kernel's buffer
-    call = jax.ffi.ffi_call(_TARGETS[xs.dtype][1], results, vmap_method="sequential")
+    call = _ffi_call("lstm", "backward", xs.dtype, results)
     dxs, dh0, dc0, d_kernel, d_recurrent, d_bias, _ = call(
         c0,
         params["kernel"],
@@ -269,3 +280,51 @@ def _run_bwd(residuals, cotangents):
 
 
 run.defvjp(_run_fwd, _run_bwd)
+
+
+def _gru_forward(params: Params, xs: Array, h0: Array, *, keep: bool):
+    t, n, _ = xs.shape
+    u = h0.shape[-1]
+    dims = (lambda *dims: dims) if keep else (lambda *dims: (0,))
+    results = (
+        jax.ShapeDtypeStruct((t, n, u), xs.dtype),  # hs
+        jax.ShapeDtypeStruct(dims(t, n, 4 * u), jnp.float32),  # z, r, n, e_n
+        jax.ShapeDtypeStruct(dims(t, n, u), xs.dtype),  # each step's h_{t-1}
+    )
+    call = _ffi_call("gru", "forward", xs.dtype, results)
+    kernel, recurrent, bias = params["kernel"], params["recurrent_kernel"], params["bias"]
+    outputs = call(xs, h0, kernel, recurrent, bias, threads=np.int64(_threads()))
+    return _jax_compat.varying_like(outputs, xs)
+
+
+@jax.custom_vjp
+def run_gru(params: Params, xs: Array, h0: Array) -> tuple[Array, Array]:
+    """``(hs [T, B, U], h_T)``: the GRU (``cells.gru_cell``) over time-major ``xs`` from
+    ``h0``, in the kernel (check ``why_not`` first). Differentiable in every argument."""
+    hs, *_ = _gru_forward(params, xs, h0, keep=False)
+    return hs, hs[-1]
+
+
+def _run_gru_fwd(params, xs, h0):
+    hs, act, h_prev = _gru_forward(params, xs, h0, keep=True)
+    return (hs, hs[-1]), (params, xs, act, h_prev)
+
+
+def _run_gru_bwd(residuals, cotangents):
+    params, xs, act, h_prev = residuals
+    d_hs, d_h = cotangents
+    like = [xs, d_h, params["kernel"], params["recurrent_kernel"], params["bias"]]
+    results = [jax.ShapeDtypeStruct(a.shape, xs.dtype) for a in like]
+    t, n, u = d_hs.shape
+    results.append(jax.ShapeDtypeStruct((2, t, n, 3 * u), jnp.float32))  # the kernel's dA, dE
+    call = _ffi_call("gru", "backward", xs.dtype, results)
+    kernel, recurrent = params["kernel"], params["recurrent_kernel"]
+    dxs, dh0, d_kernel, d_recurrent, d_bias, _ = call(
+        xs, kernel, recurrent, act, h_prev, d_hs, d_h, threads=np.int64(_threads())
+    )
+    grads = {"kernel": d_kernel, "recurrent_kernel": d_recurrent, "bias": d_bias}
+    grads = {k: _jax_compat.varying_like(grads[k], params[k]) for k in params}
+    return grads, *_jax_compat.varying_like((dxs, dh0), xs)
+
+
+run_gru.defvjp(_run_gru_fwd, _run_gru_bwd)

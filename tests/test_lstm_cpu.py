@@ -1,6 +1,7 @@
-"""The LSTM's CPU kernel (``lstm_jax.lstm_cpu``): built and used here, and equal to the
-float64 NumPy reference (outputs) and to the scan with its gradient (``lstm_scan``, itself
-held to autodiff in ``test_recurrent.py``): outputs and gradients within 1e-5."""
+"""The LSTM's and the GRU's CPU kernel (``lstm_jax.lstm_cpu``): built and used here, and
+equal to the float64 NumPy reference (outputs) and to the scans with their gradients
+(``lstm_scan``, itself held to autodiff in ``test_recurrent.py``, and autodiff through
+``gru_cell``): outputs and gradients within 1e-5."""
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 import lstm_jax
-from lstm_jax import lstm_cpu, lstm_cudnn, lstm_scan
+from lstm_jax import cells, gru_scan, lstm_cpu, lstm_cudnn, lstm_scan
 from tests import reference
 
 SHAPES = [  # T, B, D, U: one step, one example, units no vector divides, a batch split in two
@@ -153,3 +154,113 @@ def test_two_devices_calling_at_once_agree_with_one(on_two_cpu_devices):
     the whole batch's."""
     (largest,) = on_two_cpu_devices("lstm_cpu_two_devices.py")
     assert float(largest) < 1e-5
+
+
+# The GRU's kernel: the same checks against the float64 reference and autodiff's scan.
+
+
+def make_gru(t, b, d, u, seed=0):
+    params, xs, h0, _ = make(t, b, d, u, seed)
+    r = np.random.default_rng(seed + 1)
+    params = {
+        "kernel": params["kernel"][:, : 3 * u],
+        "recurrent_kernel": params["recurrent_kernel"][:, : 3 * u],
+        "bias": jnp.asarray(r.normal(0, 0.2, (2, 3 * u)), jnp.float32),
+    }
+    return params, xs, h0
+
+
+def gru_autodiff(params, xs, h0):
+    """``gru_cell`` under ``lax.scan`` and autodiff: what the kernel replaces."""
+    h, hs = jax.lax.scan(lambda h, x: cells.gru_cell(params, h, x), h0, xs)
+    return hs, h
+
+
+def gru_loss(fn):
+    def value(params, xs, h0):
+        hs, h = fn(params, xs, h0)
+        weights = jnp.cos(jnp.arange(hs.size, dtype=jnp.float32)).reshape(hs.shape)
+        return (jnp.sum(hs * weights) + jnp.sum(jnp.sin(h))) / xs.shape[1]
+
+    return jax.jit(jax.value_and_grad(value, argnums=(0, 1, 2)))
+
+
+@pytest.mark.parametrize("batch", [4, gru_scan.CUSTOM_GRADIENT_BELOW])
+def test_the_kernel_runs_the_gru_here_at_every_batch(batch):
+    """``gru`` runs the kernel below and above the hand-written scan's batch limit."""
+    params, xs, h0 = make_gru(5, batch, 3, 6)
+    assert lstm_cpu.why_not(params, xs, (h0,)) is None
+    x = jnp.swapaxes(xs, 0, 1)
+    text = str(jax.make_jaxpr(jax.grad(lambda p: jnp.sum(lstm_jax.gru(p, x))))(params))
+    assert "lstm_jax_gru_cpu_forward" in text and "lstm_jax_gru_cpu_backward" in text
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}_B{}_D{}_U{}".format(*s))
+def test_gru_outputs_match_the_float64_numpy_reference(shape):
+    params, xs, h0 = make_gru(*shape)
+    hs, h = jax.jit(lstm_cpu.run_gru)(params, xs, h0)
+    ref_hs, (ref_h,) = reference.run("gru", params, np.swapaxes(xs, 0, 1), initial_state=(h0,))
+    np.testing.assert_allclose(hs, np.swapaxes(ref_hs, 0, 1), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(h, ref_h, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}_B{}_D{}_U{}".format(*s))
+def test_gru_outputs_and_gradients_match_autodiff(shape):
+    args = make_gru(*shape)
+    with jax.default_matmul_precision("highest"):
+        got, want = gru_loss(lstm_cpu.run_gru)(*args), gru_loss(gru_autodiff)(*args)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+    reference.assert_trees_close(got[1], want[1], atol=1e-5, rtol=1e-5)
+
+
+def test_gru_in_bfloat16_is_the_float32_kernel_within_bfloat16_rounding():
+    half = jax.tree.map(lambda a: a.astype(jnp.bfloat16), make_gru(12, 33, 20, 40))
+    assert lstm_cpu.why_not(half[0], half[1], half[2:]) is None
+    whole = jax.tree.map(lambda a: a.astype(jnp.float32), half)
+
+    def in_float32(fn):
+        return lambda *args: jax.tree.map(lambda a: a.astype(jnp.float32), fn(*args))
+
+    with jax.default_matmul_precision("highest"):
+        got = gru_loss(in_float32(lstm_cpu.run_gru))(*half)
+        want = gru_loss(lstm_cpu.run_gru)(*whole)
+    assert all(a.dtype == jnp.bfloat16 for a in jax.tree.leaves(got[1]))
+    for g, w in zip(jax.tree.leaves(got[1]), jax.tree.leaves(want[1]), strict=True):
+        assert np.abs(np.asarray(g, np.float32) - w).max() <= 1e-2 * np.abs(w).max()
+    outputs = jax.jit(lstm_cpu.run_gru)(*half), jax.jit(lstm_cpu.run_gru)(*whole)
+    for g, w in zip(*outputs, strict=True):
+        assert g.dtype == jnp.bfloat16
+        np.testing.assert_allclose(np.asarray(g, np.float32), w, atol=1e-2)
+
+
+def test_gru_inference_and_training_forward_passes_agree_and_a_nan_propagates():
+    args = make_gru(10, 6, 5, 8)
+    plain = jax.jit(lstm_cpu.run_gru)(*args)
+    with_grad, _ = jax.jit(jax.vjp, static_argnums=0)(lstm_cpu.run_gru, *args)
+    reference.assert_trees_close(plain, with_grad)
+    params, xs, h0 = args
+    hs, h = lstm_cpu.run_gru(params, xs.at[1, 0, 0].set(jnp.nan), h0)
+    assert np.isnan(hs[1:, 0]).all() and np.isfinite(hs[:, 1:]).all() and np.isnan(h[0]).all()
+
+
+@pytest.mark.parametrize("batch", [4, gru_scan.CUSTOM_GRADIENT_BELOW])
+def test_the_gru_scans_where_the_kernel_must_not(monkeypatch, batch):
+    """Inside ``portable()`` and when turned off, ``gru`` scans (the hand-written gradient's
+    below its batch limit, autodiff's from it), with the kernel's outputs and gradients."""
+    params, xs, h0 = make_gru(5, batch, 3, 6)
+    x = jnp.swapaxes(xs, 0, 1)
+
+    def value(p, x):
+        return jnp.sum(jnp.sin(lstm_jax.gru(p, x, initial_state=(h0,), return_sequences=True)))
+
+    def grad():  # a new function each time: traced anew, not taken from JAX's caches
+        return jax.value_and_grad(lambda p, x: value(p, x), argnums=(0, 1))
+
+    assert "gru_cpu" in str(jax.make_jaxpr(grad())(params, x))
+    with lstm_cudnn.portable():
+        assert "gru_cpu" not in str(jax.make_jaxpr(grad())(params, x))
+    kernel = jax.jit(grad())(params, x)
+    monkeypatch.setenv("LSTM_JAX_CPU_KERNEL", "0")
+    assert "gru_cpu" not in str(jax.make_jaxpr(grad())(params, x))
+    with jax.default_matmul_precision("highest"):
+        reference.assert_trees_close(jax.jit(grad())(params, x), kernel, atol=1e-5, rtol=1e-5)

@@ -253,12 +253,14 @@ def test_lstm_custom_gradient_matches_autodiff(sum_each_step, monkeypatch):
 
 
 @pytest.mark.slow
-def test_gru_custom_gradient_matches_autodiff():
-    """The unmasked GRU uses a hand-written VJP (``lstm_jax.gru_scan``) below
-    ``CUSTOM_GRADIENT_BELOW`` examples; an all-true mask takes the autodiff path through
-    ``gru_cell``: the same values and gradients, for every output the loss may use,
-    reversed, under jit and unrolled."""
-    assert B < lstm_jax.gru_scan.CUSTOM_GRADIENT_BELOW  # the hand-written gradient runs
+@pytest.mark.parametrize("kernel", ["1", "0"], ids=["cpu_kernel", "scan"])
+def test_gru_custom_gradient_matches_autodiff(monkeypatch, kernel):
+    """The unmasked GRU runs the CPU kernel (``lstm_cpu.run_gru``) or, with it off, a
+    hand-written VJP (``lstm_jax.gru_scan``) below ``CUSTOM_GRADIENT_BELOW`` examples; an
+    all-true mask takes the autodiff path through ``gru_cell``: the same values and
+    gradients, for every output the loss may use, reversed, under jit and unrolled."""
+    monkeypatch.setenv("LSTM_JAX_CPU_KERNEL", kernel)
+    assert B < lstm_jax.gru_scan.CUSTOM_GRADIENT_BELOW  # with the kernel off, the VJP runs
     params, x, states = make_params("gru"), make_inputs(), make_state("gru")
     params["bias"] = jnp.asarray(np.random.default_rng(4).normal(size=(2, 3 * U)), jnp.float32)
     weights = jnp.asarray(np.random.default_rng(3).normal(size=(B, T, U)), jnp.float32)

@@ -1,7 +1,8 @@
-// The LSTM over a whole sequence on a CPU, forwards and backwards, as XLA FFI handlers: one
-// pair for float32, one for bfloat16.
+// The LSTM and the GRU over a whole sequence on a CPU, forwards and backwards, as XLA FFI
+// handlers: for each cell, one pair for float32 and one for bfloat16. The GRU's are at the
+// end, after the LSTM's.
 //
-// The equations are lstm_jax.cells.lstm_cell's (Keras's gate order i, f, c, o; the candidate
+// The LSTM's equations are lstm_jax.cells.lstm_cell's (Keras's gate order i, f, c, o; the candidate
 // is called g here):
 //
 //   z_t = x_t W + h_{t-1} U + b          i, f, o = sigmoid(z_i, z_f, z_o), g = tanh(z_g)
@@ -423,6 +424,204 @@ ffi::Error Backward(ffi::Buffer<DT> c0, ffi::Buffer<DT> kernel, ffi::Buffer<DT> 
   });
 }
 
+
+// ---- The GRU (lstm_jax.cells.gru_cell: Keras's reset_after, gate order z, r, n) ----
+//
+//   a_t = x_t W + b_x       (every step at once, before the time loop)
+//   e_t = h_{t-1} U + b_h   (one product a step)
+//   z = sigmoid(a_z + e_z)   r = sigmoid(a_r + e_r)   n = tanh(a_n + r * e_n)
+//   h_t = z * h_{t-1} + (1 - z) * n
+//
+// and backwards, with dh_t = dy_t + dh_t^direct + dh_t^rec carried from t + 1:
+//
+//   da_n = dh (1 - z)(1 - n^2)   da_z = dh (h_{t-1} - n) z (1 - z)   da_r = da_n e_n r (1 - r)
+//   dA = [da_z, da_r, da_n]      dE = [da_z, da_r, da_n r]
+//   dh_{t-1}^direct = dh z       dh_{t-1}^rec = dE U^T
+//   dW = X^T dA   dU = H_{t-1}^T dE   db = [sum dA, sum dE]   dX = dA W^T   (over all steps)
+//
+// Shapes, row-major: xs [T, N, D], h0 [N, U], W [D, 3U], U [U, 3U], bias [2, 3U] (b_x, b_h).
+// The forward keeps, for the backward, the activations [T, N, 4U] (z, r, n, e_n), float32,
+// and the states each step reads, h_{t-1} [T, N, U] in T.
+
+// One forward step's gates for batch rows [r0, r1): act holds a_t (x_t W, row stride 4U) and
+// becomes z, r, n, e_n; e is h_{t-1} U [N, 3U]; h_t is written to h and, unless null, to
+// h_next (the next step's h_{t-1}).
+template <typename T>
+__attribute__((target_clones("avx512f", "avx2", "default"))) void GruForwardGates(
+    float* act, const float* e, const T* bias, const T* h_prev, T* h, T* h_next, int64_t r0,
+    int64_t r1, int64_t u) {
+  const T* bx = bias;
+  const T* bh = bias + 3 * u;
+  for (int64_t r = r0; r < r1; ++r) {
+    float* ar = act + r * 4 * u;
+    const float* er = e + r * 3 * u;
+    const T* hp = h_prev + r * u;
+    T* hr = h + r * u;
+#pragma omp simd
+    for (int64_t j = 0; j < u; ++j) {
+      const float z = Sigmoid(ar[j] + ToFloat(bx[j]) + er[j] + ToFloat(bh[j]));
+      const float rg =
+          Sigmoid(ar[u + j] + ToFloat(bx[u + j]) + er[u + j] + ToFloat(bh[u + j]));
+      const float en = er[2 * u + j] + ToFloat(bh[2 * u + j]);
+      const float n = Tanh(ar[2 * u + j] + ToFloat(bx[2 * u + j]) + rg * en);
+      ar[j] = z;
+      ar[u + j] = rg;
+      ar[2 * u + j] = n;
+      ar[3 * u + j] = en;
+      hr[j] = FromFloat<T>(z * ToFloat(hp[j]) + (1.0f - z) * n);
+    }
+    if (h_next != nullptr) std::memcpy(h_next + r * u, hr, u * sizeof(T));
+  }
+}
+
+// One backward step for batch rows [r0, r1): dh_t from dy_t, direct and rec; writes dA and
+// dE (float32, and in T for the products when T is not float32) and direct = dh_t z.
+template <typename T>
+__attribute__((target_clones("avx512f", "avx2", "default"))) void GruBackwardGates(
+    const float* act, const T* h_prev, const T* dy, float* direct, const float* rec,
+    float* da, float* de, T* da_t, T* de_t, int64_t r0, int64_t r1, int64_t u) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* a = act + r * 4 * u;
+    const T* hp = h_prev + r * u;
+    const T* dyr = dy + r * u;
+    float* dir = direct + r * u;
+    const float* rr = rec + r * u;
+    float* dar = da + r * 3 * u;
+    float* der = de + r * 3 * u;
+#pragma omp simd
+    for (int64_t j = 0; j < u; ++j) {
+      const float z = a[j], rg = a[u + j], n = a[2 * u + j], en = a[3 * u + j];
+      const float dh = ToFloat(dyr[j]) + dir[j] + rr[j];
+      const float dan = dh * (1.0f - z) * (1.0f - n * n);
+      const float daz = dh * (ToFloat(hp[j]) - n) * z * (1.0f - z);
+      const float dar_ = dan * en * rg * (1.0f - rg);
+      dar[j] = daz;
+      dar[u + j] = dar_;
+      dar[2 * u + j] = dan;
+      der[j] = daz;
+      der[u + j] = dar_;
+      der[2 * u + j] = dan * rg;
+      dir[j] = dh * z;
+    }
+    if constexpr (!std::is_same_v<T, float>) {
+      Convert(dar, 3 * u, da_t + r * 3 * u);
+      Convert(der, 3 * u, de_t + r * 3 * u);
+    }
+  }
+}
+
+// The GRU's forward pass. Results: hs [T, N, U], and for the backward pass (or, when it will
+// not run, arrays of size 0): the activations [T, N, 4U] and each step's h_{t-1} [T, N, U].
+template <ffi::DataType DT>
+ffi::Error GruForward(ffi::Buffer<DT> xs, ffi::Buffer<DT> h0, ffi::Buffer<DT> kernel,
+                      ffi::Buffer<DT> recurrent, ffi::Buffer<DT> bias, ffi::ResultBuffer<DT> hs,
+                      ffi::ResultBuffer<ffi::F32> act_all, ffi::ResultBuffer<DT> h_prev_all,
+                      int64_t threads) {
+  using T = ffi::NativeType<DT>;
+  return Guarded([&] {
+    const auto dims = xs.dimensions();
+    if (dims.size() != 3 || h0.dimensions().size() != 2)
+      return ffi::Error::InvalidArgument("lstm_cpu: xs must be [T, N, D] and h0 [N, U]");
+    const int64_t t_len = dims[0], n = dims[1], d = dims[2], u = h0.dimensions()[1];
+    const int64_t g3 = 3 * u, rows = t_len * n;
+    const int nthreads = static_cast<int>(threads);
+    const bool keep = act_all->element_count() == rows * 4 * u;
+    omp_set_num_threads(nthreads);
+    std::vector<float> own;
+    std::vector<T> own_h;
+    float* act = act_all->typed_data();
+    T* h_prev = h_prev_all->typed_data();
+    if (!keep) {
+      own.resize(rows * 4 * u);
+      own_h.resize(2 * n * u);
+      act = own.data();
+      h_prev = own_h.data();
+    }
+    // x_t W for every step, into the activations' first 3U columns.
+    Product inputs(rows, d, g3, Dtype<T>(), {d, 1}, {g3, 1}, 4 * u, nullptr, nthreads);
+    inputs(xs.typed_data(), act, kernel.typed_data());
+    Product product(n, u, g3, Dtype<T>(), {u, 1}, {g3, 1}, g3, recurrent.typed_data(),
+                    nthreads);
+    std::vector<float> e(n * g3);
+    std::memcpy(h_prev, h0.typed_data(), n * u * sizeof(T));
+    for (int64_t t = 0; t < t_len; ++t) {
+      T* hp = h_prev + (keep ? t : t % 2) * n * u;
+      T* h_next = t + 1 < t_len ? h_prev + (keep ? t + 1 : (t + 1) % 2) * n * u : nullptr;
+      product(hp, e.data());
+      float* at = act + t * n * 4 * u;
+      T* ht = hs->typed_data() + t * n * u;
+      OverRows(n, u, nthreads, [&](int64_t r0, int64_t r1) {
+        GruForwardGates<T>(at, e.data(), bias.typed_data(), hp, ht, h_next, r0, r1, u);
+      });
+    }
+    return ffi::Error::Success();
+  });
+}
+
+// The GRU's backward pass, from the forward's results and the cotangents of hs and h_T.
+// dadE is the backward's own buffer, [2, T, N, 3U]: dA, then dE.
+template <ffi::DataType DT>
+ffi::Error GruBackward(ffi::Buffer<DT> xs, ffi::Buffer<DT> kernel, ffi::Buffer<DT> recurrent,
+                       ffi::Buffer<ffi::F32> act, ffi::Buffer<DT> h_prev, ffi::Buffer<DT> dhs,
+                       ffi::Buffer<DT> dh_last, ffi::ResultBuffer<DT> dxs,
+                       ffi::ResultBuffer<DT> dh0, ffi::ResultBuffer<DT> dkernel,
+                       ffi::ResultBuffer<DT> drecurrent, ffi::ResultBuffer<DT> dbias,
+                       ffi::ResultBuffer<ffi::F32> dade, int64_t threads) {
+  using T = ffi::NativeType<DT>;
+  return Guarded([&] {
+    const auto dims = dhs.dimensions();
+    const int64_t t_len = dims[0], n = dims[1], u = dims[2], d = kernel.dimensions()[0];
+    const int64_t g3 = 3 * u, rows = t_len * n;
+    const int nthreads = static_cast<int>(threads);
+    omp_set_num_threads(nthreads);
+    float* da = dade->typed_data();
+    float* de = da + rows * g3;
+    // dA and dE in T for the products; in float32 they are da and de themselves.
+    constexpr bool f32 = std::is_same_v<T, float>;
+    std::vector<T> own(f32 ? 0 : 2 * rows * g3);
+    T* da_t = f32 ? reinterpret_cast<T*>(da) : own.data();
+    T* de_t = f32 ? reinterpret_cast<T*>(de) : own.data() + rows * g3;
+    std::vector<float> direct(n * u), rec(n * u, 0.0f);
+    ToFloats(dh_last.typed_data(), n * u, direct.data());
+    // U^T [3U, U], read by each step's product.
+    Product product(n, g3, u, Dtype<T>(), {g3, 1}, {1, g3}, u, recurrent.typed_data(),
+                    nthreads);
+    std::vector<float> db(2 * g3, 0.0f);
+    for (int64_t t = t_len - 1; t >= 0; --t) {
+      const int64_t at = t * n * g3;
+      OverRows(n, u, nthreads, [&](int64_t r0, int64_t r1) {
+        GruBackwardGates<T>(act.typed_data() + t * n * 4 * u, h_prev.typed_data() + t * n * u,
+                            dhs.typed_data() + t * n * u, direct.data(), rec.data(), da + at,
+                            de + at, da_t + at, de_t + at, r0, r1, u);
+      });
+      product(de_t + at, rec.data());
+      for (int64_t r = 0; r < n; ++r) {
+        const float* a_row = da + at + r * g3;
+        const float* e_row = de + at + r * g3;
+#pragma omp simd
+        for (int64_t j = 0; j < g3; ++j) {
+          db[j] += a_row[j];
+          db[g3 + j] += e_row[j];
+        }
+      }
+    }
+    for (int64_t k = 0; k < n * u; ++k) direct[k] += rec[k];
+    Convert(direct.data(), n * u, dh0->typed_data());
+    Convert(db.data(), 2 * g3, dbias->typed_data());
+    std::vector<float> out(std::max({d * g3, u * g3, rows * d}));
+    Product kernel_grad(d, rows, g3, Dtype<T>(), {1, d}, {g3, 1}, g3, nullptr, nthreads);
+    kernel_grad(xs.typed_data(), out.data(), da_t);
+    Convert(out.data(), d * g3, dkernel->typed_data());
+    Product recurrent_grad(u, rows, g3, Dtype<T>(), {1, u}, {g3, 1}, g3, nullptr, nthreads);
+    recurrent_grad(h_prev.typed_data(), out.data(), de_t);
+    Convert(out.data(), u * g3, drecurrent->typed_data());
+    Product input_grads(rows, g3, d, Dtype<T>(), {g3, 1}, {1, g3}, d, nullptr, nthreads);
+    input_grads(da_t, out.data(), kernel.typed_data());
+    Convert(out.data(), rows * d, dxs->typed_data());
+    return ffi::Error::Success();
+  });
+}
+
 }  // namespace
 
 #define LSTM_CPU_HANDLERS(SUFFIX, DT)                                                        \
@@ -462,3 +661,35 @@ ffi::Error Backward(ffi::Buffer<DT> c0, ffi::Buffer<DT> kernel, ffi::Buffer<DT> 
 
 LSTM_CPU_HANDLERS(F32, ffi::F32)
 LSTM_CPU_HANDLERS(BF16, ffi::BF16)
+
+#define GRU_CPU_HANDLERS(SUFFIX, DT)                                                         \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(GruCpuForward##SUFFIX, GruForward<DT>,                        \
+                                ffi::Ffi::Bind()                                              \
+                                    .Arg<ffi::Buffer<DT>>()         /* xs */                  \
+                                    .Arg<ffi::Buffer<DT>>()         /* h0 */                  \
+                                    .Arg<ffi::Buffer<DT>>()         /* kernel */              \
+                                    .Arg<ffi::Buffer<DT>>()         /* recurrent_kernel */    \
+                                    .Arg<ffi::Buffer<DT>>()         /* bias */                \
+                                    .Ret<ffi::Buffer<DT>>()         /* hs */                  \
+                                    .Ret<ffi::Buffer<ffi::F32>>()   /* activations */         \
+                                    .Ret<ffi::Buffer<DT>>()         /* h_{t-1} */             \
+                                    .Attr<int64_t>("threads"));                               \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(GruCpuBackward##SUFFIX, GruBackward<DT>,                      \
+                                ffi::Ffi::Bind()                                              \
+                                    .Arg<ffi::Buffer<DT>>()         /* xs */                  \
+                                    .Arg<ffi::Buffer<DT>>()         /* kernel */              \
+                                    .Arg<ffi::Buffer<DT>>()         /* recurrent_kernel */    \
+                                    .Arg<ffi::Buffer<ffi::F32>>()   /* activations */         \
+                                    .Arg<ffi::Buffer<DT>>()         /* h_{t-1} */             \
+                                    .Arg<ffi::Buffer<DT>>()         /* d hs */                \
+                                    .Arg<ffi::Buffer<DT>>()         /* d h_T */               \
+                                    .Ret<ffi::Buffer<DT>>()         /* d xs */                \
+                                    .Ret<ffi::Buffer<DT>>()         /* d h0 */                \
+                                    .Ret<ffi::Buffer<DT>>()         /* d kernel */            \
+                                    .Ret<ffi::Buffer<DT>>()         /* d recurrent_kernel */  \
+                                    .Ret<ffi::Buffer<DT>>()         /* d bias */              \
+                                    .Ret<ffi::Buffer<ffi::F32>>()   /* dA, dE: the backward's */ \
+                                    .Attr<int64_t>("threads"));
+
+GRU_CPU_HANDLERS(F32, ffi::F32)
+GRU_CPU_HANDLERS(BF16, ffi::BF16)
