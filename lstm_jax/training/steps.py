@@ -256,11 +256,33 @@ def _device_gradients(
         return sums[0], (sums, updated, state)
 
     grads, (sums, updated, state) = jax.grad(loss_sum, has_aux=True)(params)
-    # Gradients and sums summed across devices as one flat vector: XLA:CPU's
-    # all-reduce meets the other devices once per operand, and each meeting waits.
-    flat, unflatten = jax.flatten_util.ravel_pytree((grads, sums, updated))
-    summed = unflatten(jax.lax.psum(flat, "data"))
+    summed = _psum_tree((grads, sums, updated))
     return summed if carry is None else (*summed, jax.lax.stop_gradient(state))
+
+
+# Arrays of this many elements or more are summed across devices each on its own.
+_OWN_ALL_REDUCE_FROM = 1 << 16
+
+
+def _psum_tree(tree):
+    """``tree`` summed across the devices of the data axis.
+
+    XLA:CPU's all-reduce meets the other devices once per operand, and each meeting waits,
+    so the small arrays (biases, sums, most of a small model) go as one flat vector. The large
+    ones (kernels from ``_OWN_ALL_REDUCE_FROM`` elements) go each on its own: XLA fuses the
+    flat vector's concatenation with the gradients' last operations, and with a recurrent
+    kernel in it that fusion at times ran 10x slower than the rest of the step
+    (``benchmarks/NOTES.md``). On one device nothing is summed."""
+    if jax.lax.axis_size("data") == 1:
+        return tree
+    leaves, treedef = jax.tree.flatten(tree)
+    large = {i for i, leaf in enumerate(leaves) if jnp.size(leaf) >= _OWN_ALL_REDUCE_FROM}
+    small = [leaf for i, leaf in enumerate(leaves) if i not in large]
+    flat, unflatten = jax.flatten_util.ravel_pytree(small)
+    summed_small = iter(unflatten(jax.lax.psum(flat, "data")))
+    summed_large = iter(jax.lax.psum([leaves[i] for i in sorted(large)], "data"))
+    summed = [next(summed_large if i in large else summed_small) for i in range(len(leaves))]
+    return jax.tree.unflatten(treedef, summed)
 
 
 def make_epoch_fns(
