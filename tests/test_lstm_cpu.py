@@ -88,7 +88,12 @@ def test_bfloat16_is_the_float32_kernel_within_bfloat16_rounding(shape):
     """In bfloat16 the products read bfloat16 and sum in float32; the gates and the cell
     state stay float32: outputs and gradients within a few of bfloat16's rounding steps
     (2^-8 = 3.9e-3) of the float32 kernel given the same, bfloat16, numbers."""
-    half = jax.tree.map(lambda a: a.astype(jnp.bfloat16), make(*shape))
+    assert_bfloat16_within_rounding(lstm_cpu.run, loss, make(*shape))
+
+
+def assert_bfloat16_within_rounding(run, loss_of, args):
+    """``run`` on ``args`` in bfloat16 against ``run`` on the same numbers in float32."""
+    half = jax.tree.map(lambda a: a.astype(jnp.bfloat16), args)
     assert lstm_cpu.why_not(half[0], half[1], half[2:]) is None
     whole = jax.tree.map(lambda a: a.astype(jnp.float32), half)
 
@@ -96,11 +101,11 @@ def test_bfloat16_is_the_float32_kernel_within_bfloat16_rounding(shape):
         return lambda *args: jax.tree.map(lambda a: a.astype(jnp.float32), fn(*args))
 
     with jax.default_matmul_precision("highest"):
-        got, want = loss(in_float32(lstm_cpu.run))(*half), loss(lstm_cpu.run)(*whole)
+        got, want = loss_of(in_float32(run))(*half), loss_of(run)(*whole)
     assert all(a.dtype == jnp.bfloat16 for a in jax.tree.leaves(got[1]))
     for g, w in zip(jax.tree.leaves(got[1]), jax.tree.leaves(want[1]), strict=True):
         assert np.abs(np.asarray(g, np.float32) - w).max() <= 1e-2 * np.abs(w).max()
-    outputs = jax.jit(lstm_cpu.run)(*half), jax.jit(lstm_cpu.run)(*whole)
+    outputs = jax.jit(run)(*half), jax.jit(run)(*whole)
     for g, w in zip(*outputs, strict=True):
         assert g.dtype == jnp.bfloat16
         np.testing.assert_allclose(np.asarray(g, np.float32), w, atol=1e-2)
@@ -214,23 +219,7 @@ def test_gru_outputs_and_gradients_match_autodiff(shape):
 
 
 def test_gru_in_bfloat16_is_the_float32_kernel_within_bfloat16_rounding():
-    half = jax.tree.map(lambda a: a.astype(jnp.bfloat16), make_gru(12, 33, 20, 40))
-    assert lstm_cpu.why_not(half[0], half[1], half[2:]) is None
-    whole = jax.tree.map(lambda a: a.astype(jnp.float32), half)
-
-    def in_float32(fn):
-        return lambda *args: jax.tree.map(lambda a: a.astype(jnp.float32), fn(*args))
-
-    with jax.default_matmul_precision("highest"):
-        got = gru_loss(in_float32(lstm_cpu.run_gru))(*half)
-        want = gru_loss(lstm_cpu.run_gru)(*whole)
-    assert all(a.dtype == jnp.bfloat16 for a in jax.tree.leaves(got[1]))
-    for g, w in zip(jax.tree.leaves(got[1]), jax.tree.leaves(want[1]), strict=True):
-        assert np.abs(np.asarray(g, np.float32) - w).max() <= 1e-2 * np.abs(w).max()
-    outputs = jax.jit(lstm_cpu.run_gru)(*half), jax.jit(lstm_cpu.run_gru)(*whole)
-    for g, w in zip(*outputs, strict=True):
-        assert g.dtype == jnp.bfloat16
-        np.testing.assert_allclose(np.asarray(g, np.float32), w, atol=1e-2)
+    assert_bfloat16_within_rounding(lstm_cpu.run_gru, gru_loss, make_gru(12, 33, 20, 40))
 
 
 def test_gru_inference_and_training_forward_passes_agree_and_a_nan_propagates():
