@@ -70,6 +70,9 @@ class Cell:
       biases: bias rows (2 for Keras's GRU with ``reset_after``: ``bias [2, 3U]``).
       unmasked_scan: ``(params, xs, carry, unroll) -> (hs, carry)``, a faster scan with the
         same results for inputs without a mask, or ``None``.
+      unmasked_scan_below: the batch (on one device) from which ``unmasked_scan`` is not
+        faster, and ``step`` under ``jax.lax.scan`` runs instead; ``None`` (every built-in
+        cell's, which choose inside their ``unmasked_scan``): at every batch.
     """
 
     name: str
@@ -80,6 +83,7 @@ class Cell:
     state: tuple[str, ...]
     biases: int = 1
     unmasked_scan: Callable | None = None
+    unmasked_scan_below: int | None = None
 
     def bias_shape(self, units: int) -> tuple[int, ...]:
         size = self.gates * units
@@ -256,7 +260,8 @@ def run_cell(
     ``SequenceOptions``.
 
     The carry is handled here as a tuple whose first element is ``h``, the step's output.
-    Without a mask, ``cell.unmasked_scan`` (where the cell has one) replaces the scan.
+    Without a mask, ``cell.unmasked_scan`` (where the cell has one, at its batch sizes)
+    replaces the scan.
 
     Returns:
       the output, or ``(output, *state)`` when ``return_state``.
@@ -290,7 +295,7 @@ def _scan(cell: Cell, params: Params, xs, carry: tuple, mask, masks, go_backward
         wrap, unwrap = (lambda carry: carry), (lambda carry: carry)
     else:
         wrap, unwrap = (lambda carry: carry[0]), (lambda h: (h,))
-    if mask is None and masks is None and cell.unmasked_scan is not None:
+    if mask is None and masks is None and _unmasked_scan_applies(cell, xs.shape[1]):
         return cell.unmasked_scan(params, xs, carry, unroll)
     if mask is None:
 
@@ -313,6 +318,15 @@ def _scan(cell: Cell, params: Params, xs, carry: tuple, mask, masks, go_backward
 
     carry, hs = jax.lax.scan(masked_body, carry, (xs, m), unroll=unroll)
     return hs, carry
+
+
+def _unmasked_scan_applies(cell: Cell, batch: int) -> bool:
+    if cell.unmasked_scan is None:
+        return False
+    if cell.unmasked_scan_below is None:
+        return True
+    # A symbolic batch (jax.export) takes the step's scan, which serves every batch.
+    return isinstance(batch, int) and batch < cell.unmasked_scan_below
 
 
 def _step(cell: Cell, params: Params, carry, x_t: Array, masks):

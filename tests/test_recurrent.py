@@ -1,5 +1,7 @@
 """The functional core against the float64 NumPy reference, and against itself."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +10,7 @@ from jax.test_util import check_grads
 
 import lstm_jax
 import lstm_jax.lstm_scan
+from lstm_jax import recurrent
 from tests import reference
 
 # float32 against a float64 reference, sequences up to 9 steps with units <= 16.
@@ -410,3 +413,22 @@ def test_bad_params_and_sizes_raise():
     gru_params = lstm_jax.init_gru(jax.random.key(0), 3, 4)
     with pytest.raises(ValueError, match=r"recurrent_kernel must be \[units, 4 \* units\]"):
         lstm_jax.lstm(gru_params, jnp.ones((1, 2, 3)))
+
+
+def test_a_cells_unmasked_scan_runs_below_its_batch_limit_only():
+    """``Cell.unmasked_scan_below``: from that batch the step's own scan runs instead (the
+    built-in cells leave it ``None`` and choose inside their ``unmasked_scan``), with the
+    same outputs."""
+    gru = recurrent.CELLS["gru"]
+    batches = []
+
+    def unmasked_scan(params, xs, carry, unroll):
+        batches.append(xs.shape[1])
+        return gru.unmasked_scan(params, xs, carry, unroll)
+
+    cell = dataclasses.replace(gru, unmasked_scan=unmasked_scan, unmasked_scan_below=4)
+    params = recurrent.init_gru(jax.random.key(0), 3, 5)
+    x = jax.random.normal(jax.random.key(1), (4, 6, 3))
+    below, at = recurrent.run_cell(cell, params, x[:3]), recurrent.run_cell(cell, params, x)
+    assert batches == [3]
+    np.testing.assert_allclose(below, at[:3], atol=1e-6)
