@@ -26,11 +26,11 @@ Linux machine or Colab has, ``g++`` or ``$CXX``), against jaxlib's FFI headers a
 with one warning that says why. ``LSTM_JAX_CPU_KERNEL=0`` turns it off (the scan runs).
 
 ``lstm_unmasked_scan`` and ``gru_unmasked_scan`` use it when ``why_not`` finds nothing
-against it: on a CPU, in float32
-or bfloat16, concrete shapes, and not inside ``lstm_cudnn.portable()`` (``jax.export``'s
-programs for any platform carry the scan, which needs no library where they are served). Shapes
-as in ``lstm_jax.lstm_scan``: time-major ``xs [T, B, D]``, ``h0`` and ``c0`` ``[B, U]``.
-Parameters as ``cells.init_lstm`` and ``cells.init_gru`` make them.
+against it: on a CPU, in float32 or bfloat16, concrete shapes, and not inside
+``lstm_cudnn.portable()`` (``jax.export``'s programs for any platform carry the scan, which
+needs no library where they are served). Shapes as in ``lstm_jax.lstm_scan``: time-major
+``xs [T, B, D]``, ``h0`` and ``c0`` ``[B, U]``; parameters as ``cells.init_lstm`` and
+``cells.init_gru`` make them.
 """
 
 from __future__ import annotations
@@ -220,19 +220,21 @@ def _ffi_call(cell: str, direction: str, dtype, results):
     return jax.ffi.ffi_call(_target(cell, direction, dtype), results, vmap_method="sequential")
 
 
+def _residual(keep: bool, *dims: int, dtype) -> jax.ShapeDtypeStruct:
+    """A forward result the backward pass reads: of size 0 when no gradient will be taken
+    (the kernel then keeps its steps in buffers of its own)."""
+    return jax.ShapeDtypeStruct(dims if keep else (0,), dtype)
+
+
 def _forward(params: Params, xs: Array, h0: Array, c0: Array, *, keep: bool):
     t, n, d = xs.shape
     u = h0.shape[-1]
-
-    def shape(*dims, dtype):
-        return jax.ShapeDtypeStruct(dims if keep else (0,), dtype)
-
     results = (
         jax.ShapeDtypeStruct((t, n, u), xs.dtype),  # hs
         jax.ShapeDtypeStruct((n, u), xs.dtype),  # c_T
-        shape(t, n, 4 * u, dtype=jnp.float32),  # the gates' activations
-        shape(t, n, u, dtype=jnp.float32),  # the cell states
-        shape(t, n, d + u, dtype=xs.dtype),  # [x_t, h_{t-1}]
+        _residual(keep, t, n, 4 * u, dtype=jnp.float32),  # the gates' activations
+        _residual(keep, t, n, u, dtype=jnp.float32),  # the cell states
+        _residual(keep, t, n, d + u, dtype=xs.dtype),  # [x_t, h_{t-1}]
     )
     call = _ffi_call("lstm", "forward", xs.dtype, results)
     kernel, recurrent, bias = params["kernel"], params["recurrent_kernel"], params["bias"]
@@ -285,11 +287,10 @@ run.defvjp(_run_fwd, _run_bwd)
 def _gru_forward(params: Params, xs: Array, h0: Array, *, keep: bool):
     t, n, _ = xs.shape
     u = h0.shape[-1]
-    dims = (lambda *dims: dims) if keep else (lambda *dims: (0,))
     results = (
         jax.ShapeDtypeStruct((t, n, u), xs.dtype),  # hs
-        jax.ShapeDtypeStruct(dims(t, n, 4 * u), jnp.float32),  # z, r, n, e_n
-        jax.ShapeDtypeStruct(dims(t, n, u), xs.dtype),  # each step's h_{t-1}
+        _residual(keep, t, n, 4 * u, dtype=jnp.float32),  # z, r, n, e_n
+        _residual(keep, t, n, u, dtype=xs.dtype),  # each step's h_{t-1}
     )
     call = _ffi_call("gru", "forward", xs.dtype, results)
     kernel, recurrent, bias = params["kernel"], params["recurrent_kernel"], params["bias"]

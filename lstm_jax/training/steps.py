@@ -269,19 +269,22 @@ def _psum_tree(tree):
 
     XLA:CPU's all-reduce meets the other devices once per operand, and each meeting waits,
     so the small arrays (biases, sums, most of a small model) go as one flat vector. The large
-    ones (kernels from ``_OWN_ALL_REDUCE_FROM`` elements) go each on its own: XLA fuses the
-    flat vector's concatenation with the gradients' last operations, and with a recurrent
-    kernel in it that fusion at times ran 10x slower than the rest of the step
-    (``benchmarks/NOTES.md``). On one device nothing is summed."""
+    ones (``_OWN_ALL_REDUCE_FROM`` elements or more) go each on its own, out of that vector:
+    XLA fuses its concatenation with the gradients' last operations, a fusion that can cost
+    more than the rest of the step (``benchmarks/NOTES.md``). On one device nothing is
+    summed."""
     if jax.lax.axis_size("data") == 1:
         return tree
     leaves, treedef = jax.tree.flatten(tree)
-    large = {i for i, leaf in enumerate(leaves) if jnp.size(leaf) >= _OWN_ALL_REDUCE_FROM}
-    small = [leaf for i, leaf in enumerate(leaves) if i not in large]
-    flat, unflatten = jax.flatten_util.ravel_pytree(small)
+    large = [jnp.size(leaf) >= _OWN_ALL_REDUCE_FROM for leaf in leaves]
+    flat, unflatten = jax.flatten_util.ravel_pytree(
+        [leaf for leaf, big in zip(leaves, large, strict=True) if not big]
+    )
     summed_small = iter(unflatten(jax.lax.psum(flat, "data")))
-    summed_large = iter(jax.lax.psum([leaves[i] for i in sorted(large)], "data"))
-    summed = [next(summed_large if i in large else summed_small) for i in range(len(leaves))]
+    summed_large = iter(
+        jax.lax.psum([leaf for leaf, big in zip(leaves, large, strict=True) if big], "data")
+    )
+    summed = [next(summed_large if big else summed_small) for big in large]
     return jax.tree.unflatten(treedef, summed)
 
 
