@@ -62,8 +62,19 @@ def test_the_kernel_is_built_and_runs_the_lstm_here():
     assert "lstm_jax_lstm_cpu_forward" in text and "lstm_jax_lstm_cpu_backward" in text
 
 
+@pytest.fixture(params=[1, 2, 3], ids=lambda k: f"{k}threads")
+def threads(request, monkeypatch):
+    """The OpenMP threads of each kernel call: the LSTM's units are split among them, each
+    thread running its share of every step (``lstm_cpu._threads``: 1 on each of the tests'
+    two devices, every core on a device of its own; 3 splits the 50 units unevenly)."""
+    monkeypatch.setattr(lstm_cpu, "_threads", lambda: request.param)
+    jax.clear_caches()  # the count is read when a call is traced
+    yield request.param
+    jax.clear_caches()
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}_B{}_D{}_U{}".format(*s))
-def test_outputs_match_the_float64_numpy_reference(shape):
+def test_outputs_match_the_float64_numpy_reference(shape, threads):
     params, xs, h0, c0 = make(*shape)
     hs, h, c = jax.jit(lstm_cpu.run)(params, xs, h0, c0)
     ref_hs, (ref_h, ref_c) = reference.run(
@@ -75,7 +86,7 @@ def test_outputs_match_the_float64_numpy_reference(shape):
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}_B{}_D{}_U{}".format(*s))
-def test_outputs_and_gradients_match_the_scan(shape):
+def test_outputs_and_gradients_match_the_scan(shape, threads):
     args = make(*shape)
     with jax.default_matmul_precision("highest"):
         got, want = loss(lstm_cpu.run)(*args), loss(scan)(*args)
@@ -84,7 +95,7 @@ def test_outputs_and_gradients_match_the_scan(shape):
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}_B{}_D{}_U{}".format(*s))
-def test_bfloat16_is_the_float32_kernel_within_bfloat16_rounding(shape):
+def test_bfloat16_is_the_float32_kernel_within_bfloat16_rounding(shape, threads):
     """In bfloat16 the products read bfloat16 and sum in float32; the gates and the cell
     state stay float32: outputs and gradients within a few of bfloat16's rounding steps
     (2^-8 = 3.9e-3) of the float32 kernel given the same, bfloat16, numbers."""
@@ -111,9 +122,9 @@ def assert_bfloat16_within_rounding(run, loss_of, args):
         np.testing.assert_allclose(np.asarray(g, np.float32), w, atol=1e-2)
 
 
-def test_inference_and_training_forward_passes_agree():
+def test_inference_and_training_forward_passes_agree(threads):
     """Without a gradient the kernel keeps no activations: the same outputs."""
-    args = make(10, 6, 5, 8)
+    args = make(10, 6, 5, 40)
     plain = jax.jit(lstm_cpu.run)(*args)
     with_grad, _ = jax.jit(jax.vjp, static_argnums=0)(lstm_cpu.run, *args)
     reference.assert_trees_close(plain, with_grad)

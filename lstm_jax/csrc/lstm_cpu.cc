@@ -15,12 +15,15 @@
 //   dW = X^T dZ     dU = H_{t-1}^T dZ     db = sum dZ     dX = dZ W^T     (over all steps)
 //
 // Shapes, row-major: xs [T, N, D], h0 and c0 [N, U], kernel W [D, 4U], recurrent_kernel
-// U [U, 4U], bias [4U], all of one dtype T (float32 or bfloat16). Each step is one product,
-// [x_t, h_{t-1}] [N, D + U] by [W; U], and the backward's dz_t U^T: oneDNN's matmul
-// primitive, its weights reordered once a call into the layout its kernels read fastest. The
-// weight gradients and dX are one product each over all steps after the backward's time
-// loop. All run on `threads` OpenMP threads, which split a product's columns and the gate
-// arithmetic's batch rows; the gate arithmetic is vectorised here, in float32. In bfloat16
+// U [U, 4U], bias [4U], all of one dtype T (float32 or bfloat16). The time loop runs on one
+// team of `threads` OpenMP threads for the whole sequence, the units split among them: each
+// thread packs its units' columns of [W; U] (forwards) or rows of U (backwards) once a call
+// and keeps them in its own cache from step to step. A step is, on each thread, one product
+// through oneDNN's matmul primitive, [x_t, h_{t-1}] [N, D + U] by its columns of [W; U], and
+// its units' gates, then one barrier for the other threads' part of h_t; backwards, its
+// units' gate derivatives, a barrier for the whole dz_t, and its units' dh_{t-1} = dz_t U^T.
+// The weight gradients and dX are one product each over all steps after the backward's time
+// loop, on all the threads. The gate arithmetic is vectorised here, in float32. In bfloat16
 // the products read bfloat16 and sum in float32 (on AMX where the CPU has it), as PyTorch's
 // autocast runs them; the cell state and the gates stay float32 inside, and what leaves the
 // kernel is rounded to bfloat16.
@@ -32,6 +35,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -215,64 +219,133 @@ class Product {
   std::unordered_map<int, dnnl::memory> args_;
 };
 
-// One forward step's gates for batch rows [r0, r1): z (x_t W + h_{t-1} U, [N, 4U]) becomes
-// the activations i, f, g, o; c_t is written, and h_t both to h and to h_next (the next
-// step's row of [x, h], row stride next_stride; null after the last step).
+// One thread's share of the LSTM's units, [lo, hi).
+struct Slice {
+  int64_t lo, hi;
+};
+
+// At most `threads` slices, of at least 16 units each.
+std::vector<Slice> Slices(int64_t u, int threads) {
+  const int64_t count = std::max<int64_t>(1, std::min<int64_t>(threads, u / 16));
+  std::vector<Slice> slices;
+  for (int64_t s = 0; s < count; ++s) slices.push_back({u * s / count, u * (s + 1) / count});
+  return slices;
+}
+
+// Runs fn(slice index) for each slice on the OpenMP team, each thread its own slices, in the
+// same order at every call (a slice's cache stays with one thread). Every thread reaches the
+// same barriers, also after an exception, which is kept and rethrown here once the team is
+// done (an exception may not leave a parallel region).
+class Team {
+ public:
+  explicit Team(int threads) : threads_(threads) {}
+
+  // Runs body(for_mine, barrier) on every thread of the team: for_mine(fn) runs fn(s) for
+  // this thread's slices, barrier() waits for the whole team.
+  template <typename Body>
+  void Run(size_t slices, Body body) {
+#pragma omp parallel num_threads(threads_)
+    {
+      omp_set_num_threads(1);  // oneDNN's products and reorders on this thread alone
+      const size_t tid = omp_get_thread_num(), team = omp_get_num_threads();
+      auto for_mine = [&](auto fn) {
+        for (size_t s = tid; s < slices; s += team) {
+          if (failed_) return;
+          try {
+            fn(s);
+          } catch (const std::exception& error) {
+#pragma omp critical(lstm_cpu_team)
+            if (!failed_) {
+              failed_ = true;
+              error_ = error.what();
+            }
+          }
+        }
+      };
+      auto barrier = [] {
+#pragma omp barrier
+      };
+      body(for_mine, barrier);
+    }
+    if (failed_) throw std::runtime_error(error_);
+  }
+
+ private:
+  int threads_;
+  std::atomic<bool> failed_{false};
+  std::string error_;
+};
+
+// One forward step's gates for the units [lo, lo + us) of every batch row: z is the slice's
+// product ([N, 4us], gate blocks i, f, g, o of us columns each). Writes the activations to act
+// (row stride 4U, gate block k at column k U + lo), c_t, and h_t both to h and to h_next (the
+// next step's row of [x, h], row stride next_stride; null after the last step).
 template <typename T>
 __attribute__((target_clones("avx512f", "avx2", "default"))) void ForwardGates(
-    float* z, const T* bias, const float* c_prev, float* c, T* h, T* h_next,
-    int64_t next_stride, int64_t r0, int64_t r1, int64_t u) {
-  for (int64_t r = r0; r < r1; ++r) {
-    float* zr = z + r * 4 * u;
-    const float* cp = c_prev + r * u;
-    float* cr = c + r * u;
-    T* hr = h + r * u;
+    const float* z, const T* bias, const float* c_prev, float* c, float* act, T* h, T* h_next,
+    int64_t next_stride, int64_t n, int64_t u, int64_t lo, int64_t us) {
+  const T* b = bias + lo;
+  for (int64_t r = 0; r < n; ++r) {
+    const float* zr = z + r * 4 * us;
+    float* ar = act + r * 4 * u + lo;
+    const float* cp = c_prev + r * u + lo;
+    float* cr = c + r * u + lo;
+    T* hr = h + r * u + lo;
 #pragma omp simd
-    for (int64_t j = 0; j < u; ++j) {
-      const float i = Sigmoid(zr[j] + ToFloat(bias[j]));
-      const float f = Sigmoid(zr[u + j] + ToFloat(bias[u + j]));
-      const float g = Tanh(zr[2 * u + j] + ToFloat(bias[2 * u + j]));
-      const float o = Sigmoid(zr[3 * u + j] + ToFloat(bias[3 * u + j]));
-      zr[j] = i;
-      zr[u + j] = f;
-      zr[2 * u + j] = g;
-      zr[3 * u + j] = o;
+    for (int64_t j = 0; j < us; ++j) {
+      const float i = Sigmoid(zr[j] + ToFloat(b[j]));
+      const float f = Sigmoid(zr[us + j] + ToFloat(b[u + j]));
+      const float g = Tanh(zr[2 * us + j] + ToFloat(b[2 * u + j]));
+      const float o = Sigmoid(zr[3 * us + j] + ToFloat(b[3 * u + j]));
+      ar[j] = i;
+      ar[u + j] = f;
+      ar[2 * u + j] = g;
+      ar[3 * u + j] = o;
       const float cn = f * cp[j] + i * g;
       cr[j] = cn;
       hr[j] = FromFloat<T>(o * Tanh(cn));
     }
-    if (h_next != nullptr) std::memcpy(h_next + r * next_stride, hr, u * sizeof(T));
+    if (h_next != nullptr) std::memcpy(h_next + r * next_stride + lo, hr, us * sizeof(T));
   }
 }
 
-// One backward step for batch rows [r0, r1): reads dh_t (dy_t plus the carried dh), the
-// carried dc (updated to dc_{t-1}), the step's activations and cell states; writes dz, and
-// in T too (dz_t, what the step's product reads; the same array in float32).
+// One backward step for the units [lo, lo + us) of every batch row: reads dh_t (dy_t plus
+// the carried dh), the carried dc (updated to dc_{t-1}), the step's activations and cell
+// states; writes dz (row stride 4U), in T too (dz_t, what the step's product reads; the same
+// array in float32), and adds dz to db.
 template <typename T>
 __attribute__((target_clones("avx512f", "avx2", "default"))) void BackwardGates(
     const float* act, const float* c, const float* c_prev, const T* dy, const float* dh,
-    float* dc, float* dz, T* dz_t, int64_t r0, int64_t r1, int64_t u) {
-  for (int64_t r = r0; r < r1; ++r) {
-    const float* a = act + r * 4 * u;
-    const float* cr = c + r * u;
-    const float* cp = c_prev + r * u;
-    const T* dyr = dy + r * u;
-    const float* dhr = dh + r * u;
-    float* dcr = dc + r * u;
-    float* dzr = dz + r * 4 * u;
+    float* dc, float* dz, T* dz_t, float* db, int64_t n, int64_t u, int64_t lo, int64_t us) {
+  float* dbs = db + lo;
+  for (int64_t r = 0; r < n; ++r) {
+    const float* a = act + r * 4 * u + lo;
+    const int64_t at = r * u + lo;
+    const float *cr = c + at, *cp = c_prev + at, *dhr = dh + at;
+    const T* dyr = dy + at;
+    float* dcr = dc + at;
+    float* dzr = dz + r * 4 * u + lo;
 #pragma omp simd
-    for (int64_t j = 0; j < u; ++j) {
+    for (int64_t j = 0; j < us; ++j) {
       const float i = a[j], f = a[u + j], g = a[2 * u + j], o = a[3 * u + j];
       const float tc = Tanh(cr[j]);
       const float dht = ToFloat(dyr[j]) + dhr[j];
       const float dct = dcr[j] + dht * o * (1.0f - tc * tc);
-      dzr[j] = dct * g * i * (1.0f - i);
-      dzr[u + j] = dct * cp[j] * f * (1.0f - f);
-      dzr[2 * u + j] = dct * i * (1.0f - g * g);
-      dzr[3 * u + j] = dht * tc * o * (1.0f - o);
+      const float di = dct * g * i * (1.0f - i), df = dct * cp[j] * f * (1.0f - f);
+      const float dg = dct * i * (1.0f - g * g), d_o = dht * tc * o * (1.0f - o);
+      dzr[j] = di;
+      dzr[u + j] = df;
+      dzr[2 * u + j] = dg;
+      dzr[3 * u + j] = d_o;
+      dbs[j] += di;
+      dbs[u + j] += df;
+      dbs[2 * u + j] += dg;
+      dbs[3 * u + j] += d_o;
       dcr[j] = dct * f;
     }
-    if constexpr (!std::is_same_v<T, float>) Convert(dzr, 4 * u, dz_t + r * 4 * u);
+    if constexpr (!std::is_same_v<T, float>) {
+      for (int64_t k = 0; k < 4; ++k) Convert(dzr + k * u, us, dz_t + r * 4 * u + lo + k * u);
+    }
   }
 }
 
@@ -318,46 +391,63 @@ ffi::Error Forward(ffi::Buffer<DT> xs, ffi::Buffer<DT> h0, ffi::Buffer<DT> c0,
     const int64_t t_len = dims[0], n = dims[1], d = dims[2], u = h0.dimensions()[1];
     const int64_t g4 = 4 * u, k = d + u;
     const bool keep = act->element_count() == t_len * n * g4;
-    omp_set_num_threads(static_cast<int>(threads));
     // Without the backward pass's buffers, the steps use their own, two steps deep.
     std::vector<float> own;
     std::vector<T> own_xh;
-    float *z = act->typed_data(), *c_all = cs->typed_data();
+    float *a_all = act->typed_data(), *c_all = cs->typed_data();
     T* xh = xh_all->typed_data();
     if (!keep) {
       own.resize(2 * n * (g4 + u));
       own_xh.resize(2 * n * k);
-      z = own.data();
-      c_all = z + 2 * n * g4;
+      a_all = own.data();
+      c_all = a_all + 2 * n * g4;
       xh = own_xh.data();
     }
-    std::vector<T> weights(k * g4);  // [W; U]
-    std::memcpy(weights.data(), kernel.typed_data(), d * g4 * sizeof(T));
-    std::memcpy(weights.data() + d * g4, recurrent.typed_data(), u * g4 * sizeof(T));
-    Product product(n, k, g4, Dtype<T>(), {k, 1}, {g4, 1}, g4, weights.data(),
-                    static_cast<int>(threads));
+    auto slot = [&](int64_t t) { return keep ? t : t % 2; };
     const T* x = xs.typed_data();
-    for (int64_t r = 0; r < n; ++r)
+    for (int64_t r = 0; r < n; ++r) {
+      std::memcpy(xh + r * k, x + r * d, d * sizeof(T));
       std::memcpy(xh + r * k + d, h0.typed_data() + r * u, u * sizeof(T));
+    }
     std::vector<float> c_first(n * u);
     ToFloats(c0.typed_data(), n * u, c_first.data());
-    const float* c_prev = c_first.data();
-    for (int64_t t = 0; t < t_len; ++t) {
-      const int64_t slot = keep ? t : t % 2, next = keep ? t + 1 : (t + 1) % 2;
-      T* xht = xh + slot * n * k;
-      for (int64_t r = 0; r < n; ++r)
-        std::memcpy(xht + r * k, x + (t * n + r) * d, d * sizeof(T));
-      float* zt = z + slot * n * g4;
-      product(xht, zt);
-      float* ct = c_all + slot * n * u;
-      T* ht = hs->typed_data() + t * n * u;
-      T* h_next = t + 1 < t_len ? xh + next * n * k + d : nullptr;
-      OverRows(n, u, static_cast<int>(threads), [&](int64_t r0, int64_t r1) {
-        ForwardGates<T>(zt, bias.typed_data(), c_prev, ct, ht, h_next, k, r0, r1, u);
+    const auto slices = Slices(u, static_cast<int>(threads));
+    std::vector<std::unique_ptr<Product>> products(slices.size());
+    std::vector<std::vector<float>> z(slices.size());
+    Team(static_cast<int>(threads)).Run(slices.size(), [&](auto for_mine, auto barrier) {
+      for_mine([&](size_t s) {  // the slice's columns of [W; U], gate block by gate block
+        const int64_t lo = slices[s].lo, us = slices[s].hi - lo;
+        std::vector<T> weights(k * 4 * us);
+        for (int64_t q = 0; q < k; ++q) {
+          const T* row =
+              q < d ? kernel.typed_data() + q * g4 : recurrent.typed_data() + (q - d) * g4;
+          for (int64_t gate = 0; gate < 4; ++gate)
+            std::memcpy(weights.data() + (q * 4 + gate) * us, row + gate * u + lo,
+                        us * sizeof(T));
+        }
+        products[s] = std::make_unique<Product>(n, k, 4 * us, Dtype<T>(),
+                                                dnnl::memory::dims{k, 1},
+                                                dnnl::memory::dims{4 * us, 1}, 4 * us,
+                                                weights.data(), 1);
+        z[s].resize(n * 4 * us);
       });
-      c_prev = ct;
-    }
-    Convert(c_prev, n * u, c_last->typed_data());
+      for (int64_t t = 0; t < t_len; ++t) {
+        const float* c_prev = t > 0 ? c_all + slot(t - 1) * n * u : c_first.data();
+        T* xh_next = t + 1 < t_len ? xh + slot(t + 1) * n * k : nullptr;
+        for_mine([&](size_t s) {
+          const int64_t lo = slices[s].lo, us = slices[s].hi - lo;
+          (*products[s])(xh + slot(t) * n * k, z[s].data());
+          ForwardGates<T>(z[s].data(), bias.typed_data(), c_prev, c_all + slot(t) * n * u,
+                          a_all + slot(t) * n * g4, hs->typed_data() + t * n * u,
+                          xh_next ? xh_next + d : nullptr, k, n, u, lo, us);
+          if (s == 0 && xh_next)  // x_{t+1} beside h_t
+            for (int64_t r = 0; r < n; ++r)
+              std::memcpy(xh_next + r * k, x + ((t + 1) * n + r) * d, d * sizeof(T));
+        });
+        barrier();
+      }
+    });
+    Convert(c_all + slot(t_len - 1) * n * u, n * u, c_last->typed_data());
     return ffi::Error::Success();
   });
 }
@@ -382,31 +472,31 @@ ffi::Error Backward(ffi::Buffer<DT> c0, ffi::Buffer<DT> kernel, ffi::Buffer<DT> 
     // dZ in T for the products; in float32 it is dz itself.
     std::vector<T> dz_t_own(std::is_same_v<T, float> ? 0 : rows * g4);
     T* dz_t = std::is_same_v<T, float> ? reinterpret_cast<T*>(dz) : dz_t_own.data();
-    std::vector<float> dh(n * u), dc(n * u), c_first(n * u);
+    std::vector<float> dh(n * u), dc(n * u), c_first(n * u), db(g4, 0.0f);
     ToFloats(dh_last.typed_data(), n * u, dh.data());
     ToFloats(dc_last.typed_data(), n * u, dc.data());
     ToFloats(c0.typed_data(), n * u, c_first.data());
-    // U^T [4U, U], read by each step's product.
-    Product product(n, g4, u, Dtype<T>(), {g4, 1}, {1, g4}, u, recurrent.typed_data(),
-                    nthreads);
-    std::vector<float> db(g4, 0.0f);
-    for (int64_t t = t_len - 1; t >= 0; --t) {
-      const float* c_prev = t > 0 ? cs.typed_data() + (t - 1) * n * u : c_first.data();
-      float* dzt = dz + t * n * g4;
-      const float* at = act.typed_data() + t * n * g4;
-      const float* ct = cs.typed_data() + t * n * u;
-      const T* dy = dhs.typed_data() + t * n * u;
-      OverRows(n, u, nthreads, [&](int64_t r0, int64_t r1) {
-        BackwardGates<T>(at, ct, c_prev, dy, dh.data(), dc.data(), dzt, dz_t + t * n * g4, r0,
-                         r1, u);
+    const auto slices = Slices(u, nthreads);
+    std::vector<std::unique_ptr<Product>> products(slices.size());
+    Team(nthreads).Run(slices.size(), [&](auto for_mine, auto barrier) {
+      for_mine([&](size_t s) {  // the slice's U^T [4U, us]: rows lo..hi of U, transposed
+        const int64_t lo = slices[s].lo, us = slices[s].hi - lo;
+        products[s] = std::make_unique<Product>(
+            n, g4, us, Dtype<T>(), dnnl::memory::dims{g4, 1}, dnnl::memory::dims{1, g4}, u,
+            recurrent.typed_data() + lo * g4, 1);
       });
-      product(dz_t + t * n * g4, dh.data());
-      for (int64_t r = 0; r < n; ++r) {
-        const float* row = dzt + r * g4;
-#pragma omp simd
-        for (int64_t j = 0; j < g4; ++j) db[j] += row[j];
+      for (int64_t t = t_len - 1; t >= 0; --t) {
+        const float* c_prev = t > 0 ? cs.typed_data() + (t - 1) * n * u : c_first.data();
+        for_mine([&](size_t s) {
+          const int64_t lo = slices[s].lo, us = slices[s].hi - lo;
+          BackwardGates<T>(act.typed_data() + t * n * g4, cs.typed_data() + t * n * u, c_prev,
+                           dhs.typed_data() + t * n * u, dh.data(), dc.data(), dz + t * n * g4,
+                           dz_t + t * n * g4, db.data(), n, u, lo, us);
+        });
+        barrier();  // dz_t whole: each slice's dh reads every unit's
+        for_mine([&](size_t s) { (*products[s])(dz_t + t * n * g4, dh.data() + slices[s].lo); });
       }
-    }
+    });
     Convert(dh.data(), n * u, dh0->typed_data());
     Convert(dc.data(), n * u, dc0->typed_data());
     Convert(db.data(), g4, dbias->typed_data());
@@ -423,7 +513,6 @@ ffi::Error Backward(ffi::Buffer<DT> c0, ffi::Buffer<DT> kernel, ffi::Buffer<DT> 
     return ffi::Error::Success();
   });
 }
-
 
 // ---- The GRU (lstm_jax.cells.gru_cell: Keras's reset_after, gate order z, r, n) ----
 //
