@@ -318,7 +318,7 @@ def main(argv=None) -> int:
         path, made = rundir.make_default()
         workdir = str(path)
     console.hold_writer_errors()  # a failed checkpoint write: one line, not orbax's threads'
-    cpu.limit_malloc_arenas()
+    cpu.tune_malloc()
     lstm_units = config.units if config.cell == "lstm" else ()  # its CPU kernel runs
     devices = cpu.host_device_count(config.batch_size, lstm_units=lstm_units)
     cpu.use_host_cores(args.cpu_devices or devices, lstm_kernel=bool(lstm_units))

@@ -301,7 +301,7 @@ def run_worker(system: str) -> None:
     if system.startswith("lstm_jax"):  # what train.py does before JAX starts
         from lstm_jax._process import cpu
 
-        cpu.limit_malloc_arenas()
+        cpu.tune_malloc()
         one = system == "lstm_jax_1dev"  # an LSTM's cells only
         cpu.use_host_cores(1 if one else cpu.host_device_count(32), lstm_kernel=one)
     if system == "limit":

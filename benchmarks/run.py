@@ -66,7 +66,7 @@ def run_worker(args) -> None:
     if args.worker in ("lstm_jax", "lstm_jax_scan"):  # what train.py does before JAX starts
         from lstm_jax._process import cpu
 
-        cpu.limit_malloc_arenas()
+        cpu.tune_malloc()
         cpu.use_host_cores(cpu.host_device_count(args.batch_size))
     images, labels, test_images, test_labels, source = load_data(args)
     times, compiles, accuracy, extra = WORKERS[args.worker](

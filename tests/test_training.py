@@ -433,15 +433,21 @@ def test_cpu_flags_set_before_jax_starts(user_flags, expected, run_script):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc arenas")
-@pytest.mark.parametrize("limited", [True, False])
-def test_cpu_setup_caps_malloc_arenas(limited, run_script, monkeypatch):
-    """After ``limit_malloc_arenas``, threads share two malloc arenas (eight threads
-    allocating at once would otherwise take one each), so memory freed by one is reused by
-    the next."""
-    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
-    heaps = int(run_script("malloc_arenas.py", limited))
-    assert heaps <= 2 if limited else heaps > 2, heaps
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+@pytest.mark.parametrize("tuned", [True, False])
+def test_cpu_setup_tunes_malloc(tuned, run_script, monkeypatch):
+    """After ``tune_malloc``, threads share one malloc arena (eight threads allocating at
+    once would otherwise take one each), so memory freed by one is reused by the next; and
+    a thread's large block, freed, is reused without faulting its pages in again (without
+    it glibc maps each anew: every page faults)."""
+    for variable in ("MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    heaps, faults, pages = map(int, run_script("malloc.py", tuned).split())
+    if tuned:
+        assert heaps == 1 and faults < pages // 100, (heaps, faults, pages)
+    else:
+        assert heaps > 2 and faults > pages // 2, (heaps, faults, pages)
 
 
 @pytest.mark.parametrize(

@@ -10,10 +10,8 @@ which runs a row that its 16-element tiles do not divide (the LSTM backward's ``
 4U]`` weight-gradient add) as a loop over tiles copied through the stack. With one device
 it sets nothing: XLA's defaults, the switch to compare against (``--cpu-devices 1``).
 
-``limit_malloc_arenas`` is glibc's, not XLA's: by default glibc gives up to eight malloc
-arenas per core, and XLA's compiling and executing threads each draw from their own, so
-memory one thread frees is not reused by the next and peak memory grows with every
-compilation.
+``tune_malloc`` is glibc's, not XLA's: one malloc arena, and large blocks kept for reuse
+instead of mapped anew at every step.
 
 Both act on what starts later: call them before anything runs a JAX computation
 (``train.py`` does it first thing). On an accelerator they change nothing that runs there.
@@ -95,23 +93,49 @@ def use_host_cores(devices: int, *, lstm_kernel: bool = False) -> bool:
     return True
 
 
-def limit_malloc_arenas(arenas: int = 2) -> None:
-    """glibc's ``mallopt(M_ARENA_MAX, arenas)``, for threads that start after it; nothing
-    where ``MALLOC_ARENA_MAX`` chooses, or without glibc."""
-    if not sys.platform.startswith("linux") or "MALLOC_ARENA_MAX" in os.environ:
+# glibc's mallopt parameters, from <malloc.h>, with the environment variables that choose
+# them instead.
+_MALLOPT = {
+    "M_ARENA_MAX": (-8, "MALLOC_ARENA_MAX"),
+    "M_MMAP_MAX": (-4, "MALLOC_MMAP_MAX_"),
+    "M_TRIM_THRESHOLD": (-1, "MALLOC_TRIM_THRESHOLD_"),
+}
+_KEEP_FREED_BELOW = 2**31 - 1  # bytes: the largest M_TRIM_THRESHOLD mallopt takes
+
+
+def tune_malloc() -> None:
+    """glibc's malloc set for training, for what is allocated after it; a setting that its
+    environment variable (or ``GLIBC_TUNABLES``) chooses is left, and without glibc nothing:
+
+    - one arena (``M_ARENA_MAX``): by default glibc gives up to eight per core, and XLA's
+      compiling and executing threads each draw from their own, so memory one thread frees
+      is not reused by the next and peak memory grows with every compilation;
+    - large blocks from the heap, not from ``mmap`` (``M_MMAP_MAX`` 0), and freed memory
+      kept up to 2 GiB (``M_TRIM_THRESHOLD``): XLA allocates each step's temporary buffers
+      anew (80 MB for LSTM(512) on a language model's 100-step windows at batch 32), and
+      from ``mmap`` every page of them faults in and is zeroed again at every step. glibc
+      maps a block over 32 MB whatever its threshold, and a thread outside the main arena
+      maps one its heap cannot hold even with ``mmap`` off: hence the one arena.
+
+    The process keeps the memory it has freed, for its next step, instead of returning it.
+    """
+    if not sys.platform.startswith("linux") or "GLIBC_TUNABLES" in os.environ:
         return
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):  # not glibc (e.g. musl)
         return
-    m_arena_max = -8  # M_ARENA_MAX, from glibc's <malloc.h>
-    mallopt(m_arena_max, arenas)
+    values = {"M_ARENA_MAX": 1, "M_MMAP_MAX": 0, "M_TRIM_THRESHOLD": _KEEP_FREED_BELOW}
+    for name, value in values.items():
+        param, variable = _MALLOPT[name]
+        if variable not in os.environ:
+            mallopt(param, value)
 
 
 __all__ = [
     "MAX_DEFAULT_DEVICES",
     "ONE_DEVICE_FROM_UNITS",
     "host_device_count",
-    "limit_malloc_arenas",
+    "tune_malloc",
     "use_host_cores",
 ]
