@@ -317,11 +317,12 @@ template <typename T>
 __attribute__((target_clones("avx512f", "avx2", "default"))) void BackwardGates(
     const float* act, const float* c, const float* c_prev, const T* dy, const float* dh,
     float* dc, float* dz, T* dz_t, float* db, int64_t n, int64_t u, int64_t lo, int64_t us) {
+  // dh: the slice's own, [N, us]
   float* dbs = db + lo;
   for (int64_t r = 0; r < n; ++r) {
     const float* a = act + r * 4 * u + lo;
     const int64_t at = r * u + lo;
-    const float *cr = c + at, *cp = c_prev + at, *dhr = dh + at;
+    const float *cr = c + at, *cp = c_prev + at, *dhr = dh + r * us;
     const T* dyr = dy + at;
     float* dcr = dc + at;
     float* dzr = dz + r * 4 * u + lo;
@@ -478,25 +479,34 @@ ffi::Error Backward(ffi::Buffer<DT> c0, ffi::Buffer<DT> kernel, ffi::Buffer<DT> 
     ToFloats(c0.typed_data(), n * u, c_first.data());
     const auto slices = Slices(u, nthreads);
     std::vector<std::unique_ptr<Product>> products(slices.size());
+    std::vector<std::vector<float>> dh_of(slices.size());  // each slice's dh, [N, us]
     Team(nthreads).Run(slices.size(), [&](auto for_mine, auto barrier) {
       for_mine([&](size_t s) {  // the slice's U^T [4U, us]: rows lo..hi of U, transposed
         const int64_t lo = slices[s].lo, us = slices[s].hi - lo;
         products[s] = std::make_unique<Product>(
-            n, g4, us, Dtype<T>(), dnnl::memory::dims{g4, 1}, dnnl::memory::dims{1, g4}, u,
+            n, g4, us, Dtype<T>(), dnnl::memory::dims{g4, 1}, dnnl::memory::dims{1, g4}, us,
             recurrent.typed_data() + lo * g4, 1);
+        dh_of[s].resize(n * us);
+        for (int64_t r = 0; r < n; ++r)
+          std::memcpy(dh_of[s].data() + r * us, dh.data() + r * u + lo, us * sizeof(float));
       });
       for (int64_t t = t_len - 1; t >= 0; --t) {
         const float* c_prev = t > 0 ? cs.typed_data() + (t - 1) * n * u : c_first.data();
         for_mine([&](size_t s) {
           const int64_t lo = slices[s].lo, us = slices[s].hi - lo;
           BackwardGates<T>(act.typed_data() + t * n * g4, cs.typed_data() + t * n * u, c_prev,
-                           dhs.typed_data() + t * n * u, dh.data(), dc.data(), dz + t * n * g4,
+                           dhs.typed_data() + t * n * u, dh_of[s].data(), dc.data(), dz + t * n * g4,
                            dz_t + t * n * g4, db.data(), n, u, lo, us);
         });
         barrier();  // dz_t whole: each slice's dh reads every unit's
-        for_mine([&](size_t s) { (*products[s])(dz_t + t * n * g4, dh.data() + slices[s].lo); });
+        for_mine([&](size_t s) { (*products[s])(dz_t + t * n * g4, dh_of[s].data()); });
       }
     });
+    for (size_t s = 0; s < slices.size(); ++s) {
+      const int64_t lo = slices[s].lo, us = slices[s].hi - lo;
+      for (int64_t r = 0; r < n; ++r)
+        std::memcpy(dh.data() + r * u + lo, dh_of[s].data() + r * us, us * sizeof(float));
+    }
     Convert(dh.data(), n * u, dh0->typed_data());
     Convert(dc.data(), n * u, dc0->typed_data());
     Convert(db.data(), g4, dbias->typed_data());
