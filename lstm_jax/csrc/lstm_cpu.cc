@@ -310,14 +310,13 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void ForwardGates(
 }
 
 // One backward step for the units [lo, lo + us) of every batch row: reads dh_t (dy_t plus
-// the carried dh), the carried dc (updated to dc_{t-1}), the step's activations and cell
-// states; writes dz (row stride 4U), in T too (dz_t, what the step's product reads; the same
-// array in float32), and adds dz to db.
+// the carried dh, the slice's own [N, us]), the carried dc (updated to dc_{t-1}), the step's
+// activations and cell states; writes dz (row stride 4U), in T too (dz_t, what the step's
+// product reads; the same array in float32), and adds dz to db.
 template <typename T>
 __attribute__((target_clones("avx512f", "avx2", "default"))) void BackwardGates(
     const float* act, const float* c, const float* c_prev, const T* dy, const float* dh,
     float* dc, float* dz, T* dz_t, float* db, int64_t n, int64_t u, int64_t lo, int64_t us) {
-  // dh: the slice's own, [N, us]
   float* dbs = db + lo;
   for (int64_t r = 0; r < n; ++r) {
     const float* a = act + r * 4 * u + lo;
@@ -495,8 +494,8 @@ ffi::Error Backward(ffi::Buffer<DT> c0, ffi::Buffer<DT> kernel, ffi::Buffer<DT> 
         for_mine([&](size_t s) {
           const int64_t lo = slices[s].lo, us = slices[s].hi - lo;
           BackwardGates<T>(act.typed_data() + t * n * g4, cs.typed_data() + t * n * u, c_prev,
-                           dhs.typed_data() + t * n * u, dh_of[s].data(), dc.data(), dz + t * n * g4,
-                           dz_t + t * n * g4, db.data(), n, u, lo, us);
+                           dhs.typed_data() + t * n * u, dh_of[s].data(), dc.data(),
+                           dz + t * n * g4, dz_t + t * n * g4, db.data(), n, u, lo, us);
         });
         barrier();  // dz_t whole: each slice's dh reads every unit's
         for_mine([&](size_t s) { (*products[s])(dz_t + t * n * g4, dh_of[s].data()); });
