@@ -318,10 +318,10 @@ def main(argv=None) -> int:
         path, made = rundir.make_default()
         workdir = str(path)
     console.hold_writer_errors()  # a failed checkpoint write: one line, not orbax's threads'
-    cpu.tune_malloc()
     lstm_units = config.units if config.cell == "lstm" else ()  # its CPU kernel runs
-    devices = cpu.host_device_count(config.batch_size, lstm_units=lstm_units)
-    cpu.use_host_cores(args.cpu_devices or devices, lstm_kernel=bool(lstm_units))
+    devices = args.cpu_devices or cpu.host_device_count(config.batch_size, lstm_units=lstm_units)
+    cpu.tune_malloc(devices)
+    cpu.use_host_cores(devices, lstm_kernel=bool(lstm_units))
     hosts = (args.coordinator_address, args.num_processes, args.process_id)
     if args.distributed:
         distributed.supervise(*hosts, lambda: _kept(workdir, args.num_processes))

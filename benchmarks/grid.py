@@ -301,9 +301,10 @@ def run_worker(system: str) -> None:
     if system.startswith("lstm_jax"):  # what train.py does before JAX starts
         from lstm_jax._process import cpu
 
-        cpu.tune_malloc()
         one = system == "lstm_jax_1dev"  # an LSTM's cells only
-        cpu.use_host_cores(1 if one else cpu.host_device_count(32), lstm_kernel=one)
+        devices = 1 if one else cpu.host_device_count(32)
+        cpu.tune_malloc(devices)
+        cpu.use_host_cores(devices, lstm_kernel=one)
     if system == "limit":
         print(json.dumps(matmul_limit()), flush=True)
         return

@@ -66,8 +66,9 @@ def run_worker(args) -> None:
     if args.worker in ("lstm_jax", "lstm_jax_scan"):  # what train.py does before JAX starts
         from lstm_jax._process import cpu
 
-        cpu.tune_malloc()
-        cpu.use_host_cores(cpu.host_device_count(args.batch_size))
+        devices = cpu.host_device_count(args.batch_size)
+        cpu.tune_malloc(devices)
+        cpu.use_host_cores(devices)
     images, labels, test_images, test_labels, source = load_data(args)
     times, compiles, accuracy, extra = WORKERS[args.worker](
         args, images, labels, test_images, test_labels

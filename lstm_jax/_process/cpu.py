@@ -10,7 +10,7 @@ which runs a row that its 16-element tiles do not divide (the LSTM backward's ``
 4U]`` weight-gradient add) as a loop over tiles copied through the stack. With one device
 it sets nothing: XLA's defaults, the switch to compare against (``--cpu-devices 1``).
 
-``tune_malloc`` is glibc's, not XLA's: one malloc arena, and large blocks kept for reuse
+``tune_malloc`` is glibc's, not XLA's: few malloc arenas, and large blocks kept for reuse
 instead of mapped anew at every step.
 
 Both act on what starts later: call them before anything runs a JAX computation
@@ -103,19 +103,21 @@ _MALLOPT = {
 _KEEP_FREED_BELOW = 2**31 - 1  # bytes: the largest M_TRIM_THRESHOLD mallopt takes
 
 
-def tune_malloc() -> None:
-    """glibc's malloc set for training, for what is allocated after it; a setting that its
-    environment variable (or ``GLIBC_TUNABLES``) chooses is left, and without glibc nothing:
+def tune_malloc(devices: int) -> None:
+    """glibc's malloc set for training on ``devices`` CPU devices, for what is allocated
+    after it; a setting that its environment variable (or ``GLIBC_TUNABLES``) chooses is
+    left, and without glibc nothing:
 
-    - one arena (``M_ARENA_MAX``): by default glibc gives up to eight per core, and XLA's
-      compiling and executing threads each draw from their own, so memory one thread frees
-      is not reused by the next and peak memory grows with every compilation;
     - large blocks from the heap, not from ``mmap`` (``M_MMAP_MAX`` 0), and freed memory
       kept up to 2 GiB (``M_TRIM_THRESHOLD``): XLA allocates each step's temporary buffers
-      anew (80 MB for LSTM(512) on a language model's 100-step windows at batch 32), and
-      from ``mmap`` every page of them faults in and is zeroed again at every step. glibc
-      maps a block over 32 MB whatever its threshold, and a thread outside the main arena
-      maps one its heap cannot hold even with ``mmap`` off: hence the one arena.
+      anew (79 MB for LSTM(512) on a language model's 100-step windows at batch 32), and
+      from ``mmap`` every page of them faults in and is zeroed again at every step;
+    - one malloc arena for one device, two for more (``M_ARENA_MAX``): by default glibc
+      gives up to eight a core, and XLA's compiling and executing threads each draw from
+      their own, so memory one thread frees is not reused by the next and peak memory grows
+      with every compilation. A thread outside the main arena still maps a block over its
+      heap's 64 MB, ``M_MMAP_MAX`` or not, so one device takes the one arena; two devices
+      keep two, which their threads, allocating at the same time, wait on less.
 
     The process keeps the memory it has freed, for its next step, instead of returning it.
     """
@@ -125,7 +127,11 @@ def tune_malloc() -> None:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):  # not glibc (e.g. musl)
         return
-    values = {"M_ARENA_MAX": 1, "M_MMAP_MAX": 0, "M_TRIM_THRESHOLD": _KEEP_FREED_BELOW}
+    values = {
+        "M_ARENA_MAX": 1 if devices == 1 else 2,
+        "M_MMAP_MAX": 0,
+        "M_TRIM_THRESHOLD": _KEEP_FREED_BELOW,
+    }
     for name, value in values.items():
         param, variable = _MALLOPT[name]
         if variable not in os.environ:

@@ -1,8 +1,9 @@
-"""Threads allocate after ``cpu.tune_malloc`` (or without it); prints how many malloc heaps
-glibc then reports, and the page faults of a thread's second 100 MB block, allocated and
-written after it freed the first (as XLA's threads allocate each step's buffers).
+"""Threads allocate after ``cpu.tune_malloc(DEVICES)`` (or without it); prints how many
+malloc heaps glibc then reports, the page faults of a thread's second 100 MB block,
+allocated and written after it freed the first (as XLA's threads allocate each step's
+buffers), and the pages of the block.
 
-python malloc.py TUNED   (True: cpu.tune_malloc() first)
+python malloc.py DEVICES   (0: glibc's defaults)
 """
 
 import ctypes
@@ -13,8 +14,8 @@ import threading
 
 from lstm_jax._process import cpu
 
-if sys.argv[1] == "True":
-    cpu.tune_malloc()
+if int(sys.argv[1]) > 0:
+    cpu.tune_malloc(int(sys.argv[1]))
 libc = ctypes.CDLL(None)
 libc.malloc.restype = libc.fopen.restype = ctypes.c_void_p
 libc.free.argtypes = libc.fclose.argtypes = [ctypes.c_void_p]
