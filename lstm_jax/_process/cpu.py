@@ -105,8 +105,8 @@ _KEEP_FREED_BELOW = 2**31 - 1  # bytes: the largest M_TRIM_THRESHOLD mallopt tak
 
 def tune_malloc(devices: int) -> None:
     """glibc's malloc set for training on ``devices`` CPU devices, for what is allocated
-    after it; a setting that its environment variable (or ``GLIBC_TUNABLES``) chooses is
-    left, and without glibc nothing:
+    after it; a setting that its environment variable chooses is left, and where
+    ``GLIBC_TUNABLES`` is set, or without glibc, nothing is:
 
     - large blocks from the heap, not from ``mmap`` (``M_MMAP_MAX`` 0), and freed memory
       kept up to 2 GiB (``M_TRIM_THRESHOLD``): XLA allocates each step's temporary buffers
