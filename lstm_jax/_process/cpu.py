@@ -30,10 +30,10 @@ MAX_DEFAULT_DEVICES = 2
 
 
 # From this many units, one device on every core trains an LSTM faster than a device per
-# core: each step's product in the LSTM's CPU kernel (``lstm_jax.lstm_cpu``) is
-# then split among the cores by its columns, so each core reads a part of the recurrent
-# weights (4U^2 floats, 2 MiB at 362 units, the size of a core's L2 cache on the machines
-# measured) instead of all of them at every step (``benchmarks/NOTES.md``).
+# core: the LSTM's CPU kernel (``lstm_jax.lstm_cpu``) then splits the units among the cores,
+# so each core reads its part of the recurrent weights (4U^2 floats, 2 MiB at 362 units, the
+# size of a core's L2 cache on the machines measured) instead of all of them at every step
+# (``benchmarks/NOTES.md``).
 ONE_DEVICE_FROM_UNITS = 384
 
 
@@ -93,16 +93,6 @@ def use_host_cores(devices: int, *, lstm_kernel: bool = False) -> bool:
     return True
 
 
-# glibc's mallopt parameters, from <malloc.h>, with the environment variables that choose
-# them instead.
-_MALLOPT = {
-    "M_ARENA_MAX": (-8, "MALLOC_ARENA_MAX"),
-    "M_MMAP_MAX": (-4, "MALLOC_MMAP_MAX_"),
-    "M_TRIM_THRESHOLD": (-1, "MALLOC_TRIM_THRESHOLD_"),
-}
-_KEEP_FREED_BELOW = 2**31 - 1  # bytes: the largest M_TRIM_THRESHOLD mallopt takes
-
-
 def tune_malloc(devices: int) -> None:
     """glibc's malloc set for training on ``devices`` CPU devices, for what is allocated
     after it; a setting that its environment variable chooses is left, and where
@@ -110,8 +100,8 @@ def tune_malloc(devices: int) -> None:
 
     - large blocks from the heap, not from ``mmap`` (``M_MMAP_MAX`` 0), and freed memory
       kept up to 2 GiB (``M_TRIM_THRESHOLD``): XLA allocates each step's temporary buffers
-      anew (79 MB for LSTM(512) on a language model's 100-step windows at batch 32), and
-      from ``mmap`` every page of them faults in and is zeroed again at every step;
+      anew (tens of MB for a language model's LSTM), and from ``mmap`` every page of them
+      faults in and is zeroed again at every step;
     - one malloc arena for one device, two for more (``M_ARENA_MAX``): by default glibc
       gives up to eight a core, and XLA's compiling and executing threads each draw from
       their own, so memory one thread frees is not reused by the next and peak memory grows
@@ -127,13 +117,12 @@ def tune_malloc(devices: int) -> None:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):  # not glibc (e.g. musl)
         return
-    values = {
-        "M_ARENA_MAX": 1 if devices == 1 else 2,
-        "M_MMAP_MAX": 0,
-        "M_TRIM_THRESHOLD": _KEEP_FREED_BELOW,
-    }
-    for name, value in values.items():
-        param, variable = _MALLOPT[name]
+    settings = (  # mallopt's parameter (<malloc.h>), its value, the variable that chooses it
+        (-8, 1 if devices == 1 else 2, "MALLOC_ARENA_MAX"),  # M_ARENA_MAX
+        (-4, 0, "MALLOC_MMAP_MAX_"),  # M_MMAP_MAX
+        (-1, 2**31 - 1, "MALLOC_TRIM_THRESHOLD_"),  # M_TRIM_THRESHOLD: the most mallopt takes
+    )
+    for param, value, variable in settings:
         if variable not in os.environ:
             mallopt(param, value)
 

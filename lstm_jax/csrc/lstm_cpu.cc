@@ -117,6 +117,15 @@ void ToFloats(const T* in, int64_t count, float* out) {
   for (int64_t k = 0; k < count; ++k) out[k] = ToFloat(in[k]);
 }
 
+// `count` elements of each of `rows` rows, from `in` (row stride in_stride) to `out` (row
+// stride out_stride): a slice's columns out of a wider matrix, or back into it.
+template <typename T>
+void CopyRows(const T* in, int64_t in_stride, T* out, int64_t out_stride, int64_t rows,
+              int64_t count) {
+  for (int64_t r = 0; r < rows; ++r)
+    std::memcpy(out + r * out_stride, in + r * in_stride, count * sizeof(T));
+}
+
 template <typename T>
 constexpr dnnl::memory::data_type Dtype() {
   return std::is_same_v<T, float> ? dnnl::memory::data_type::f32
@@ -405,10 +414,8 @@ ffi::Error Forward(ffi::Buffer<DT> xs, ffi::Buffer<DT> h0, ffi::Buffer<DT> c0,
     }
     auto slot = [&](int64_t t) { return keep ? t : t % 2; };
     const T* x = xs.typed_data();
-    for (int64_t r = 0; r < n; ++r) {
-      std::memcpy(xh + r * k, x + r * d, d * sizeof(T));
-      std::memcpy(xh + r * k + d, h0.typed_data() + r * u, u * sizeof(T));
-    }
+    CopyRows(x, d, xh, k, n, d);
+    CopyRows(h0.typed_data(), u, xh + d, k, n, u);
     std::vector<float> c_first(n * u);
     ToFloats(c0.typed_data(), n * u, c_first.data());
     const auto slices = Slices(u, static_cast<int>(threads));
@@ -440,9 +447,7 @@ ffi::Error Forward(ffi::Buffer<DT> xs, ffi::Buffer<DT> h0, ffi::Buffer<DT> c0,
           ForwardGates<T>(z[s].data(), bias.typed_data(), c_prev, c_all + slot(t) * n * u,
                           a_all + slot(t) * n * g4, hs->typed_data() + t * n * u,
                           xh_next ? xh_next + d : nullptr, k, n, u, lo, us);
-          if (s == 0 && xh_next)  // x_{t+1} beside h_t
-            for (int64_t r = 0; r < n; ++r)
-              std::memcpy(xh_next + r * k, x + ((t + 1) * n + r) * d, d * sizeof(T));
+          if (s == 0 && xh_next) CopyRows(x + (t + 1) * n * d, d, xh_next, k, n, d);  // x_{t+1}
         });
         barrier();
       }
@@ -486,8 +491,7 @@ ffi::Error Backward(ffi::Buffer<DT> c0, ffi::Buffer<DT> kernel, ffi::Buffer<DT> 
             n, g4, us, Dtype<T>(), dnnl::memory::dims{g4, 1}, dnnl::memory::dims{1, g4}, us,
             recurrent.typed_data() + lo * g4, 1);
         dh_of[s].resize(n * us);
-        for (int64_t r = 0; r < n; ++r)
-          std::memcpy(dh_of[s].data() + r * us, dh.data() + r * u + lo, us * sizeof(float));
+        CopyRows(dh.data() + lo, u, dh_of[s].data(), us, n, us);
       });
       for (int64_t t = t_len - 1; t >= 0; --t) {
         const float* c_prev = t > 0 ? cs.typed_data() + (t - 1) * n * u : c_first.data();
@@ -503,8 +507,7 @@ ffi::Error Backward(ffi::Buffer<DT> c0, ffi::Buffer<DT> kernel, ffi::Buffer<DT> 
     });
     for (size_t s = 0; s < slices.size(); ++s) {
       const int64_t lo = slices[s].lo, us = slices[s].hi - lo;
-      for (int64_t r = 0; r < n; ++r)
-        std::memcpy(dh.data() + r * u + lo, dh_of[s].data() + r * us, us * sizeof(float));
+      CopyRows(dh_of[s].data(), us, dh.data() + lo, u, n, us);
     }
     Convert(dh.data(), n * u, dh0->typed_data());
     Convert(dc.data(), n * u, dc0->typed_data());
