@@ -19,8 +19,9 @@ import jax
 import jax.numpy as jnp
 
 from lstm_jax import lstm_cpu
+from lstm_jax._vjp import is_zero, primal_values, zeros
 from lstm_jax.cells import gru_cell
-from lstm_jax.lstm_scan import _is_zero, _zeros, in_one_dtype, primal_values
+from lstm_jax.lstm_scan import in_one_dtype
 
 __all__ = ["CUSTOM_GRADIENT_BELOW", "gru_unmasked_scan"]
 
@@ -91,7 +92,7 @@ def _gru_scan_bwd(unroll, residuals, cotangents):
     params, xs, h_prev, saved = residuals  # [T, B, D], [T, U, B], [T, 5U, B]
     d_hs, d_h = cotangents  # [T, B, U], [B, U]; a SymbolicZero for an output not used
     steps, units, batch = h_prev.shape
-    d_h = _zeros(saved, (batch, units)) if _is_zero(d_h) else d_h
+    d_h = zeros(saved, (batch, units)) if is_zero(d_h) else d_h
     kernel = params["recurrent_kernel"]  # [U, 3U]
 
     def body(dh_next, step):
@@ -103,7 +104,7 @@ def _gru_scan_bwd(unroll, residuals, cotangents):
         return dh * z + kernel @ de, da
 
     steps_in = {"saved": saved}
-    if not _is_zero(d_hs):
+    if not is_zero(d_hs):
         steps_in.update(dh_out=jnp.swapaxes(d_hs, 1, 2))  # [T, U, B]
     dh0, das = jax.lax.scan(body, d_h.T, steps_in, reverse=True, unroll=unroll)  # [T, 3U, B]
     r = saved[:, 3 * units : 4 * units]  # [T, U, B]

@@ -36,6 +36,7 @@ needs no library where they are served). Shapes as in ``lstm_jax.lstm_scan``: ti
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import fcntl
 import functools
 import hashlib
@@ -52,6 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lstm_jax import _jax_compat, lstm_cudnn
+from lstm_jax._vjp import instantiate, primal_values
 
 __all__ = ["available", "run", "run_gru", "why_not"]
 
@@ -251,16 +253,33 @@ def run(params: Params, xs: Array, h0: Array, c0: Array) -> tuple[Array, Array, 
     return hs, hs[-1], c
 
 
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class _Needs:
+    """Which gradients besides the weights' the backward pass computes: of the inputs, of
+    the initial state (``symbolic_zeros``: what the differentiated function depends on)."""
+
+    inputs: bool
+    state: bool
+
+    @classmethod
+    def of(cls, xs, *state) -> _Needs:
+        return cls(xs.perturbed, any(s.perturbed for s in state))
+
+
 def _run_fwd(params, xs, h0, c0):
+    needs = _Needs.of(xs, h0, c0)
+    params, xs, h0, c0 = primal_values((params, xs, h0, c0))
     hs, c, act, cs, xh = _forward(params, xs, h0, c0, keep=True)
-    return (hs, hs[-1], c), (params, xs, c0, act, cs, xh)
+    return (hs, hs[-1], c), (params, xs, c0, act, cs, xh, needs)
 
 
 def _run_bwd(residuals, cotangents):
-    params, xs, c0, act, cs, xh = residuals
-    d_hs, d_h, d_c = cotangents
+    params, xs, c0, act, cs, xh, needs = residuals
+    d_hs, d_h, d_c = (instantiate(d, xs) for d in cotangents)
     like = [xs, c0, c0, params["kernel"], params["recurrent_kernel"], params["bias"]]
-    results = [jax.ShapeDtypeStruct(a.shape, xs.dtype) for a in like]
+    kept = [needs.inputs, needs.state, needs.state, True, True, True]
+    results = [_residual(k, *a.shape, dtype=xs.dtype) for a, k in zip(like, kept, strict=True)]
     results.append(jax.ShapeDtypeStruct(act.shape, jnp.float32))  # dz, the kernel's buffer
     call = _ffi_call("lstm", "backward", xs.dtype, results)
     dxs, dh0, dc0, d_kernel, d_recurrent, d_bias, _ = call(
@@ -278,10 +297,12 @@ def _run_bwd(residuals, cotangents):
     grads = {"kernel": d_kernel, "recurrent_kernel": d_recurrent, "bias": d_bias}
     # Each gradient of the type of its primal, as custom_vjp requires (inside shard_map).
     grads = {k: _jax_compat.varying_like(grads[k], params[k]) for k in params}
-    return grads, *_jax_compat.varying_like((dxs, dh0, dc0), xs)
+    dxs = _jax_compat.varying_like(dxs, xs) if needs.inputs else None
+    dh0, dc0 = _jax_compat.varying_like((dh0, dc0), xs) if needs.state else (None, None)
+    return grads, dxs, dh0, dc0
 
 
-run.defvjp(_run_fwd, _run_bwd)
+run.defvjp(_run_fwd, _run_bwd, symbolic_zeros=True)
 
 
 def _gru_forward(params: Params, xs: Array, h0: Array, *, keep: bool):
@@ -307,15 +328,18 @@ def run_gru(params: Params, xs: Array, h0: Array) -> tuple[Array, Array]:
 
 
 def _run_gru_fwd(params, xs, h0):
+    needs = _Needs.of(xs, h0)
+    params, xs, h0 = primal_values((params, xs, h0))
     hs, act, h_prev = _gru_forward(params, xs, h0, keep=True)
-    return (hs, hs[-1]), (params, xs, act, h_prev)
+    return (hs, hs[-1]), (params, xs, h0, act, h_prev, needs)
 
 
 def _run_gru_bwd(residuals, cotangents):
-    params, xs, act, h_prev = residuals
-    d_hs, d_h = cotangents
-    like = [xs, d_h, params["kernel"], params["recurrent_kernel"], params["bias"]]
-    results = [jax.ShapeDtypeStruct(a.shape, xs.dtype) for a in like]
+    params, xs, h0, act, h_prev, needs = residuals
+    d_hs, d_h = (instantiate(d, xs) for d in cotangents)
+    like = [xs, h0, params["kernel"], params["recurrent_kernel"], params["bias"]]
+    kept = [needs.inputs, needs.state, True, True, True]
+    results = [_residual(k, *a.shape, dtype=xs.dtype) for a, k in zip(like, kept, strict=True)]
     t, n, u = d_hs.shape
     results.append(jax.ShapeDtypeStruct((2, t, n, 3 * u), jnp.float32))  # the kernel's dA, dE
     call = _ffi_call("gru", "backward", xs.dtype, results)
@@ -325,7 +349,9 @@ def _run_gru_bwd(residuals, cotangents):
     )
     grads = {"kernel": d_kernel, "recurrent_kernel": d_recurrent, "bias": d_bias}
     grads = {k: _jax_compat.varying_like(grads[k], params[k]) for k in params}
-    return grads, *_jax_compat.varying_like((dxs, dh0), xs)
+    dxs = _jax_compat.varying_like(dxs, xs) if needs.inputs else None
+    dh0 = _jax_compat.varying_like(dh0, xs) if needs.state else None
+    return grads, dxs, dh0
 
 
-run_gru.defvjp(_run_gru_fwd, _run_gru_bwd)
+run_gru.defvjp(_run_gru_fwd, _run_gru_bwd, symbolic_zeros=True)

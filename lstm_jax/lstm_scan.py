@@ -14,9 +14,9 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
 
 from lstm_jax import _jax_compat, lstm_cpu
+from lstm_jax._vjp import is_zero, primal_values, zeros
 
 __all__ = [
     "in_one_dtype",
@@ -136,7 +136,7 @@ def _lstm_forward(params, xs, h0, c0, unroll):
     xh = jnp.concatenate(
         [
             jnp.transpose(xs, (2, 0, 1)),
-            _zeros(xs, (units, steps, batch)),
+            zeros(xs, (units, steps, batch)),
             jax.lax.full_like(xs, 1, shape=(1, steps, batch)),
         ]
     )  # [D+U+1, T, B]
@@ -165,12 +165,6 @@ def _lstm_scan_fwd(params, xs, h0, c0, unroll):
     return _lstm_forward(*primal_values((params, xs, h0, c0)), unroll)
 
 
-def primal_values(tree):
-    """The arrays of a ``custom_vjp`` forward rule's arguments: with ``symbolic_zeros=True``
-    each arrives as a ``CustomVJPPrimal(value, perturbed)``."""
-    return jax.tree.map(lambda a: a.value, tree, is_leaf=lambda a: isinstance(a, CustomVJPPrimal))
-
-
 def _lstm_scan_bwd(unroll, residuals, cotangents):
     params, xh, ps, qs, fs = residuals  # [D+U+1, T, B], [T, 4U, B], [T, U, B], [T, U, B]
     # [T, B, U], [B, U], [B, U]; a SymbolicZero for an output nothing depends on, e.g. the
@@ -178,7 +172,7 @@ def _lstm_scan_bwd(unroll, residuals, cotangents):
     d_hs, d_h, d_c = cotangents
     steps, units, batch = qs.shape
     input_dim = xh.shape[0] - units - 1
-    d_h, d_c = (_zeros(ps, (batch, units)) if _is_zero(d) else d for d in (d_h, d_c))
+    d_h, d_c = (zeros(ps, (batch, units)) if is_zero(d) else d for d in (d_h, d_c))
     # [dc; dc; dc; dh] is made by a select on the output gate's rows: XLA:CPU fuses a
     # concatenate with its producers into a slow loop.
     output_gate = (np.arange(4) == 3)[:, None, None]  # [4, 1, 1]: the blocks i, f, c, o
@@ -200,9 +194,9 @@ def _lstm_scan_bwd(unroll, residuals, cotangents):
         return (*carry, d_kernels), d_x
 
     steps_in = {"p": ps, "q": qs, "f": fs, "t": jnp.arange(steps)}
-    if not _is_zero(d_hs):
+    if not is_zero(d_hs):
         steps_in.update(dh_out=jnp.swapaxes(d_hs, 1, 2))  # [T, U, B]
-    d_kernels = _zeros(ps, (input_dim + units + 1, 4 * units)) if sum_each_step else None
+    d_kernels = zeros(ps, (input_dim + units + 1, 4 * units)) if sum_each_step else None
     (dh0, dc0, d_kernels), per_step = jax.lax.scan(
         body, (d_h.T, d_c.T, d_kernels), steps_in, reverse=True, unroll=unroll
     )
@@ -217,16 +211,6 @@ def _lstm_scan_bwd(unroll, residuals, cotangents):
         "bias": d_kernels[-1],
     }
     return {**params, **grads}, d_xs, dh0.T, dc0.T
-
-
-def _zeros(like: Array, shape: tuple[int, ...], dtype=None) -> Array:
-    """Zeros of ``shape``, typed like ``like``: inside ``jax.shard_map``, varying over the
-    same mesh axes, as a scan carry that starts from them must be."""
-    return jax.lax.full_like(like, 0, dtype, shape)
-
-
-def _is_zero(cotangent) -> bool:
-    return isinstance(cotangent, SymbolicZero)
 
 
 _lstm_scan.defvjp(_lstm_scan_fwd, _lstm_scan_bwd, symbolic_zeros=True)

@@ -14,7 +14,7 @@ import pathlib
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "lstm_jax"
 
 LAYERS = (
-    ("base", ("lstm_jax._jax_compat", "lstm_jax._version", "lstm_jax.errors")),
+    ("base", ("lstm_jax._jax_compat", "lstm_jax._version", "lstm_jax._vjp", "lstm_jax.errors")),
     (
         "model",
         tuple(

@@ -39,9 +39,9 @@ def scan(params, xs, h0, c0):
     return lstm_scan._lstm_scan(params, xs, h0, c0, 1)
 
 
-def loss(fn):
+def loss(fn, argnums=(0, 1, 2, 3)):
     """A loss that weighs every output differently, so each cotangent matters; a mean over
-    the batch, as training's."""
+    the batch, as training's. Differentiated in ``argnums``."""
 
     def value(params, xs, h0, c0):
         hs, h, c = fn(params, xs, h0, c0)
@@ -49,7 +49,7 @@ def loss(fn):
         total = jnp.sum(hs * weights) + jnp.sum(jnp.sin(h)) + jnp.sum(c**2)
         return total / xs.shape[1]
 
-    return jax.jit(jax.value_and_grad(value, argnums=(0, 1, 2, 3)))
+    return jax.jit(jax.value_and_grad(value, argnums=argnums))
 
 
 def test_the_kernel_is_built_and_runs_the_lstm_here():
@@ -92,6 +92,33 @@ def test_outputs_and_gradients_match_the_scan(shape, threads):
         got, want = loss(lstm_cpu.run)(*args), loss(scan)(*args)
     np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
     reference.assert_trees_close(got[1], want[1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("argnums", [(0,), (0, 1), (0, 2), (0, 3), (1,)], ids=str)
+def test_gradients_of_some_arguments_match_the_scan_and_skip_the_others(argnums, threads):
+    """The backward pass computes the inputs' gradient only where the inputs are
+    differentiated (not the trainer's data), and the initial state's only where h0 or c0
+    is: the others are results of size 0 in its call. What it does compute is the scan's."""
+    args = make(12, 33, 20, 40)
+    with jax.default_matmul_precision("highest"):
+        got, want = loss(lstm_cpu.run, argnums)(*args), loss(scan, argnums)(*args)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+    reference.assert_trees_close(got[1], want[1], atol=1e-5, rtol=1e-5)
+    call = backward_call(jax.make_jaxpr(loss(lstm_cpu.run, argnums))(*args).jaxpr)
+    dxs, dh0, dc0 = (v.aval.shape for v in call.outvars[:3])
+    assert (dxs != (0,)) == (1 in argnums)
+    assert (dh0 != (0,)) == (dc0 != (0,)) == (2 in argnums or 3 in argnums)
+
+
+def backward_call(jaxpr):
+    """The equation of the kernel's backward call in ``jaxpr``, at any depth, or None."""
+    for eqn in jaxpr.eqns:
+        if "_cpu_backward_" in str(eqn.params.get("target_name", "")):
+            return eqn
+    for sub in jax.extend.core.subjaxprs(jaxpr):
+        if (found := backward_call(sub)) is not None:
+            return found
+    return None
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}_B{}_D{}_U{}".format(*s))
@@ -192,13 +219,13 @@ def gru_autodiff(params, xs, h0):
     return hs, h
 
 
-def gru_loss(fn):
+def gru_loss(fn, argnums=(0, 1, 2)):
     def value(params, xs, h0):
         hs, h = fn(params, xs, h0)
         weights = jnp.cos(jnp.arange(hs.size, dtype=jnp.float32)).reshape(hs.shape)
         return (jnp.sum(hs * weights) + jnp.sum(jnp.sin(h))) / xs.shape[1]
 
-    return jax.jit(jax.value_and_grad(value, argnums=(0, 1, 2)))
+    return jax.jit(jax.value_and_grad(value, argnums=argnums))
 
 
 @pytest.mark.parametrize("batch", [4, gru_scan.CUSTOM_GRADIENT_BELOW])
@@ -227,6 +254,22 @@ def test_gru_outputs_and_gradients_match_autodiff(shape):
         got, want = gru_loss(lstm_cpu.run_gru)(*args), gru_loss(gru_autodiff)(*args)
     np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
     reference.assert_trees_close(got[1], want[1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("argnums", [(0,), (0, 1), (0, 2), (1,)], ids=str)
+def test_gru_gradients_of_some_arguments_match_autodiff_and_skip_the_others(argnums):
+    """As the LSTM's: dX and dh0 are computed only where the inputs and h0 are
+    differentiated."""
+    args = make_gru(12, 33, 20, 40)
+    with jax.default_matmul_precision("highest"):
+        got = gru_loss(lstm_cpu.run_gru, argnums)(*args)
+        want = gru_loss(gru_autodiff, argnums)(*args)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+    reference.assert_trees_close(got[1], want[1], atol=1e-5, rtol=1e-5)
+    call = backward_call(jax.make_jaxpr(gru_loss(lstm_cpu.run_gru, argnums))(*args).jaxpr)
+    dxs, dh0 = (v.aval.shape for v in call.outvars[:2])
+    assert (dxs != (0,)) == (1 in argnums)
+    assert (dh0 != (0,)) == (2 in argnums)
 
 
 def test_gru_in_bfloat16_is_the_float32_kernel_within_bfloat16_rounding():

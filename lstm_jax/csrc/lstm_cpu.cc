@@ -39,6 +39,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -46,6 +47,7 @@
 #include <string>
 #include <tuple>
 #include <type_traits>
+#include <utility>
 #include <unordered_map>
 #include <vector>
 
@@ -227,6 +229,29 @@ class Product {
   dnnl::memory a_, c_;
   std::unordered_map<int, dnnl::memory> args_;
 };
+
+// a [M, K] @ b [K, N] (layouts as Product's) into results of type T that hold its rows in
+// blocks: {result, rows} in order, M in all. In float32 each block's product writes its
+// result itself; in bfloat16 it sums in float32 and is rounded.
+template <typename T>
+void ProductInto(const T* a, dnnl::memory::dims a_strides, const T* b,
+                 dnnl::memory::dims b_strides, int64_t k, int64_t n,
+                 std::initializer_list<std::pair<T*, int64_t>> blocks, int threads) {
+  std::vector<float> sums;
+  int64_t first = 0;
+  for (auto [result, rows] : blocks) {
+    Product product(rows, k, n, Dtype<T>(), a_strides, b_strides, n, nullptr, threads);
+    const T* a_rows = a + first * a_strides[0];
+    if constexpr (std::is_same_v<T, float>) {
+      product(a_rows, result, b);
+    } else {
+      sums.resize(rows * n);
+      product(a_rows, sums.data(), b);
+      Convert(sums.data(), rows * n, result);
+    }
+    first += rows;
+  }
+}
 
 // One thread's share of the LSTM's units, [lo, hi).
 struct Slice {
@@ -457,7 +482,9 @@ ffi::Error Forward(ffi::Buffer<DT> xs, ffi::Buffer<DT> h0, ffi::Buffer<DT> c0,
   });
 }
 
-// The backward pass, from the forward's results and the cotangents of hs, h_T and c_T.
+// The backward pass, from the forward's results and the cotangents of hs, h_T and c_T. A
+// gradient nothing needs is a result of size 0 and is not computed: dX (xs not
+// differentiated, as the trainer's inputs), dh0 and dc0 (the state starts from constants).
 template <ffi::DataType DT>
 ffi::Error Backward(ffi::Buffer<DT> c0, ffi::Buffer<DT> kernel, ffi::Buffer<DT> recurrent,
                     ffi::Buffer<ffi::F32> act, ffi::Buffer<ffi::F32> cs, ffi::Buffer<DT> xh,
@@ -471,6 +498,7 @@ ffi::Error Backward(ffi::Buffer<DT> c0, ffi::Buffer<DT> kernel, ffi::Buffer<DT> 
     const auto dims = dhs.dimensions();
     const int64_t t_len = dims[0], n = dims[1], u = dims[2], d = kernel.dimensions()[0];
     const int64_t g4 = 4 * u, k = d + u, rows = t_len * n;
+    const bool need_dx = dxs->element_count() != 0, need_state = dh0->element_count() != 0;
     const int nthreads = static_cast<int>(threads);
     omp_set_num_threads(nthreads);
     float* dz = dz_all->typed_data();
@@ -501,27 +529,27 @@ ffi::Error Backward(ffi::Buffer<DT> c0, ffi::Buffer<DT> kernel, ffi::Buffer<DT> 
                            dhs.typed_data() + t * n * u, dh_of[s].data(), dc.data(),
                            dz + t * n * g4, dz_t + t * n * g4, db.data(), n, u, lo, us);
         });
+        if (t == 0 && !need_state) break;  // dh_{-1}: dh0
         barrier();  // dz_t whole: each slice's dh reads every unit's
         for_mine([&](size_t s) { (*products[s])(dz_t + t * n * g4, dh_of[s].data()); });
       }
     });
-    for (size_t s = 0; s < slices.size(); ++s) {
-      const int64_t lo = slices[s].lo, us = slices[s].hi - lo;
-      CopyRows(dh_of[s].data(), us, dh.data() + lo, u, n, us);
+    if (need_state) {
+      for (size_t s = 0; s < slices.size(); ++s) {
+        const int64_t lo = slices[s].lo, us = slices[s].hi - lo;
+        CopyRows(dh_of[s].data(), us, dh.data() + lo, u, n, us);
+      }
+      Convert(dh.data(), n * u, dh0->typed_data());
+      Convert(dc.data(), n * u, dc0->typed_data());
     }
-    Convert(dh.data(), n * u, dh0->typed_data());
-    Convert(dc.data(), n * u, dc0->typed_data());
     Convert(db.data(), g4, dbias->typed_data());
     // Over all steps at once: [dW; dU] = [X, H_{t-1}]^T dZ and dX = dZ W^T, as products of
     // the transposed layouts (strides), summed in float32.
-    std::vector<float> out(std::max(k * g4, rows * d));
-    Product weight_grads(k, rows, g4, Dtype<T>(), {1, k}, {g4, 1}, g4, nullptr, nthreads);
-    weight_grads(xh.typed_data(), out.data(), dz_t);
-    Convert(out.data(), d * g4, dkernel->typed_data());
-    Convert(out.data() + d * g4, u * g4, drecurrent->typed_data());
-    Product input_grads(rows, g4, d, Dtype<T>(), {g4, 1}, {1, g4}, d, nullptr, nthreads);
-    input_grads(dz_t, out.data(), kernel.typed_data());
-    Convert(out.data(), rows * d, dxs->typed_data());
+    ProductInto<T>(xh.typed_data(), {1, k}, dz_t, {g4, 1}, rows, g4,
+                   {{dkernel->typed_data(), d}, {drecurrent->typed_data(), u}}, nthreads);
+    if (need_dx)
+      ProductInto<T>(dz_t, {g4, 1}, kernel.typed_data(), {1, g4}, g4, d,
+                     {{dxs->typed_data(), rows}}, nthreads);
     return ffi::Error::Success();
   });
 }
@@ -660,7 +688,8 @@ ffi::Error GruForward(ffi::Buffer<DT> xs, ffi::Buffer<DT> h0, ffi::Buffer<DT> ke
 }
 
 // The GRU's backward pass, from the forward's results and the cotangents of hs and h_T.
-// dadE is the backward's own buffer, [2, T, N, 3U]: dA, then dE.
+// dadE is the backward's own buffer, [2, T, N, 3U]: dA, then dE. As the LSTM's, it leaves
+// out dX and dh0 where they are results of size 0.
 template <ffi::DataType DT>
 ffi::Error GruBackward(ffi::Buffer<DT> xs, ffi::Buffer<DT> kernel, ffi::Buffer<DT> recurrent,
                        ffi::Buffer<ffi::F32> act, ffi::Buffer<DT> h_prev, ffi::Buffer<DT> dhs,
@@ -673,6 +702,7 @@ ffi::Error GruBackward(ffi::Buffer<DT> xs, ffi::Buffer<DT> kernel, ffi::Buffer<D
     const auto dims = dhs.dimensions();
     const int64_t t_len = dims[0], n = dims[1], u = dims[2], d = kernel.dimensions()[0];
     const int64_t g3 = 3 * u, rows = t_len * n;
+    const bool need_dx = dxs->element_count() != 0, need_state = dh0->element_count() != 0;
     const int nthreads = static_cast<int>(threads);
     omp_set_num_threads(nthreads);
     float* da = dade->typed_data();
@@ -695,7 +725,7 @@ ffi::Error GruBackward(ffi::Buffer<DT> xs, ffi::Buffer<DT> kernel, ffi::Buffer<D
                             dhs.typed_data() + t * n * u, direct.data(), rec.data(), da + at,
                             de + at, da_t + at, de_t + at, r0, r1, u);
       });
-      product(de_t + at, rec.data());
+      if (t > 0 || need_state) product(de_t + at, rec.data());
       for (int64_t r = 0; r < n; ++r) {
         const float* a_row = da + at + r * g3;
         const float* e_row = de + at + r * g3;
@@ -706,19 +736,18 @@ ffi::Error GruBackward(ffi::Buffer<DT> xs, ffi::Buffer<DT> kernel, ffi::Buffer<D
         }
       }
     }
-    for (int64_t k = 0; k < n * u; ++k) direct[k] += rec[k];
-    Convert(direct.data(), n * u, dh0->typed_data());
+    if (need_state) {
+      for (int64_t k = 0; k < n * u; ++k) direct[k] += rec[k];
+      Convert(direct.data(), n * u, dh0->typed_data());
+    }
     Convert(db.data(), 2 * g3, dbias->typed_data());
-    std::vector<float> out(std::max({d * g3, u * g3, rows * d}));
-    Product kernel_grad(d, rows, g3, Dtype<T>(), {1, d}, {g3, 1}, g3, nullptr, nthreads);
-    kernel_grad(xs.typed_data(), out.data(), da_t);
-    Convert(out.data(), d * g3, dkernel->typed_data());
-    Product recurrent_grad(u, rows, g3, Dtype<T>(), {1, u}, {g3, 1}, g3, nullptr, nthreads);
-    recurrent_grad(h_prev.typed_data(), out.data(), de_t);
-    Convert(out.data(), u * g3, drecurrent->typed_data());
-    Product input_grads(rows, g3, d, Dtype<T>(), {g3, 1}, {1, g3}, d, nullptr, nthreads);
-    input_grads(da_t, out.data(), kernel.typed_data());
-    Convert(out.data(), rows * d, dxs->typed_data());
+    ProductInto<T>(xs.typed_data(), {1, d}, da_t, {g3, 1}, rows, g3,
+                   {{dkernel->typed_data(), d}}, nthreads);
+    ProductInto<T>(h_prev.typed_data(), {1, u}, de_t, {g3, 1}, rows, g3,
+                   {{drecurrent->typed_data(), u}}, nthreads);
+    if (need_dx)
+      ProductInto<T>(da_t, {g3, 1}, kernel.typed_data(), {1, g3}, g3, d,
+                     {{dxs->typed_data(), rows}}, nthreads);
     return ffi::Error::Success();
   });
 }
