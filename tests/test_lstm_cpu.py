@@ -191,11 +191,13 @@ def test_the_scan_runs_where_the_kernel_must_not(monkeypatch):
 
 
 @pytest.mark.slow
-def test_two_devices_calling_at_once_agree_with_one(on_two_cpu_devices):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_two_devices_calling_at_once_agree_with_one(on_two_cpu_devices, threads):
     """The trainer's two devices call the kernel at the same time: each call has its own
     scratch memory (oneDNN's shared one crashed the process), and the summed gradients equal
-    the whole batch's."""
-    (largest,) = on_two_cpu_devices("lstm_cpu_two_devices.py")
+    the whole batch's; with two threads a call, each device's calls run on a kernel thread
+    of their own."""
+    (largest,) = on_two_cpu_devices("lstm_cpu_two_devices.py", str(threads))
     assert float(largest) < 1e-5
 
 

@@ -37,18 +37,22 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <condition_variable>
 #include <cstdint>
 #include <cstring>
+#include <functional>
+#include <future>
 #include <initializer_list>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <type_traits>
-#include <utility>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
@@ -398,11 +402,84 @@ void OverRows(int64_t n, int64_t u, int threads, Fn fn) {
   }
 }
 
-// Runs fn; a failure inside oneDNN (or of memory) becomes an error JAX raises, not a crash.
+// Threads that run the calls of more than one OpenMP thread, each call on one of them, the
+// most recently idle first. libgomp gives every thread that opens a parallel region a team
+// of its own, and XLA calls the kernel from whichever of its threads is free: called
+// directly, a device's calls kept several teams, whose idle workers spun beside the working
+// one (benchmarks/NOTES.md). Through here one device's calls all run on one team; calls made
+// at the same time run on different threads. Never destroyed: the threads wait for work
+// until the process ends.
+class Runners {
+ public:
+  static Runners& Get() {
+    static Runners* runners = new Runners;
+    return *runners;
+  }
+
+  template <typename Fn>
+  auto Run(Fn fn) {
+    std::packaged_task<decltype(fn())()> task(std::move(fn));
+    auto done = task.get_future();
+    Runner* runner = Acquire();
+    runner->Give([&task] { task(); });
+    done.wait();
+    Release(runner);
+    return done.get();  // the result, or fn's exception rethrown
+  }
+
+ private:
+  class Runner {
+   public:
+    Runner() { std::thread([this] { Loop(); }).detach(); }
+
+    void Give(std::function<void()> job) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      job_ = std::move(job);
+      ready_.notify_one();
+    }
+
+   private:
+    void Loop() {
+      for (;;) {
+        std::function<void()> job;
+        {
+          std::unique_lock<std::mutex> lock(mutex_);
+          ready_.wait(lock, [this] { return static_cast<bool>(job_); });
+          job = std::move(job_);
+          job_ = nullptr;
+        }
+        job();
+      }
+    }
+
+    std::mutex mutex_;
+    std::condition_variable ready_;
+    std::function<void()> job_;
+  };
+
+  Runner* Acquire() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (idle_.empty()) return new Runner;
+    Runner* runner = idle_.back();
+    idle_.pop_back();
+    return runner;
+  }
+
+  void Release(Runner* runner) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    idle_.push_back(runner);
+  }
+
+  std::mutex mutex_;
+  std::vector<Runner*> idle_;
+};
+
+// Runs fn, on a Runners thread when it uses more than one OpenMP thread; a failure inside
+// oneDNN (or of memory) becomes an error JAX raises, not a crash.
 template <typename Fn>
-ffi::Error Guarded(Fn fn) {
+ffi::Error Guarded(int64_t threads, Fn fn) {
   try {
-    return fn();
+    return threads > 1 ? Runners::Get().Run(std::move(fn)) : fn();
   } catch (const std::exception& error) {
     return ffi::Error::Internal(std::string("lstm_cpu: ") + error.what());
   }
@@ -418,7 +495,7 @@ ffi::Error Forward(ffi::Buffer<DT> xs, ffi::Buffer<DT> h0, ffi::Buffer<DT> c0,
                    ffi::ResultBuffer<ffi::F32> act, ffi::ResultBuffer<ffi::F32> cs,
                    ffi::ResultBuffer<DT> xh_all, int64_t threads) {
   using T = ffi::NativeType<DT>;
-  return Guarded([&] {
+  return Guarded(threads, [&] {
     const auto dims = xs.dimensions();
     if (dims.size() != 3 || h0.dimensions().size() != 2)
       return ffi::Error::InvalidArgument("lstm_cpu: xs must be [T, N, D] and h0 [N, U]");
@@ -494,7 +571,7 @@ ffi::Error Backward(ffi::Buffer<DT> c0, ffi::Buffer<DT> kernel, ffi::Buffer<DT> 
                     ffi::ResultBuffer<DT> drecurrent, ffi::ResultBuffer<DT> dbias,
                     ffi::ResultBuffer<ffi::F32> dz_all, int64_t threads) {
   using T = ffi::NativeType<DT>;
-  return Guarded([&] {
+  return Guarded(threads, [&] {
     const auto dims = dhs.dimensions();
     const int64_t t_len = dims[0], n = dims[1], u = dims[2], d = kernel.dimensions()[0];
     const int64_t g4 = 4 * u, k = d + u, rows = t_len * n;
@@ -647,7 +724,7 @@ ffi::Error GruForward(ffi::Buffer<DT> xs, ffi::Buffer<DT> h0, ffi::Buffer<DT> ke
                       ffi::ResultBuffer<ffi::F32> act_all, ffi::ResultBuffer<DT> h_prev_all,
                       int64_t threads) {
   using T = ffi::NativeType<DT>;
-  return Guarded([&] {
+  return Guarded(threads, [&] {
     const auto dims = xs.dimensions();
     if (dims.size() != 3 || h0.dimensions().size() != 2)
       return ffi::Error::InvalidArgument("lstm_cpu: xs must be [T, N, D] and h0 [N, U]");
@@ -698,7 +775,7 @@ ffi::Error GruBackward(ffi::Buffer<DT> xs, ffi::Buffer<DT> kernel, ffi::Buffer<D
                        ffi::ResultBuffer<DT> drecurrent, ffi::ResultBuffer<DT> dbias,
                        ffi::ResultBuffer<ffi::F32> dade, int64_t threads) {
   using T = ffi::NativeType<DT>;
-  return Guarded([&] {
+  return Guarded(threads, [&] {
     const auto dims = dhs.dimensions();
     const int64_t t_len = dims[0], n = dims[1], u = dims[2], d = kernel.dimensions()[0];
     const int64_t g3 = 3 * u, rows = t_len * n;

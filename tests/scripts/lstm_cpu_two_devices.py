@@ -2,7 +2,10 @@
 ``shard_map`` calls them, at a size where oneDNN's products need scratch memory: prints the
 largest difference of the summed per-device gradients from the whole batch's over 20 steps,
 relative to each gradient's largest entry (float32 sums in another order differ by about
-1e-6)."""
+1e-6). ``THREADS`` (argument; default 1, the trainer's) sets each call's OpenMP threads:
+with more than one, the two devices' calls run on two of the kernel's own threads at once."""
+
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +17,8 @@ import lstm_jax
 from lstm_jax import lstm_cpu
 
 assert len(jax.devices()) == 2
+threads = int(sys.argv[1]) if len(sys.argv) > 1 else 1
+lstm_cpu._threads = lambda: threads
 rng = np.random.default_rng(0)
 x = jnp.asarray(rng.normal(size=(32, 28, 28)), jnp.float32)
 mesh = Mesh(np.array(jax.devices()), ("data",))
