@@ -16,17 +16,18 @@
 //
 // Shapes, row-major: xs [T, N, D], h0 and c0 [N, U], kernel W [D, 4U], recurrent_kernel
 // U [U, 4U], bias [4U], all of one dtype T (float32 or bfloat16). The time loop runs on one
-// team of `threads` OpenMP threads for the whole sequence, the units split among them: each
-// thread packs its units' columns of [W; U] (forwards) or rows of U (backwards) once a call
-// and keeps them in its own cache from step to step. A step is, on each thread, one product
-// through oneDNN's matmul primitive, [x_t, h_{t-1}] [N, D + U] by its columns of [W; U], and
-// its units' gates, then one barrier for the other threads' part of h_t; backwards, its
-// units' gate derivatives, a barrier for the whole dz_t, and its units' dh_{t-1} = dz_t U^T.
-// The weight gradients and dX are one product each over all steps after the backward's time
-// loop, on all the threads. The gate arithmetic is vectorised here, in float32. In bfloat16
-// the products read bfloat16 and sum in float32 (on AMX where the CPU has it), as PyTorch's
-// autocast runs them; the cell state and the gates stay float32 inside, and what leaves the
-// kernel is rounded to bfloat16.
+// team of `threads` threads (Team, the kernel's own) for the whole sequence, the units split
+// among them: each thread packs its units' columns of [W; U] (forwards) or rows of U
+// (backwards) once a call and keeps them in its own cache from step to step. A step is, on
+// each thread, one product through oneDNN's matmul primitive, [x_t, h_{t-1}] [N, D + U] by
+// its columns of [W; U], and its units' gates, then one barrier for the other threads' part
+// of h_t; backwards, its units' gate derivatives, a barrier for the whole dz_t, and its
+// units' dh_{t-1} = dz_t U^T. The weight gradients and dX are products over all steps after
+// the backward's time loop, each thread its units' columns of [dW; dU] and a share of dX's
+// rows. The gate arithmetic is vectorised here, in float32. In bfloat16 the products read
+// bfloat16 and sum in float32 (on AMX where the CPU has it), as PyTorch's autocast runs them;
+// the cell state and the gates stay float32 inside, and what leaves the kernel is rounded to
+// bfloat16.
 //
 // Forward results: hs [T, N, U] (h_T is hs[T - 1]), c_T [N, U], and what the backward reads:
 // the activations [T, N, 4U] (i, f, g, o) and the cell states [T, N, U], float32, and the
@@ -41,7 +42,6 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
-#include <future>
 #include <initializer_list>
 #include <map>
 #include <memory>
@@ -270,48 +270,153 @@ std::vector<Slice> Slices(int64_t u, int threads) {
   return slices;
 }
 
-// Runs fn(slice index) for each slice on the OpenMP team, each thread its own slices, in the
-// same order at every call (a slice's cache stays with one thread). Every thread reaches the
-// same barriers, also after an exception, which is kept and rethrown here once the team is
-// done (an exception may not leave a parallel region).
+// Waits a moment: the CPU's hint that this thread spins.
+inline void Pause() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+// Spins until ready(); after many rounds, gives its core to another thread between checks
+// (more threads than cores).
+template <typename Ready>
+void SpinUntil(Ready ready) {
+  for (int round = 0; !ready(); ++round) {
+    if (round < 4096) {
+      Pause();
+    } else {
+      std::this_thread::yield();
+    }
+  }
+}
+
+// A team of the kernel's own threads that runs one call's time loop: the caller and
+// `threads - 1` helpers, each with its slices of the units, in the same order at every call
+// (a slice's cache stays with one thread). Between two steps the threads meet at a barrier
+// that spins: while a call runs, each has a core. Between calls the helpers spin a moment
+// (the backward call comes soon after the forward one), then sleep until the next call, so
+// that XLA's own operations have the cores. Teams are made once and reused, a device's calls
+// on the one it last used (Acquire); calls made at the same time get different teams. Every
+// thread reaches the same barriers, also after an exception, which is kept and rethrown by
+// Run once the team is done. Never destroyed: the helpers wait for work until the process
+// ends.
 class Team {
  public:
-  explicit Team(int threads) : threads_(threads) {}
+  // An idle team of `threads` threads, the most recently used, or a new one.
+  static Team* Acquire(int threads) {
+    auto& pool = Pool();
+    std::lock_guard<std::mutex> lock(pool.mutex);
+    auto& idle = pool.idle[threads];
+    if (idle.empty()) return new Team(threads);
+    Team* team = idle.back();
+    idle.pop_back();
+    return team;
+  }
+
+  static void Release(Team* team) {
+    auto& pool = Pool();
+    std::lock_guard<std::mutex> lock(pool.mutex);
+    pool.idle[team->threads_].push_back(team);
+  }
 
   // Runs body(for_mine, barrier) on every thread of the team: for_mine(fn) runs fn(s) for
-  // this thread's slices, barrier() waits for the whole team.
+  // this thread's slices of `slices`, barrier() waits for the whole team.
   template <typename Body>
   void Run(size_t slices, Body body) {
-#pragma omp parallel num_threads(threads_)
-    {
-      omp_set_num_threads(1);  // oneDNN's products and reorders on this thread alone
-      const size_t tid = omp_get_thread_num(), team = omp_get_num_threads();
+    failed_ = false;
+    work_ = [&](int tid) {
       auto for_mine = [&](auto fn) {
-        for (size_t s = tid; s < slices; s += team) {
+        for (size_t s = tid; s < slices; s += threads_) {
           if (failed_) return;
           try {
             fn(s);
           } catch (const std::exception& error) {
-#pragma omp critical(lstm_cpu_team)
-            if (!failed_) {
-              failed_ = true;
-              error_ = error.what();
-            }
+            std::lock_guard<std::mutex> lock(mutex_);
+            if (!failed_) error_ = error.what();
+            failed_ = true;
           }
         }
       };
-      auto barrier = [] {
-#pragma omp barrier
-      };
-      body(for_mine, barrier);
+      body(for_mine, [this] { Barrier(); });
+    };
+    finished_.store(0, std::memory_order_relaxed);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      call_.fetch_add(1, std::memory_order_release);
     }
+    wake_.notify_all();
+    omp_set_num_threads(1);  // oneDNN's products and reorders on this thread alone
+    work_(0);
+    SpinUntil([&] { return finished_.load(std::memory_order_acquire) == threads_ - 1; });
+    work_ = nullptr;
     if (failed_) throw std::runtime_error(error_);
   }
 
  private:
-  int threads_;
+  struct Teams {
+    std::mutex mutex;
+    std::map<int, std::vector<Team*>> idle;
+  };
+
+  static Teams& Pool() {
+    static Teams* pool = new Teams;
+    return *pool;
+  }
+
+  explicit Team(int threads) : threads_(threads) {
+    for (int tid = 1; tid < threads; ++tid) std::thread([this, tid] { Help(tid); }).detach();
+  }
+
+  void Help(int tid) {
+    omp_set_num_threads(1);
+    uint64_t seen = 0;
+    for (;;) {
+      auto called = [&] { return call_.load(std::memory_order_acquire) != seen; };
+      for (int round = 0; round < 8192 && !called(); ++round) Pause();
+      if (!called()) {
+        std::unique_lock<std::mutex> lock(mutex_);
+        wake_.wait(lock, called);
+      }
+      seen = call_.load(std::memory_order_acquire);
+      work_(tid);
+      finished_.fetch_add(1, std::memory_order_release);
+    }
+  }
+
+  // Waits for every thread of the team; the last to arrive lets the others go.
+  void Barrier() {
+    const uint64_t round = round_.load(std::memory_order_acquire);
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) == threads_ - 1) {
+      arrived_.store(0, std::memory_order_relaxed);
+      round_.store(round + 1, std::memory_order_release);
+    } else {
+      SpinUntil([&] { return round_.load(std::memory_order_acquire) != round; });
+    }
+  }
+
+  const int threads_;
+  std::function<void(int)> work_;
+  std::atomic<uint64_t> call_{0};  // calls so far: a helper starts on a new value
+  std::atomic<int> finished_{0};   // helpers done with this call
+  std::atomic<int> arrived_{0};    // threads at the barrier
+  std::atomic<uint64_t> round_{0};
   std::atomic<bool> failed_{false};
   std::string error_;
+  std::mutex mutex_;
+  std::condition_variable wake_;
+};
+
+// A team from Team::Acquire for one call, released when the call is done.
+class TeamFor {
+ public:
+  explicit TeamFor(int threads) : team_(Team::Acquire(threads)) {}
+  ~TeamFor() { Team::Release(team_); }
+  Team* operator->() { return team_; }
+
+ private:
+  Team* team_;
 };
 
 // One forward step's gates for the units [lo, lo + us) of every batch row: z is the slice's
@@ -402,84 +507,11 @@ void OverRows(int64_t n, int64_t u, int threads, Fn fn) {
   }
 }
 
-// Threads that run the calls of more than one OpenMP thread, each call on one of them, the
-// most recently idle first. libgomp gives every thread that opens a parallel region a team
-// of its own, and XLA calls the kernel from whichever of its threads is free: called
-// directly, a device's calls kept several teams, whose idle workers spun beside the working
-// one (benchmarks/NOTES.md). Through here one device's calls all run on one team; calls made
-// at the same time run on different threads. Never destroyed: the threads wait for work
-// until the process ends.
-class Runners {
- public:
-  static Runners& Get() {
-    static Runners* runners = new Runners;
-    return *runners;
-  }
-
-  template <typename Fn>
-  auto Run(Fn fn) {
-    std::packaged_task<decltype(fn())()> task(std::move(fn));
-    auto done = task.get_future();
-    Runner* runner = Acquire();
-    runner->Give([&task] { task(); });
-    done.wait();
-    Release(runner);
-    return done.get();  // the result, or fn's exception rethrown
-  }
-
- private:
-  class Runner {
-   public:
-    Runner() { std::thread([this] { Loop(); }).detach(); }
-
-    void Give(std::function<void()> job) {
-      std::lock_guard<std::mutex> lock(mutex_);
-      job_ = std::move(job);
-      ready_.notify_one();
-    }
-
-   private:
-    void Loop() {
-      for (;;) {
-        std::function<void()> job;
-        {
-          std::unique_lock<std::mutex> lock(mutex_);
-          ready_.wait(lock, [this] { return static_cast<bool>(job_); });
-          job = std::move(job_);
-          job_ = nullptr;
-        }
-        job();
-      }
-    }
-
-    std::mutex mutex_;
-    std::condition_variable ready_;
-    std::function<void()> job_;
-  };
-
-  Runner* Acquire() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (idle_.empty()) return new Runner;
-    Runner* runner = idle_.back();
-    idle_.pop_back();
-    return runner;
-  }
-
-  void Release(Runner* runner) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    idle_.push_back(runner);
-  }
-
-  std::mutex mutex_;
-  std::vector<Runner*> idle_;
-};
-
-// Runs fn, on a Runners thread when it uses more than one OpenMP thread; a failure inside
-// oneDNN (or of memory) becomes an error JAX raises, not a crash.
+// Runs fn; a failure inside oneDNN (or of memory) becomes an error JAX raises, not a crash.
 template <typename Fn>
-ffi::Error Guarded(int64_t threads, Fn fn) {
+ffi::Error Guarded(Fn fn) {
   try {
-    return threads > 1 ? Runners::Get().Run(std::move(fn)) : fn();
+    return fn();
   } catch (const std::exception& error) {
     return ffi::Error::Internal(std::string("lstm_cpu: ") + error.what());
   }
@@ -495,7 +527,7 @@ ffi::Error Forward(ffi::Buffer<DT> xs, ffi::Buffer<DT> h0, ffi::Buffer<DT> c0,
                    ffi::ResultBuffer<ffi::F32> act, ffi::ResultBuffer<ffi::F32> cs,
                    ffi::ResultBuffer<DT> xh_all, int64_t threads) {
   using T = ffi::NativeType<DT>;
-  return Guarded(threads, [&] {
+  return Guarded([&] {
     const auto dims = xs.dimensions();
     if (dims.size() != 3 || h0.dimensions().size() != 2)
       return ffi::Error::InvalidArgument("lstm_cpu: xs must be [T, N, D] and h0 [N, U]");
@@ -523,7 +555,8 @@ ffi::Error Forward(ffi::Buffer<DT> xs, ffi::Buffer<DT> h0, ffi::Buffer<DT> c0,
     const auto slices = Slices(u, static_cast<int>(threads));
     std::vector<std::unique_ptr<Product>> products(slices.size());
     std::vector<std::vector<float>> z(slices.size());
-    Team(static_cast<int>(threads)).Run(slices.size(), [&](auto for_mine, auto barrier) {
+    TeamFor team(static_cast<int>(threads));
+    team->Run(slices.size(), [&](auto for_mine, auto barrier) {
       for_mine([&](size_t s) {  // the slice's columns of [W; U], gate block by gate block
         const int64_t lo = slices[s].lo, us = slices[s].hi - lo;
         std::vector<T> weights(k * 4 * us);
@@ -571,17 +604,17 @@ ffi::Error Backward(ffi::Buffer<DT> c0, ffi::Buffer<DT> kernel, ffi::Buffer<DT> 
                     ffi::ResultBuffer<DT> drecurrent, ffi::ResultBuffer<DT> dbias,
                     ffi::ResultBuffer<ffi::F32> dz_all, int64_t threads) {
   using T = ffi::NativeType<DT>;
-  return Guarded(threads, [&] {
+  return Guarded([&] {
     const auto dims = dhs.dimensions();
     const int64_t t_len = dims[0], n = dims[1], u = dims[2], d = kernel.dimensions()[0];
     const int64_t g4 = 4 * u, k = d + u, rows = t_len * n;
     const bool need_dx = dxs->element_count() != 0, need_state = dh0->element_count() != 0;
     const int nthreads = static_cast<int>(threads);
-    omp_set_num_threads(nthreads);
+    constexpr bool f32 = std::is_same_v<T, float>;
     float* dz = dz_all->typed_data();
     // dZ in T for the products; in float32 it is dz itself.
-    std::vector<T> dz_t_own(std::is_same_v<T, float> ? 0 : rows * g4);
-    T* dz_t = std::is_same_v<T, float> ? reinterpret_cast<T*>(dz) : dz_t_own.data();
+    std::vector<T> dz_t_own(f32 ? 0 : rows * g4);
+    T* dz_t = f32 ? reinterpret_cast<T*>(dz) : dz_t_own.data();
     std::vector<float> dh(n * u), dc(n * u), c_first(n * u), db(g4, 0.0f);
     ToFloats(dh_last.typed_data(), n * u, dh.data());
     ToFloats(dc_last.typed_data(), n * u, dc.data());
@@ -589,7 +622,8 @@ ffi::Error Backward(ffi::Buffer<DT> c0, ffi::Buffer<DT> kernel, ffi::Buffer<DT> 
     const auto slices = Slices(u, nthreads);
     std::vector<std::unique_ptr<Product>> products(slices.size());
     std::vector<std::vector<float>> dh_of(slices.size());  // each slice's dh, [N, us]
-    Team(nthreads).Run(slices.size(), [&](auto for_mine, auto barrier) {
+    TeamFor team(nthreads);
+    team->Run(slices.size(), [&](auto for_mine, auto barrier) {
       for_mine([&](size_t s) {  // the slice's U^T [4U, us]: rows lo..hi of U, transposed
         const int64_t lo = slices[s].lo, us = slices[s].hi - lo;
         products[s] = std::make_unique<Product>(
@@ -620,13 +654,41 @@ ffi::Error Backward(ffi::Buffer<DT> c0, ffi::Buffer<DT> kernel, ffi::Buffer<DT> 
       Convert(dc.data(), n * u, dc0->typed_data());
     }
     Convert(db.data(), g4, dbias->typed_data());
-    // Over all steps at once: [dW; dU] = [X, H_{t-1}]^T dZ and dX = dZ W^T, as products of
-    // the transposed layouts (strides), summed in float32.
-    ProductInto<T>(xh.typed_data(), {1, k}, dz_t, {g4, 1}, rows, g4,
-                   {{dkernel->typed_data(), d}, {drecurrent->typed_data(), u}}, nthreads);
-    if (need_dx)
-      ProductInto<T>(dz_t, {g4, 1}, kernel.typed_data(), {1, g4}, g4, d,
-                     {{dxs->typed_data(), rows}}, nthreads);
+    // Over all steps at once, as products of the transposed layouts (strides) summed in
+    // float32: [dW; dU] = [X, H_{t-1}]^T dZ, each thread its slices' columns, and
+    // dX = dZ W^T, each thread a share of its rows. In float32 they are written in place.
+    std::vector<float> sums(f32 ? 0 : k * g4);
+    float* dw = f32 ? reinterpret_cast<float*>(dkernel->typed_data()) : sums.data();
+    float* du = f32 ? reinterpret_cast<float*>(drecurrent->typed_data()) : sums.data() + d * g4;
+    team->Run(slices.size(), [&](auto for_mine, auto) {
+      for_mine([&](size_t s) {
+        const int64_t lo = slices[s].lo, us = slices[s].hi - lo;
+        Product w(d, rows, us, Dtype<T>(), {1, k}, {g4, 1}, g4, nullptr, 1);
+        Product r(u, rows, us, Dtype<T>(), {1, k}, {g4, 1}, g4, nullptr, 1);
+        for (int64_t gate = 0; gate < 4; ++gate) {
+          const int64_t column = gate * u + lo;
+          w(xh.typed_data(), dw + column, dz_t + column);
+          r(xh.typed_data() + d, du + column, dz_t + column);
+        }
+      });
+    });
+    if constexpr (!f32) {
+      Convert(dw, d * g4, dkernel->typed_data());
+      Convert(du, u * g4, drecurrent->typed_data());
+    }
+    if (need_dx) {
+      std::vector<float> dx_sums(f32 ? 0 : rows * d);
+      float* dx = f32 ? reinterpret_cast<float*>(dxs->typed_data()) : dx_sums.data();
+      team->Run(nthreads, [&](auto for_mine, auto) {
+        for_mine([&](size_t part) {
+          const int64_t r0 = rows * part / nthreads, r1 = rows * (part + 1) / nthreads;
+          if (r1 == r0) return;
+          Product product(r1 - r0, g4, d, Dtype<T>(), {g4, 1}, {1, g4}, d, nullptr, 1);
+          product(dz_t + r0 * g4, dx + r0 * d, kernel.typed_data());
+        });
+      });
+      if constexpr (!f32) Convert(dx, rows * d, dxs->typed_data());
+    }
     return ffi::Error::Success();
   });
 }
@@ -724,7 +786,7 @@ ffi::Error GruForward(ffi::Buffer<DT> xs, ffi::Buffer<DT> h0, ffi::Buffer<DT> ke
                       ffi::ResultBuffer<ffi::F32> act_all, ffi::ResultBuffer<DT> h_prev_all,
                       int64_t threads) {
   using T = ffi::NativeType<DT>;
-  return Guarded(threads, [&] {
+  return Guarded([&] {
     const auto dims = xs.dimensions();
     if (dims.size() != 3 || h0.dimensions().size() != 2)
       return ffi::Error::InvalidArgument("lstm_cpu: xs must be [T, N, D] and h0 [N, U]");
@@ -775,7 +837,7 @@ ffi::Error GruBackward(ffi::Buffer<DT> xs, ffi::Buffer<DT> kernel, ffi::Buffer<D
                        ffi::ResultBuffer<DT> drecurrent, ffi::ResultBuffer<DT> dbias,
                        ffi::ResultBuffer<ffi::F32> dade, int64_t threads) {
   using T = ffi::NativeType<DT>;
-  return Guarded(threads, [&] {
+  return Guarded([&] {
     const auto dims = dhs.dimensions();
     const int64_t t_len = dims[0], n = dims[1], u = dims[2], d = kernel.dimensions()[0];
     const int64_t g3 = 3 * u, rows = t_len * n;
