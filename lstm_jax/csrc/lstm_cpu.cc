@@ -559,18 +559,18 @@ ffi::Error Forward(ffi::Buffer<DT> xs, ffi::Buffer<DT> h0, ffi::Buffer<DT> c0,
     team->Run(slices.size(), [&](auto for_mine, auto barrier) {
       for_mine([&](size_t s) {  // the slice's columns of [W; U], gate block by gate block
         const int64_t lo = slices[s].lo, us = slices[s].hi - lo;
-        std::vector<T> weights(k * 4 * us);
+        std::unique_ptr<T[]> weights(new T[k * 4 * us]);  // every element written below
         for (int64_t q = 0; q < k; ++q) {
           const T* row =
               q < d ? kernel.typed_data() + q * g4 : recurrent.typed_data() + (q - d) * g4;
           for (int64_t gate = 0; gate < 4; ++gate)
-            std::memcpy(weights.data() + (q * 4 + gate) * us, row + gate * u + lo,
+            std::memcpy(weights.get() + (q * 4 + gate) * us, row + gate * u + lo,
                         us * sizeof(T));
         }
         products[s] = std::make_unique<Product>(n, k, 4 * us, Dtype<T>(),
                                                 dnnl::memory::dims{k, 1},
                                                 dnnl::memory::dims{4 * us, 1}, 4 * us,
-                                                weights.data(), 1);
+                                                weights.get(), 1);
         z[s].resize(n * 4 * us);
       });
       for (int64_t t = 0; t < t_len; ++t) {
