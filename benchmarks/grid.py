@@ -22,8 +22,8 @@ device per core, or one on every core where ``cpu.host_device_count`` chooses it
 default CPU settings); PyTorch runs ``nn.LSTM`` or ``nn.GRU``. Each system is a process of its
 own that stays up for the whole grid; for each cell, each builds and compiles its step, then
 the systems take turns timing an epoch of the same random data (``--rounds`` turns; the median
-counts). ``--bf16`` adds LSTM(256) in bfloat16 on rows (lstm_jax's ``precision="bfloat16"``,
-PyTorch's CPU autocast).
+counts), each after a quiet ``QUIET_SECONDS``. ``--bf16`` adds LSTM(256) in bfloat16 on rows
+(lstm_jax's ``precision="bfloat16"``, PyTorch's CPU autocast).
 
 Beside the times, the table gives GFLOP/s (the recurrent layer's matrix products: forward
 ``2 T B G U (D + U)`` for ``G`` gate blocks, the backward twice that) and this machine's
@@ -58,6 +58,11 @@ GATES = {"lstm": 4, "gru": 3}
 SHAPES = {"rows": (28, 28), "text": (100, 64), "pixels": (784, 1)}  # (steps, features)
 VOCAB = 65
 EPOCH_SECONDS = 0.3  # aimed at, for each timed epoch
+# Waited before each timed epoch, so that it does not run beside the idle threads of the
+# system before it (PyTorch's OpenMP workers spin about 10 ms after its work): without it,
+# LSTM(512) rows B32 in lstm_jax took 43.8-46.8 ms a step right after PyTorch's epoch, and
+# 34.3-35.7 with it (benchmarks/NOTES.md).
+QUIET_SECONDS = 0.2
 
 
 def flops(spec: dict) -> float:
@@ -423,6 +428,7 @@ def run_grid(args) -> dict:
             for _ in range(args.rounds):
                 for s in systems:
                     if s not in row["errors"]:
+                        time.sleep(QUIET_SECONDS)
                         answer = worker(s, spec).ask({"op": "epoch"})
                         if "error" in answer:
                             row["errors"][s] = answer["error"]
