@@ -223,8 +223,9 @@ def _ffi_call(cell: str, direction: str, dtype, results):
 
 
 def _residual(keep: bool, *dims: int, dtype) -> jax.ShapeDtypeStruct:
-    """A forward result the backward pass reads: of size 0 when no gradient will be taken
-    (the kernel then keeps its steps in buffers of its own)."""
+    """A result of the kernel's, of size 0 where nothing will read it: the forward's
+    residuals when no gradient will be taken (the kernel then keeps its steps in buffers of
+    its own), a gradient of inputs that are not differentiated (it is then not computed)."""
     return jax.ShapeDtypeStruct(dims if keep else (0,), dtype)
 
 

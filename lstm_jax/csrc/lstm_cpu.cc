@@ -663,11 +663,14 @@ ffi::Error Backward(ffi::Buffer<DT> c0, ffi::Buffer<DT> kernel, ffi::Buffer<DT> 
     team->Run(slices.size(), [&](auto for_mine, auto) {
       for_mine([&](size_t s) {
         const int64_t lo = slices[s].lo, us = slices[s].hi - lo;
-        Product w(d, rows, us, Dtype<T>(), {1, k}, {g4, 1}, g4, nullptr, 1);
+        std::unique_ptr<Product> w_of;  // none for inputs of no features
+        if (d > 0) w_of = std::make_unique<Product>(d, rows, us, Dtype<T>(),
+                                                    dnnl::memory::dims{1, k},
+                                                    dnnl::memory::dims{g4, 1}, g4, nullptr, 1);
         Product r(u, rows, us, Dtype<T>(), {1, k}, {g4, 1}, g4, nullptr, 1);
         for (int64_t gate = 0; gate < 4; ++gate) {
           const int64_t column = gate * u + lo;
-          w(xh.typed_data(), dw + column, dz_t + column);
+          if (w_of) (*w_of)(xh.typed_data(), dw + column, dz_t + column);
           r(xh.typed_data() + d, du + column, dz_t + column);
         }
       });
