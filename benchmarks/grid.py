@@ -59,9 +59,8 @@ SHAPES = {"rows": (28, 28), "text": (100, 64), "pixels": (784, 1)}  # (steps, fe
 VOCAB = 65
 EPOCH_SECONDS = 0.3  # aimed at, for each timed epoch
 # Waited before each timed epoch, so that it does not run beside the idle threads of the
-# system before it (PyTorch's OpenMP workers spin about 10 ms after its work): without it,
-# LSTM(512) rows B32 in lstm_jax took 43.8-46.8 ms a step right after PyTorch's epoch, and
-# 34.3-35.7 with it (benchmarks/NOTES.md).
+# system before it, which spin for a while after its work (PyTorch's OpenMP workers;
+# benchmarks/NOTES.md).
 QUIET_SECONDS = 0.2
 
 

@@ -205,7 +205,7 @@ def why_not(params: Params, xs: Array, carry: tuple) -> str | None:
 
 
 def _threads() -> int:
-    """OpenMP threads for one device's call: this process's cores shared among its CPU
+    """Threads for one device's call: this process's cores shared among its CPU
     devices, which run their calls at the same time (the trainer's one device per core)."""
     cores = len(os.sched_getaffinity(0))
     return max(1, cores // max(1, jax.local_device_count("cpu")))

@@ -195,8 +195,8 @@ def test_the_scan_runs_where_the_kernel_must_not(monkeypatch):
 def test_two_devices_calling_at_once_agree_with_one(on_two_cpu_devices, threads):
     """The trainer's two devices call the kernel at the same time: each call has its own
     scratch memory (oneDNN's shared one crashed the process), and the summed gradients equal
-    the whole batch's; with two threads a call, each device's calls run on a kernel thread
-    of their own."""
+    the whole batch's; with two threads a call, the two devices' calls run on two teams of
+    the kernel's threads at once."""
     (largest,) = on_two_cpu_devices("lstm_cpu_two_devices.py", str(threads))
     assert float(largest) < 1e-5
 
