@@ -53,8 +53,9 @@ class CheckpointGone(CheckpointError):
 class TrainingDiverged(RuntimeError):
     """A loss or the parameters became NaN or infinite; nothing of that epoch was saved.
 
-    ``step`` is the first optimizer step whose loss or update was not finite (``None`` when
-    the training epoch was finite and its validation pass was not); ``epoch`` that epoch.
+    ``step`` is the first optimizer step whose loss, gradients or update was not finite
+    (``None`` when the training epoch was finite and its validation pass was not); ``epoch``
+    that epoch.
     """
 
     def __init__(self, step: int | None, epoch: int, kept: str):

@@ -1,6 +1,7 @@
 """``lstm_jax.training.steps``: the loss and its sums, the model a config describes, and the
 one evaluation, against NumPy."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -69,3 +70,53 @@ def test_the_evaluation_is_the_mean_loss_and_accuracy_of_the_model_s_logits():
     rngs = calls_lib.eval_rngs(0)
     first = steps.eval_logits(model, calls, variables, split.images[:4], rngs=rngs)
     np.testing.assert_allclose(first, logits[:4], rtol=1e-5, atol=1e-6)
+
+
+def _epoch(config, images, labels, *, bias=None):
+    """``config``'s model trained for one epoch on ``images`` ``[N, 5, 2]`` in their order
+    from its initial state (the output layer's bias set to ``bias``, if given): the state,
+    the epoch's sums and ``bad_step``."""
+    model = steps.make_model(config, 3)
+    mesh = sharding.data_mesh(config.batch_size)
+    state = steps.create_train_state(config, model, (5, 2))
+    if bias is not None:
+        params = {**state.params, "Dense_0": {**state.params["Dense_0"], "bias": bias}}
+        state = state.replace(params=params)
+    calls = steps.model_calls(model, (5, 2))
+    train_epoch, _ = steps.make_epoch_fns(config, model, mesh, len(labels), calls=calls)
+    split = data.Split(images, labels)
+    batches = sharding.batches_on_mesh(split, np.arange(len(labels)), config.batch_size, mesh)
+    state, sums, bad_step = train_epoch(state, batches)
+    return jax.device_get(state), np.asarray(sums), int(bad_step)
+
+
+def test_an_epoch_updates_nothing_from_its_first_step_whose_loss_is_not_finite():
+    config = training.Config(units=(6,), batch_size=8)
+    rng = np.random.default_rng(3)
+    images = rng.normal(size=(32, 5, 2)).astype(np.float32)
+    labels = rng.integers(0, 3, 32)
+    images[2 * 8 + 3, 1, 0] = np.nan  # the third step's fourth example
+    state, sums, bad_step = _epoch(config, images, labels)
+    before, before_sums, none = _epoch(config, images[:16], labels[:16])
+    assert bad_step == 2 and none == -1
+    assert int(state.step) == int(before.step) == 2
+    np.testing.assert_allclose(sums, before_sums, rtol=1e-6)
+    for got, want in zip(
+        jax.tree.leaves((state.params, state.opt_state)),
+        jax.tree.leaves((before.params, before.opt_state)),
+        strict=True,
+    ):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_an_update_that_overflows_stops_the_epoch_at_its_step():
+    # Equal output biases of 3e38 leave the softmax uniform (the loss log 3, the gradients
+    # small), and Adam's first update moves the label's bias up by the learning rate: past
+    # float32's largest value.
+    config = training.Config(units=(6,), batch_size=8, learning_rate=1e38)
+    rng = np.random.default_rng(4)
+    images = rng.normal(size=(16, 5, 2)).astype(np.float32)
+    labels = np.zeros(16, np.int64)
+    state, sums, bad_step = _epoch(config, images, labels, bias=jnp.full(3, 3e38))
+    assert bad_step == 0 and sums[2] == 0
+    assert np.isinf(state.params["Dense_0"]["bias"][0])

@@ -202,6 +202,28 @@ def train_step(
     program compiled for lstm_jax's own models is the same either way.
     """
 
+    state, sums, loss, _, carry = _train_step(
+        state,
+        batch,
+        carry,
+        mesh=mesh,
+        task=task,
+        sequence=sequence,
+        calls=calls,
+        seed=seed,
+        needs_loss=needs_loss,
+    )
+    return (state, sums, loss) if carry is None else (state, sums, loss, carry)
+
+
+def _train_step(state, batch, carry, *, mesh, task, sequence, calls, seed, needs_loss, skip=None):
+    """``train_step``'s ``(state, sums, loss, taken, carry)``. With ``skip`` (a boolean
+    scalar), the update is ``taken`` only where ``skip`` is false and the loss and the
+    gradients' global norm are finite (a norm that overflows would overflow Adam's second
+    moment too), and otherwise the state comes back as it was. The choice is made before
+    the update, which then runs or not (``lax.cond``): choosing between the old and the
+    updated state afterwards read and wrote every parameter and moment once more
+    (``benchmarks/NOTES.md``). Without ``skip``, ``taken`` is ``None``."""
     grads_and_sums = functools.partial(
         _device_gradients,
         apply_fn=state.apply_fn,
@@ -221,17 +243,25 @@ def train_step(
     )(*args)
     grads, sums, updated = out[:3]
     count = jnp.maximum(sums[2], 1)
-    grads = jax.tree.map(lambda g: g / count, grads)
     loss = sums[0] / count
-    extra = {"value": loss} if needs_loss else {}  # reduce_on_plateau's
-    updates, opt_state = state.tx.update(grads, state.opt_state, state.params, **extra)
-    params = optax.apply_updates(state.params, updates)
-    state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-    if calls.collections:
-        state = state.replace(model_state=jax.tree.map(lambda v: v / mesh.size, updated))
-    if carry is not None:
-        return state, sums, loss, out[3]
-    return state, sums, loss
+
+    def update(state):
+        mean_grads = jax.tree.map(lambda g: g / count, grads)
+        extra = {"value": loss} if needs_loss else {}  # reduce_on_plateau's
+        updates, opt_state = state.tx.update(mean_grads, state.opt_state, state.params, **extra)
+        params = optax.apply_updates(state.params, updates)
+        new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        if calls.collections:
+            new = new.replace(model_state=jax.tree.map(lambda v: v / mesh.size, updated))
+        return new
+
+    taken = None
+    if skip is None:
+        new = update(state)
+    else:
+        taken = ~skip & jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
+        new = jax.lax.cond(taken, update, lambda state: state, state)
+    return new, sums, loss, taken, (out[3] if carry is not None else None)
 
 
 def _device_gradients(
@@ -324,9 +354,11 @@ def make_train_epoch(
     ``epoch_order(seed, epoch, n)``, or with ``streams``, ``stream_batches``: row ``r`` of
     every batch continues row ``r`` of the one before, and the model's state is carried from
     each batch to the next, from zeros at the epoch's start). ``sums`` is the ``task``'s
-    ``[loss_sum, metric_sum, count]``; ``bad_step`` is ``-1``, or the first step whose loss
-    or updated parameters were not finite, after which the state is left as it was before
-    that step.
+    ``[loss_sum, metric_sum, count]`` over the steps before ``bad_step``; ``bad_step`` is
+    ``-1``, or the first step whose loss, gradients or updated parameters were not finite.
+    From that step on, nothing is updated: a step whose loss or gradients were not finite
+    leaves the state as it was before it; one whose update overflowed (finite gradients, a
+    learning rate near float32's limit) leaves its parameters.
 
     ``on_step(step, loss_sum, count)``, if given, is called from inside the jitted epoch
     (``jax.debug.callback``) about 50 times an epoch and after its last step, e.g. to draw a
@@ -334,7 +366,7 @@ def make_train_epoch(
     """
     report_every = max(1, -(-n_train // config.batch_size) // 50)
     step = functools.partial(
-        train_step,
+        _train_step,
         mesh=mesh,
         task=task,
         sequence=config.sequence,
@@ -349,15 +381,14 @@ def make_train_epoch(
         def body(carry, xs):
             state, sums, bad_step, model_carry = carry
             i, batch = xs
-            if model_carry is None:
-                new_state, batch_sums, loss = step(state, batch)
-            else:
-                new_state, batch_sums, loss, model_carry = step(state, batch, model_carry)
+            new_state, batch_sums, _, taken, model_carry = step(
+                state, batch, model_carry, skip=bad_step >= 0
+            )
             finite = jnp.stack([jnp.isfinite(p).all() for p in jax.tree.leaves(new_state.params)])
-            ok = jnp.isfinite(loss) & finite.all() & (bad_step < 0)
-            state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_state, state)
+            ok = taken & finite.all()
             bad_step = jnp.where((bad_step < 0) & ~ok, state.step, bad_step)
             sums = sums + jnp.where(ok, batch_sums, 0)
+            state = new_state
             if on_step is not None:
                 jax.lax.cond(
                     (i % report_every == 0) | (i == steps - 1),

@@ -64,7 +64,7 @@ class Progress(reporting.Progress):
         super().update(step, *args)
 
 
-train_step, epoch_order = steps.train_step, sharding.epoch_order
+train_step, epoch_order = steps._train_step, sharding.epoch_order
 save = checkpoints.Checkpointer.save
 traced = []
 
@@ -95,7 +95,7 @@ def held_save(self, epoch, state, meta):
 
 
 reporting.Progress = Progress
-steps.train_step = held_train_step
+steps._train_step = held_train_step
 sharding.epoch_order = held_epoch_order
 checkpoints.Checkpointer.save = held_save
 with tfds.testing.mock_data(num_examples=512):
