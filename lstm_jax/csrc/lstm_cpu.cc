@@ -655,24 +655,25 @@ ffi::Error Backward(ffi::Buffer<DT> c0, ffi::Buffer<DT> kernel, ffi::Buffer<DT> 
     }
     Convert(db.data(), g4, dbias->typed_data());
     // Over all steps at once, as products of the transposed layouts (strides) summed in
-    // float32: [dW; dU] = [X, H_{t-1}]^T dZ, each thread its slices' columns, and
-    // dX = dZ W^T, each thread a share of its rows. In float32 they are written in place.
+    // float32: [dW; dU] = [X, H_{t-1}]^T dZ, each thread a block of whole columns (of the
+    // gates' 4U, a multiple of 16 wide), and dX = dZ W^T, each thread a share of its rows. In
+    // float32 they are written in place.
     std::vector<float> sums(f32 ? 0 : k * g4);
     float* dw = f32 ? reinterpret_cast<float*>(dkernel->typed_data()) : sums.data();
     float* du = f32 ? reinterpret_cast<float*>(drecurrent->typed_data()) : sums.data() + d * g4;
-    team->Run(slices.size(), [&](auto for_mine, auto) {
-      for_mine([&](size_t s) {
-        const int64_t lo = slices[s].lo, us = slices[s].hi - lo;
-        std::unique_ptr<Product> w_of;  // none for inputs of no features
-        if (d > 0) w_of = std::make_unique<Product>(d, rows, us, Dtype<T>(),
-                                                    dnnl::memory::dims{1, k},
-                                                    dnnl::memory::dims{g4, 1}, g4, nullptr, 1);
-        Product r(u, rows, us, Dtype<T>(), {1, k}, {g4, 1}, g4, nullptr, 1);
-        for (int64_t gate = 0; gate < 4; ++gate) {
-          const int64_t column = gate * u + lo;
-          if (w_of) (*w_of)(xh.typed_data(), dw + column, dz_t + column);
-          r(xh.typed_data() + d, du + column, dz_t + column);
+    const auto column = [&](int64_t part) {
+      return part == nthreads ? g4 : g4 * part / nthreads / 16 * 16;
+    };
+    team->Run(nthreads, [&](auto for_mine, auto) {
+      for_mine([&](size_t part) {
+        const int64_t c0 = column(part), c1 = column(part + 1);
+        if (c1 == c0) return;
+        if (d > 0) {  // none for inputs of no features
+          Product w(d, rows, c1 - c0, Dtype<T>(), {1, k}, {g4, 1}, g4, nullptr, 1);
+          w(xh.typed_data(), dw + c0, dz_t + c0);
         }
+        Product r(u, rows, c1 - c0, Dtype<T>(), {1, k}, {g4, 1}, g4, nullptr, 1);
+        r(xh.typed_data() + d, du + c0, dz_t + c0);
       });
     });
     if constexpr (!f32) {
