@@ -120,3 +120,13 @@ def test_an_update_that_overflows_stops_the_epoch_at_its_step():
     state, sums, bad_step = _epoch(config, images, labels, bias=jnp.full(3, 3e38))
     assert bad_step == 0 and sums[2] == 0
     assert np.isinf(state.params["Dense_0"]["bias"][0])
+
+
+def test_all_finite_is_false_for_any_infinity_or_nan_and_never_overflows():
+    big = np.full(1_000_000, 3.4e38, np.float32)  # finite, their sum is not
+    assert bool(steps._all_finite({"a": big, "b": np.ones(3, jnp.bfloat16)}))
+    for bad in (np.inf, -np.inf, np.nan):
+        with_bad = big.copy()
+        with_bad[12345] = bad
+        assert not bool(steps._all_finite({"a": np.ones(3), "b": with_bad}))
+    assert not bool(steps._all_finite([np.array([np.inf, -np.inf], np.float32)]))
