@@ -218,9 +218,10 @@ def train_step(
 
 def _train_step(state, batch, carry, *, mesh, task, sequence, calls, seed, needs_loss, skip=None):
     """``train_step``'s ``(state, sums, loss, taken, carry)``. With ``skip`` (a boolean
-    scalar), the update is ``taken`` only where ``skip`` is false and the loss and the
-    gradients' global norm are finite (a norm that overflows would overflow Adam's second
-    moment too), and otherwise the state comes back as it was. The choice is made before
+    scalar), the update is ``taken`` only where ``skip`` is false and the loss and the global
+    norm of the batch's summed gradients are finite (a norm beyond float32's range means
+    gradients no run recovers from, which would overflow Adam's second moment), and
+    otherwise the state comes back as it was. The choice is made before
     the update, which then runs or not (``lax.cond``): choosing between the old and the
     updated state afterwards read and wrote every parameter and moment once more
     (``benchmarks/NOTES.md``). Without ``skip``, ``taken`` is ``None``."""

@@ -5,7 +5,7 @@ python train_held.py POINT [train.py flags]
 
 POINT is one of:
 
-* ``compiling``: while the epoch is being compiled (its first trace of ``train_step``);
+* ``compiling``: while the epoch is being compiled (its first trace of the train step);
 * ``epoch:N``: inside epoch N, at its first step (the main thread waits on XLA running the
   epoch; ``epoch:2`` means epoch 1's checkpoint is saved);
 * ``before:N``: in Python, just before epoch N starts (epoch N-1's checkpoint is saved);
