@@ -6,9 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax.training import train_state
 
 from lstm_jax import training
 from lstm_jax.training import optim
+from tests import reference
 
 
 def test_clipnorm_clips_the_global_norm():
@@ -65,3 +67,47 @@ def test_each_optimizer_takes_a_step_down_a_quadratic(name):
     assert float(loss(params)) < before
     assert not optim.needs_loss(config)
     np.testing.assert_array_equal(np.isfinite(params["w"]), [True, True])
+
+
+def _flat_reference(config):
+    """``config``'s optimizer on one flat vector of every parameter (``optax.flatten``)."""
+    return optax.flatten(
+        optax.chain(optax.clip_by_global_norm(config.clipnorm), optax.adam(1e-3, eps=1e-7))
+    )
+
+
+@pytest.mark.parametrize("large", [False, True])
+def test_the_optimizer_equals_one_on_a_flat_vector_and_checkpoints_keep_that_layout(large):
+    config = training.Config(clipnorm=1.0)
+    rng = np.random.default_rng(0)
+    shapes = {"bias": (7,), "kernel": (3, 4), "recurrent": (256 if large else 16, 256)}
+    params = {k: jnp.asarray(rng.normal(size=s), jnp.float32) for k, s in shapes.items()}
+    tx, flat = optim.make_optimizer(config), _flat_reference(config)
+    state, flat_state = tx.init(params), flat.init(params)
+    # Without large arrays, the layout is the flat one itself; with, a large array is apart.
+    same = jax.tree.structure(state) == jax.tree.structure(flat_state)
+    assert same is not large
+    for step in range(3):
+        grads = {k: jnp.asarray(rng.normal(size=s), jnp.float32) for k, s in shapes.items()}
+        updates, state = tx.update(grads, state, params)
+        want, flat_state = flat.update(grads, flat_state, params)
+        reference.assert_trees_close(updates, want, atol=1e-9, rtol=1e-6)
+    train = train_state.TrainState.create(apply_fn=None, params=params, tx=tx)
+    train = train.replace(step=jnp.zeros((), jnp.int32), opt_state=state)
+    saved = optim.to_saved(train)
+    assert jax.tree.structure(saved.opt_state) == jax.tree.structure(flat_state)
+    reference.assert_trees_close(saved.opt_state, flat_state, atol=1e-9, rtol=1e-6)
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), train)
+    shapes_saved = optim.saved_shapes(jax.tree.map(_with_sharding, abstract))
+    assert [a.shape for a in jax.tree.leaves(shapes_saved)] == [
+        a.shape for a in jax.tree.leaves(saved)
+    ]
+    back = optim.from_saved(saved)
+    assert jax.tree.structure(back.opt_state) == jax.tree.structure(state)
+    for got, want in zip(jax.tree.leaves(back), jax.tree.leaves(train), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def _with_sharding(a):
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device)

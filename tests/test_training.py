@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from lstm_jax import data, training
-from lstm_jax.training import reporting
+from lstm_jax.errors import CheckpointError
+from lstm_jax.training import optim, reporting, rundir
+from lstm_jax.training.checkpoints import Checkpointer
 from tests import reference
 from tests.fakes import FAKE, params_of, real_data_dir, run_fake
 
@@ -77,6 +79,30 @@ def test_same_seed_same_result_and_resume_matches_uninterrupted(tmp_path):
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
     reference.assert_trees_close(params_of(resumed), params_of(straight))
     assert resumed["test_accuracy"] == straight["test_accuracy"]
+
+
+@pytest.mark.slow
+def test_a_model_with_large_arrays_resumes_as_if_uninterrupted(tmp_path):
+    # LSTM(128)'s recurrent kernel (128 x 512) has optimizer state arrays of its own in
+    # training, and the flat layout of every other model in its checkpoints.
+    straight = run_fake(tmp_path / "a", units=(128,), epochs=2)
+    run_fake(tmp_path / "b", units=(128,), epochs=1)
+    resumed = run_fake(tmp_path / "b", units=(128,), epochs=2, resume=True)
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+    reference.assert_trees_close(params_of(resumed), params_of(straight))
+    reference.assert_trees_close(
+        jax.device_get(resumed["state"].opt_state), jax.device_get(straight["state"].opt_state)
+    )
+    in_training = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), straight["state"]
+    )
+    reader = Checkpointer(tmp_path / "b" / "run" / rundir.CHECKPOINTS, read_only=True)
+    try:
+        with pytest.raises(CheckpointError, match="other shapes"):
+            reader.restore(2, in_training)
+        reader.restore(2, optim.saved_shapes(in_training))
+    finally:
+        reader.close()
 
 
 @pytest.mark.slow

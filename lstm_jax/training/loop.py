@@ -424,7 +424,8 @@ class _Epochs:
                     if self.scalars is not None:
                         self.scalars.write(record)
                     with shutdown.critical():
-                        self.checkpointer.save(epoch, state, {**self.meta, "history": history})
+                        saved = optim.to_saved(state)
+                        self.checkpointer.save(epoch, saved, {**self.meta, "history": history})
             state = early_stopping.best_state(self.config, state)
             test_sums = self.evaluate(state, "test")
             return state, self.task.rates(jax.device_get(test_sums))
@@ -508,7 +509,8 @@ def _restore(config, checkpointer, mesh, state, print_fn):
     abstract = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), state
     )
-    epoch, state, meta = checkpointer.restore_latest(abstract)
+    epoch, state, meta = checkpointer.restore_latest(optim.saved_shapes(abstract))
+    state = optim.from_saved(state)
     print_fn(f"resumed from the checkpoint of epoch {epoch} in {checkpointer.directory}")
     return state, list(meta["history"])[:epoch]
 

@@ -22,7 +22,7 @@ import numpy as np
 from lstm_jax import data as data_lib
 from lstm_jax.errors import ConfigError
 from lstm_jax.training import calls as calls_lib
-from lstm_jax.training import export, sharding, steps
+from lstm_jax.training import export, optim, sharding, steps
 from lstm_jax.training.checkpoints import (
     Checkpointer,
     CheckpointError,
@@ -387,7 +387,7 @@ def _load_newest(workdir: str | os.PathLike, model: nn.Module | None) -> Run:
     )
     checkpointer = Checkpointer(directory, read_only=True)
     try:
-        state, meta = checkpointer.restore(epoch, abstract)
+        state, meta = checkpointer.restore(epoch, optim.saved_shapes(abstract))
     finally:
         checkpointer.close()
     # With early stopping, the best epoch's weights; else the state's own.
