@@ -1,5 +1,6 @@
 """The optimizer a config describes: Keras's optimizers with their defaults, optax's learning
-rate schedules, and global-norm gradient clipping; and the learning rate a state has reached.
+rate schedules, and global-norm gradient clipping; the learning rate a state has reached; and
+its state's layout in checkpoints (``to_saved``, ``from_saved``, ``saved_shapes``).
 
 Schedules (``Config.lr_schedule``), over the run's ``epochs`` times its steps per epoch:
 
