@@ -18,10 +18,10 @@ optimizer's state, so a resumed run continues it where it stopped.
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import optax
 
@@ -154,23 +154,19 @@ def _saved_layout(opt_state, params):
         )
 
     def flat(groups):
-        leaves = jax.tree.leaves(_ungroup(groups, params))
-        return jnp.concatenate([jnp.reshape(v, -1) for v in leaves])
+        return jax.flatten_util.ravel_pytree(_ungroup(groups, params))[0]
 
     return jax.tree.map(lambda x: flat(x) if is_groups(x) else x, opt_state, is_leaf=is_groups)
 
 
 def _grouped_layout(opt_state, params):
     """The inverse of ``_saved_layout``: a checkpoint's optimizer state as ``grouped``'s."""
-    leaves, treedef = jax.tree.flatten(params)
-    sizes = [math.prod(v.shape) for v in leaves]
+    all_params, unravel = jax.flatten_util.ravel_pytree(params)
 
-    def groups(flat):
-        parts = jnp.split(flat, list(itertools.accumulate(sizes))[:-1])
-        shaped = [jnp.reshape(p, v.shape) for p, v in zip(parts, leaves, strict=True)]
-        return _group(jax.tree.unflatten(treedef, shaped))
+    def is_flat(x):
+        return x.shape == all_params.shape
 
-    return jax.tree.map(lambda x: groups(x) if x.shape == (sum(sizes),) else x, opt_state)
+    return jax.tree.map(lambda x: _group(unravel(x)) if is_flat(x) else x, opt_state)
 
 
 def to_saved(state):

@@ -221,10 +221,10 @@ def _train_step(state, batch, carry, *, mesh, task, sequence, calls, seed, needs
     scalar), the update is ``taken`` only where ``skip`` is false and the loss and the global
     norm of the batch's summed gradients are finite (a norm beyond float32's range means
     gradients no run recovers from, which would overflow Adam's second moment), and
-    otherwise the state comes back as it was. The choice is made before
-    the update, which then runs or not (``lax.cond``): choosing between the old and the
-    updated state afterwards read and wrote every parameter and moment once more
-    (``benchmarks/NOTES.md``). Without ``skip``, ``taken`` is ``None``."""
+    otherwise the state comes back as it was. The choice is made before the update, which
+    then runs or not (``lax.cond``), so that no step reads and writes every parameter and
+    moment once more to choose between two states (``benchmarks/NOTES.md``). Without
+    ``skip``, ``taken`` is ``None``."""
     grads_and_sums = functools.partial(
         _device_gradients,
         apply_fn=state.apply_fn,

@@ -2,7 +2,7 @@
 ``shard_map`` calls them, at a size where oneDNN's products need scratch memory: prints the
 largest difference of the summed per-device gradients from the whole batch's over 20 steps,
 relative to each gradient's largest entry (float32 sums in another order differ by about
-1e-6). ``THREADS`` (argument; default 1, the trainer's) sets each call's OpenMP threads:
+1e-6). ``THREADS`` (argument; default 1, the trainer's) sets each call's threads:
 with more than one, the two devices' calls run on two teams of the kernel's threads at once."""
 
 import sys
